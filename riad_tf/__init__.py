@@ -1,0 +1,13 @@
+"""riad-tf: RIAD (reconstruction-by-inpainting anomaly detection) in TensorFlow / Keras 3.
+
+The algorithm reads in four files next to the paper (Zavrtanik et al., Pattern Recognition 2020):
+
+- `riad_tf.masks`: the k x k grid partitions (Sec. 3.1, Eq. 1, Algorithm 1),
+- `riad_tf.model`: the inpainting U-Net (Sec. 3.2, Fig. 4),
+- `riad_tf.losses`: GMS, MSGMS, SSIM and the training loss (Eq. 3-7),
+- `riad_tf.scoring`: anomaly maps and image scores (Sec. 3.4, Eq. 8-10).
+
+Importing this package does not import TensorFlow; the submodules that need it do.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""One configuration object for every part of riad-tf.
+
+The same `RiadConfig` is read from YAML by the CLI, drives training, is stored
+next to every trained model and every export, and becomes the edge metadata,
+so no value is specified twice.
+
+Example:
+
+>>> cfg = RiadConfig(image_size=(64, 64), widths=(8, 16, 32, 64, 64))
+>>> cfg.with_overrides({"epochs": 3}).epochs
+3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class RiadConfig:
+    """Every value RIAD needs, with the paper's defaults (Sec. 4.3, METHOD.md).
+
+    Model:
+        image_size: (height, width), both divisible by 16 and by every k in `ks`.
+        channels: 3 (grey images are repeated) or 1 (a 1-channel model).
+        widths: encoder widths of the 5 U-Net levels (Fig. 4).
+        skip_connections: False gives the paper's RIAD_ns ablation.
+    Masks and scoring:
+        ks: the region sizes K (Eq. 9).
+        n: number of disjoint cell sets per k (Eq. 1).
+        seed: seed of the fixed inference partitions (Algorithm 3).
+        smoothing: mean-filter size s_f (Eq. 8).
+        msgms_scales, gms_c: MSGMS pyramid depth and GMS stability constant (Eq. 4-5).
+        score_function: "msgms" (the paper) or "ssim" (the RIAD_SSIM ablation).
+    Loss (Eq. 7):
+        lambda_g, lambda_s: weights of the MSGMS and SSIM terms.
+    Training (Algorithm 2):
+        epochs, batch_size, learning_rate: Adam settings; the rate is divided
+            by 10 after `lr_decay_epoch` epochs (default: 5/6 of `epochs`).
+        val_fraction: share of the good images held out for calibration.
+        target_fpr: false-positive rate on held-out good images that sets the
+            image and pixel thresholds.
+    """
+
+    image_size: tuple[int, int] = (256, 256)
+    channels: int = 3
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    skip_connections: bool = True
+    ks: tuple[int, ...] = (2, 4, 8, 16)
+    n: int = 3
+    seed: int = 0
+    smoothing: int = 21
+    msgms_scales: int = 4
+    gms_c: float = 0.0026
+    score_function: str = "msgms"
+    lambda_g: float = 1.0
+    lambda_s: float = 1.0
+    epochs: int = 300
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    lr_decay_epoch: int | None = None
+    val_fraction: float = 0.1
+    target_fpr: float = 0.01
+
+    def __post_init__(self):
+        # YAML gives lists; keep tuples so the object stays hashable and comparable.
+        for name in ("image_size", "widths", "ks"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises `ValueError` naming the offending value."""
+        height, width = self.image_size
+        if len(self.image_size) != 2 or height <= 0 or width <= 0:
+            raise ValueError(f"image_size must be two positive ints, got {self.image_size}")
+        if len(self.widths) != 5:
+            raise ValueError(f"widths must list 5 U-Net levels, got {self.widths}")
+        if height % 16 or width % 16:
+            raise ValueError(
+                f"image_size {height}x{width} must be divisible by 16 (four 2x downsamplings)"
+            )
+        for k in self.ks:
+            if k <= 0 or height % k or width % k:
+                raise ValueError(f"region size k={k} does not divide image_size {height}x{width}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.smoothing < 1:
+            raise ValueError(f"smoothing must be at least 1, got {self.smoothing}")
+        if self.score_function not in ("msgms", "ssim"):
+            raise ValueError(f"score_function must be 'msgms' or 'ssim', got {self.score_function!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, self.channels)
+
+    @property
+    def decay_epoch(self) -> int:
+        """Epoch after which the learning rate is divided by 10 (250 of 300 in the paper)."""
+        if self.lr_decay_epoch is not None:
+            return self.lr_decay_epoch
+        return max(1, round(self.epochs * 5 / 6))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "RiadConfig":
+        """Returns a copy with `overrides` applied; unknown keys raise `ValueError`."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RiadConfig":
+        return cls().with_overrides(values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RiadConfig":
+        """Reads a YAML (or JSON) config; `base:` names a config it extends.
+
+        Raises:
+            ValueError: naming the file when it is not a mapping of known keys.
+        """
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: cannot read config: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config must be a mapping of keys to values")
+        base = values.pop("base", None)
+        parent = cls.load(path.parent / base) if base else cls()
+        try:
+            return parent.with_overrides(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the config as YAML (JSON for a .json path), atomically."""
+        path = Path(path)
+        if path.suffix == ".json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write_text(path, text)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,93 @@
+"""The RIAD detector: raw images in, anomaly maps and scores out (Algorithm 3).
+
+All n x |K| masked copies of every image go through the U-Net as one batch,
+with the partitions fixed by the config's seed (`riad_tf.masks.inference_masks`),
+so results are deterministic and the masks are constants of an exported graph.
+This is the object that evaluation, prediction and export use.
+
+Example:
+
+>>> import numpy as np
+>>> from riad_tf.config import RiadConfig
+>>> from riad_tf.model import build_unet
+>>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
+>>> detector = Detector(build_unet(cfg.input_shape, cfg.widths), cfg)
+>>> maps, scores = detector(np.zeros((2, 32, 32, 3), np.float32))
+>>> tuple(maps.shape), tuple(scores.shape)
+((2, 32, 32), (2,))
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from riad_tf.config import RiadConfig
+from riad_tf.inpaint import reconstruct
+from riad_tf.masks import inference_masks
+from riad_tf.scoring import anomaly_map
+
+
+class Detector(keras.Model):
+    """RIAD inference around a trained inpainting network.
+
+    Args:
+        unet: the inpainting network (`riad_tf.model.build_unet`).
+        config: the `RiadConfig` it was trained with; K, n, seed, smoothing and
+            the scoring function come from it.
+
+    Call:
+        images `(B, H, W, C)` float in [0, 1] -> `(maps (B, H, W), scores (B,))`.
+    """
+
+    def __init__(self, unet: keras.Model, config: RiadConfig, **kwargs):
+        super().__init__(name=kwargs.pop("name", "riad_detector"), **kwargs)
+        self.unet = unet
+        self.config = config
+        height, width = config.image_size
+        # (|K|, n, H, W, 1), fixed by the seed: the same partitions on every call.
+        self.masks = inference_masks(height, width, config.ks, config.n, config.seed)
+
+    def reconstructions(self, images):
+        """One reconstruction per k: `(|K|, B, H, W, C)` (Algorithm 1 for every k at once)."""
+        images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+        num_k = len(self.config.ks)
+        batch = tf.shape(images)[0]
+        # Each (image, k) pair is one item of a B * |K| batch carrying that k's n masks,
+        # so the U-Net sees all B * |K| * n masked copies in one call.
+        pairs = tf.repeat(images, num_k, axis=0)
+        masks = tf.tile(tf.constant(self.masks), tf.stack([batch, 1, 1, 1, 1]))
+        recs = reconstruct(self.unet, pairs, masks)  # (B * |K|, H, W, C), image-major
+        recs = tf.reshape(recs, tf.concat([[batch, num_k], tf.shape(images)[1:]], 0))
+        return tf.transpose(recs, [1, 0, 2, 3, 4])
+
+    def call(self, images):
+        cfg = self.config
+        return anomaly_map(
+            images,
+            self.reconstructions(images),
+            smoothing=cfg.smoothing,
+            scales=cfg.msgms_scales,
+            c=cfg.gms_c,
+            score_function=cfg.score_function,
+        )
+
+    def score(self, images: np.ndarray, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """Runs the detector over a numpy array in batches; returns numpy `(maps, scores)`."""
+        maps, scores = [], []
+        step = self._compiled_call()
+        for start in range(0, len(images), batch_size):
+            m, s = step(tf.convert_to_tensor(images[start : start + batch_size], tf.float32))
+            maps.append(m.numpy())
+            scores.append(s.numpy())
+        if not maps:
+            height, width = self.config.image_size
+            return np.zeros((0, height, width), np.float32), np.zeros((0,), np.float32)
+        return np.concatenate(maps), np.concatenate(scores)
+
+    def _compiled_call(self):
+        if getattr(self, "_step", None) is None:
+            spec = tf.TensorSpec([None, *self.config.input_shape], tf.float32)
+            self._step = tf.function(self.call, input_signature=[spec], reduce_retracing=True)
+        return self._step

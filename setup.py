@@ -1,0 +1,48 @@
+"""riad-tf: RIAD anomaly detection in TensorFlow / Keras 3, with a TensorFlow-free edge runtime."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("riad_tf/__init__.py").read_text()).group(1)
+
+# What both sides need: the config format and the numpy mask code.
+CORE = ["numpy>=1.26,<3", "PyYAML>=6.0", "click>=8.1"]
+
+# Training, evaluation, export. TensorFlow lives here, not in CORE, so that
+# `pip install .[edge]` on a device pulls no TensorFlow or Keras.
+TF = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<3.16",
+    "scikit-learn>=1.4",
+    "scipy>=1.11",
+    "pillow>=10.0",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+]
+
+EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0"]
+
+setup(
+    name="riad-tf",
+    version=VERSION,
+    description="Reconstruction-by-inpainting anomaly detection (RIAD) in TensorFlow/Keras 3 with TFLite, ONNX and TensorRT export",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["riad_tf", "riad_tf.*", "edge", "edge.*"]),
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={
+        "tf": TF,
+        "edge": EDGE,
+        "dev": TF + EDGE + ["tf2onnx>=1.17", "onnx>=1.17", "pytest>=8.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "riad-tf=riad_tf.cli:main",
+            "riad-edge=edge.cli:main",
+        ]
+    },
+)

@@ -20,6 +20,7 @@ TF = [
     "pillow>=10.0",
     "matplotlib>=3.8",
     "tqdm>=4.66",
+    "tensorboard>=2.20",
 ]
 
 EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0"]

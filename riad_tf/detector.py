@@ -63,31 +63,52 @@ class Detector(keras.Model):
         return tf.transpose(recs, [1, 0, 2, 3, 4])
 
     def call(self, images):
+        return self._score(images, self.reconstructions(images))
+
+    def _score(self, images, reconstructions):
         cfg = self.config
         return anomaly_map(
             images,
-            self.reconstructions(images),
+            reconstructions,
             smoothing=cfg.smoothing,
             scales=cfg.msgms_scales,
             c=cfg.gms_c,
             score_function=cfg.score_function,
         )
 
-    def score(self, images: np.ndarray, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
-        """Runs the detector over a numpy array in batches; returns numpy `(maps, scores)`."""
-        maps, scores = [], []
-        step = self._compiled_call()
-        for start in range(0, len(images), batch_size):
-            m, s = step(tf.convert_to_tensor(images[start : start + batch_size], tf.float32))
-            maps.append(m.numpy())
-            scores.append(s.numpy())
-        if not maps:
-            height, width = self.config.image_size
-            return np.zeros((0, height, width), np.float32), np.zeros((0,), np.float32)
-        return np.concatenate(maps), np.concatenate(scores)
+    def score(self, images: np.ndarray, batch_size: int = 4, with_reconstructions: bool = False):
+        """Runs the detector over a numpy array in batches.
 
-    def _compiled_call(self):
-        if getattr(self, "_step", None) is None:
+        Args:
+            images: `(N, H, W, C)` float32 in [0, 1].
+            batch_size: images per call (each call runs `batch_size * n * |K|` copies).
+            with_reconstructions: also return the reconstructions averaged over K
+                (for reports).
+
+        Returns:
+            numpy `(maps (N, H, W), scores (N,))`, plus `(N, H, W, C)` reconstructions
+            when asked.
+        """
+        outputs = []
+        step = self._compiled_call(with_reconstructions)
+        for start in range(0, len(images), batch_size):
+            batch = tf.convert_to_tensor(images[start : start + batch_size], tf.float32)
+            outputs.append([t.numpy() for t in step(batch)])
+        if not outputs:
+            height, width = self.config.image_size
+            empty = [np.zeros((0, height, width), np.float32), np.zeros((0,), np.float32)]
+            return tuple(empty + [np.zeros((0, *self.config.input_shape), np.float32)] * with_reconstructions)
+        return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+    def _maps_scores_reconstruction(self, images):
+        recs = self.reconstructions(images)
+        maps, scores = self._score(images, recs)
+        return maps, scores, tf.reduce_mean(recs, axis=0)
+
+    def _compiled_call(self, with_reconstructions: bool):
+        key = "_step_recs" if with_reconstructions else "_step"
+        if getattr(self, key, None) is None:
             spec = tf.TensorSpec([None, *self.config.input_shape], tf.float32)
-            self._step = tf.function(self.call, input_signature=[spec], reduce_retracing=True)
-        return self._step
+            fn = self._maps_scores_reconstruction if with_reconstructions else self.call
+            setattr(self, key, tf.function(fn, input_signature=[spec], reduce_retracing=True))
+        return getattr(self, key)

@@ -1,0 +1,684 @@
+"""Data sets: finding the images, checking them, and decoding them for training.
+
+Three layouts are understood:
+
+- MVTec AD (`load_mvtec`): `CATEGORY/train/good`, `CATEGORY/test/<defect>`,
+  masks in `CATEGORY/ground_truth/<defect>/NAME_mask.png`.
+- Plain folders (`load_folders`): folders of good images, folders of defective
+  images, masks named `NAME_mask.png` (beside the image or in a mask folder) or
+  `NAME.png` beside a `NAME.jpg`.
+- The magnetic-tile data set (`load_magnetic_tile`), a case of plain folders.
+
+A loader only lists files; `validate` decodes every one of them before training
+starts, so a corrupt file stops the run at once with a one-line `DataError`
+naming the file, not hours later. `load_arrays` then decodes the images into
+float32 arrays in [0, 1] (METHOD.md, "Data").
+
+Example:
+
+>>> split = load_dataset("riad-demo/data")                    # doctest: +SKIP
+>>> split, skipped = validate(split)                          # doctest: +SKIP
+>>> train, holdout = split_holdout(split.train, 0.1)          # doctest: +SKIP
+>>> images = load_arrays(train, RiadConfig(image_size=(64, 64)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Folder names that say nothing about the defect: `MT_Crack/Imgs/x.jpg` is a crack.
+GENERIC_FOLDER_NAMES = frozenset({"imgs", "img", "images", "image"})
+MASK_SUFFIX = "_mask"
+
+PathLike = str | os.PathLike
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file or folder and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image of a data set.
+
+    Attributes:
+        path: the image file.
+        label: 0 for a good image, 1 for an anomalous one.
+        mask_path: its ground-truth mask (defect where > 127), or None: good
+            images have none (their mask is all zero), and anomalous images of a
+            data set without masks are evaluated at image level only.
+        defect_type: "good", or the defect's name (its folder's name).
+    """
+
+    path: Path
+    label: int
+    mask_path: Path | None = None
+    defect_type: str = "good"
+
+
+@dataclasses.dataclass
+class DataSplit:
+    """Training images (good only) and test images (good and anomalous)."""
+
+    train: list[Sample]
+    test: list[Sample]
+
+    def describe(self) -> str:
+        """One line such as `40 train, 30 test (10 good, scratch 10, spot 10)`."""
+        counts: dict[str, int] = {}
+        for sample in self.test:
+            counts[sample.defect_type] = counts.get(sample.defect_type, 0) + 1
+        parts = ", ".join(f"{name} {count}" for name, count in counts.items())
+        return f"{len(self.train)} train, {len(self.test)} test ({parts or 'none'})"
+
+
+# ----------------------------------------------------------------------------
+# Layouts
+
+
+def load_mvtec(category_dir: PathLike) -> DataSplit:
+    """Lists one MVTec AD category.
+
+    Args:
+        category_dir: the category folder, holding `train/good`, `test/<defect>`
+            (`test/good` holds good test images) and `ground_truth/<defect>`.
+
+    Returns:
+        A `DataSplit`; an anomalous image's mask is
+        `ground_truth/<defect>/NAME_mask.png` when that file exists.
+
+    Raises:
+        DataError: a folder is missing or holds no images.
+
+    Example:
+
+    >>> split = load_mvtec("mvtec/bottle")                    # doctest: +SKIP
+    >>> split.test[-1].defect_type                            # doctest: +SKIP
+    'contamination'
+    """
+    root = Path(category_dir)
+    train = [Sample(p, 0) for p in _images_in(root / "train" / "good")]
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: folder not found (an MVTec category needs test/<defect>/)")
+    test = []
+    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+        defect = defect_dir.name
+        for path in _images_in(defect_dir):
+            if defect == "good":
+                test.append(Sample(path, 0))
+                continue
+            mask = root / "ground_truth" / defect / f"{path.stem}{MASK_SUFFIX}.png"
+            test.append(Sample(path, 1, mask if mask.is_file() else None, defect))
+    if not test:
+        raise DataError(f"{test_dir}: no test folders with images")
+    return DataSplit(train, test)
+
+
+def load_folders(
+    normal_dirs: PathLike | Sequence[PathLike],
+    abnormal_dirs: PathLike | Sequence[PathLike] = (),
+    mask_dir: PathLike | None = None,
+    test_normal_dirs: PathLike | Sequence[PathLike] = (),
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DataSplit:
+    """Lists a generic layout: folders of good and of defective images.
+
+    Folders are searched recursively. A mask is found by the image's name: in
+    `mask_dir` (or its `<defect>/` subfolder) as `NAME_mask.png` or `NAME.png`,
+    else beside the image as `NAME_mask.png`, or as `NAME.png` beside a
+    `NAME.jpg` (such a `.png` is a mask, never listed as an image). A defect's
+    type is its folder's name, or the folder above when that one is a generic
+    name like `Imgs` (`MT_Crack/Imgs/x.jpg` is an `MT_Crack`).
+
+    Args:
+        normal_dirs: folders of good images.
+        abnormal_dirs: folders of defective images (test only).
+        mask_dir: a folder of masks, if they are not beside the images.
+        test_normal_dirs: folders of good test images. When none are given,
+            a seeded share `test_fraction` of the good images becomes the good
+            test images and the rest trains.
+        test_fraction: that share.
+        seed: seed of that split.
+
+    Returns:
+        A `DataSplit`. Good images carry no mask (theirs is all zero).
+
+    Raises:
+        DataError: a folder is missing or holds no images.
+
+    Example:
+
+    >>> split = load_folders("ok/", ["crack/", "dent/"])       # doctest: +SKIP
+    """
+    normal = [Sample(p, 0) for p in _images_in_all(normal_dirs)]
+    if not normal:
+        raise DataError("no folder of good images given")
+    test_normal = [Sample(p, 0) for p in _images_in_all(test_normal_dirs)]
+    if test_normal:
+        train = normal
+    else:
+        train, test_normal = _split_off(normal, test_fraction, seed)
+    masks = _MaskFinder(mask_dir)
+    abnormal = [
+        Sample(p, 1, masks.find(p, _defect_type(p)), _defect_type(p))
+        for p in _images_in_all(abnormal_dirs)
+        if masks.mask_dir is None or masks.mask_dir not in p.parents  # a mask folder inside
+    ]
+    return DataSplit(train, test_normal + abnormal)
+
+
+def load_magnetic_tile(root: PathLike, *, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
+    """Lists the magnetic-tile surface-defect data set (Huang et al. 2020).
+
+    `MT_Free/Imgs` holds the 952 good images: a seeded share `test_fraction`
+    becomes good test images, the rest trains. Every other `MT_*/Imgs` folder
+    holds defective images (label 1, defect type `MT_Blowhole` etc.) with the
+    mask `NAME.png` beside each `NAME.jpg`. Four `MT_Uneven` masks are empty:
+    those images keep label 1 (they sit in a defect folder) but contribute no
+    defective pixels. Image sizes vary; `read_image` resizes them.
+
+    Args:
+        root: the folder holding `MT_Free`, `MT_Blowhole`, ...
+        test_fraction, seed: the split of the good images.
+
+    Returns:
+        A `DataSplit`.
+
+    Example:
+
+    >>> split = load_magnetic_tile("../shared/data/magnetic_tile")  # doctest: +SKIP
+    """
+    root = Path(root)
+    if not (root / "MT_Free").is_dir():
+        raise DataError(f"{root}: not the magnetic-tile data set (no MT_Free folder)")
+    defect_dirs = sorted(d for d in root.glob("MT_*") if d.is_dir() and d.name != "MT_Free")
+    return load_folders(
+        [root / "MT_Free"], defect_dirs, test_fraction=test_fraction, seed=seed
+    )
+
+
+def load_dataset(
+    path: PathLike | None = None,
+    *,
+    layout: str = "auto",
+    normal: PathLike | Sequence[PathLike] = (),
+    abnormal: PathLike | Sequence[PathLike] = (),
+    masks: PathLike | None = None,
+    test_normal: PathLike | Sequence[PathLike] = (),
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DataSplit:
+    """Lists a data set in any of the known layouts.
+
+    Args:
+        path: a data-set folder (MVTec category or magnetic-tile root).
+        layout: "mvtec", "magnetic_tile", "folders", or "auto": MVTec when
+            `path/train/good` exists, magnetic tile when `path/MT_Free` exists,
+            folders when `normal` is given.
+        normal, abnormal, masks, test_normal: the folders of `load_folders`.
+        test_fraction, seed: the split of good images into train and test
+            (folder layouts only).
+
+    Returns:
+        A `DataSplit`.
+
+    Raises:
+        DataError: the layout cannot be told, or a loader's error.
+
+    Example:
+
+    >>> load_dataset("mvtec/bottle").describe()               # doctest: +SKIP
+    '209 train, 83 test (broken_large 20, broken_small 22, contamination 21, good 20)'
+    """
+    if layout == "auto":
+        layout = _detect_layout(path, normal)
+    if layout in ("mvtec", "magnetic_tile") and path is None:
+        raise DataError(f"layout {layout!r} needs a data-set folder")
+    if layout == "mvtec":
+        return load_mvtec(path)
+    if layout == "magnetic_tile":
+        return load_magnetic_tile(path, test_fraction=test_fraction, seed=seed)
+    if layout == "folders":
+        if not normal:
+            raise DataError("the folder layout needs at least one folder of good images (normal)")
+        return load_folders(
+            normal, abnormal, masks, test_normal, test_fraction=test_fraction, seed=seed
+        )
+    raise DataError(f"unknown layout {layout!r}: use auto, mvtec, magnetic_tile or folders")
+
+
+def _detect_layout(path: PathLike | None, normal) -> str:
+    if path is not None:
+        root = Path(path)
+        if not root.is_dir():
+            raise DataError(f"{root}: folder not found")
+        if (root / "train" / "good").is_dir():
+            return "mvtec"
+        if (root / "MT_Free").is_dir():
+            return "magnetic_tile"
+    if normal:
+        return "folders"
+    where = f"{path}: " if path is not None else ""
+    raise DataError(
+        f"{where}cannot tell the data layout: expected train/good/ (MVTec) or MT_Free/ "
+        "(magnetic tile); otherwise give the good-image folders (normal) and optionally "
+        "defect folders (abnormal) and a mask folder (masks)"
+    )
+
+
+def split_holdout(
+    samples: Sequence[Sample], fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Holds out a seeded share of (good training) images.
+
+    The held-out images calibrate thresholds and give a validation loss.
+
+    Args:
+        samples: the images to split.
+        fraction: the share to hold out; when > 0 and there are at least two
+            images, at least one is held out and at least one kept.
+        seed: the same seed gives the same split.
+
+    Returns:
+        (kept, held_out), disjoint, each in the order of `samples`.
+
+    Example:
+
+    >>> samples = [Sample(Path(f"{i}.png"), 0) for i in range(10)]
+    >>> kept, held_out = split_holdout(samples, 0.2)
+    >>> len(kept), len(held_out)
+    (8, 2)
+    """
+    return _split_off(list(samples), fraction, seed)
+
+
+def _split_off(samples: list[Sample], fraction: float, seed: int):
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the held-out share must be in [0, 1), got {fraction}")
+    count = round(len(samples) * fraction)
+    if fraction > 0 and len(samples) >= 2:
+        count = min(max(count, 1), len(samples) - 1)
+    chosen = set(np.random.default_rng(seed).permutation(len(samples))[:count].tolist())
+    kept = [s for i, s in enumerate(samples) if i not in chosen]
+    taken = [s for i, s in enumerate(samples) if i in chosen]
+    return kept, taken
+
+
+# ----------------------------------------------------------------------------
+# Finding files
+
+
+def _as_dirs(dirs: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(dirs, (str, os.PathLike)):
+        return [Path(dirs)]
+    return [Path(d) for d in dirs]
+
+
+def _images_in_all(dirs: PathLike | Sequence[PathLike]) -> list[Path]:
+    return [p for d in _as_dirs(dirs) for p in _images_in(d)]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The images under `folder` (recursively, sorted), masks left out."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    images = []
+    for current, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        files = [n for n in names if not n.startswith(".") and _is_image_name(n)]
+        stems = {}
+        for name in files:
+            stems.setdefault(Path(name).stem, []).append(name)
+        for name in sorted(files):
+            if not _is_mask_name(name, stems):
+                images.append(Path(current) / name)
+    if not images:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return images
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_mask_name(name: str, stems: dict[str, list[str]]) -> bool:
+    """`NAME_mask.*`, or `NAME.png` beside an image `NAME.<other extension>`."""
+    path = Path(name)
+    if path.stem.lower().endswith(MASK_SUFFIX):
+        return True
+    return path.suffix.lower() == ".png" and any(
+        Path(other).suffix.lower() != ".png" for other in stems[path.stem]
+    )
+
+
+def _defect_type(path: Path) -> str:
+    folder = path.parent
+    if folder.name.lower() in GENERIC_FOLDER_NAMES and folder.parent.name:
+        folder = folder.parent
+    return folder.name
+
+
+class _MaskFinder:
+    """Finds an image's mask in a mask folder or beside the image."""
+
+    def __init__(self, mask_dir: PathLike | None):
+        self.mask_dir = Path(mask_dir) if mask_dir is not None else None
+        if self.mask_dir is not None and not self.mask_dir.is_dir():
+            raise DataError(f"{self.mask_dir}: mask folder not found")
+        self._listings: dict[Path, dict[str, Path]] = {}
+
+    def find(self, image: Path, defect_type: str) -> Path | None:
+        """`NAME_mask.*` or `NAME.*` in the mask folder, else `NAME_mask.*` or `NAME.png` beside."""
+        names = (image.stem + MASK_SUFFIX, image.stem)
+        places = []
+        if self.mask_dir is not None:
+            places += [(self.mask_dir / defect_type, name, False) for name in names]
+            places += [(self.mask_dir, name, False) for name in names]
+        places += [(image.parent, names[0], False), (image.parent, names[1], True)]
+        for folder, stem, png_only in places:
+            found = self._lookup(folder, stem)
+            if found is None or found == image:
+                continue
+            if not png_only or found.suffix.lower() == ".png":
+                return found
+        return None
+
+    def _lookup(self, folder: Path, stem: str) -> Path | None:
+        """The file `stem.<image extension>` in `folder` (.png preferred)."""
+        if folder not in self._listings:
+            listing: dict[str, Path] = {}
+            if folder.is_dir():
+                for entry in sorted(folder.iterdir(), key=lambda p: p.suffix.lower() != ".png"):
+                    if entry.is_file() and _is_image_name(entry.name):
+                        listing.setdefault(entry.stem, entry)
+            self._listings[folder] = listing
+        return self._listings[folder].get(stem)
+
+
+# ----------------------------------------------------------------------------
+# Reading
+
+
+def read_image(
+    path: PathLike, image_size: int | tuple[int, int] | None, channels: int = 3
+) -> np.ndarray:
+    """Decodes an image to float32 (H, W, C) in [0, 1].
+
+    PNG, JPEG, BMP and TIFF, 8-bit (scaled by 255) or 16-bit (scaled by 65535).
+    Grey images are repeated to 3 channels; colour images become grey (ITU-R
+    601 luma, as Pillow's "L") for a 1-channel model; alpha is dropped; palette
+    images are expanded. Resizing is Pillow's bilinear filter on the float
+    values (it averages over the source footprint when shrinking).
+
+    Args:
+        path: the image file.
+        image_size: (height, width) or one int for a square; None keeps the size.
+        channels: 3 or 1.
+
+    Returns:
+        float32 array (H, W, channels).
+
+    Raises:
+        DataError: "PATH: cannot read image: REASON" for a corrupt, truncated
+            or non-image file.
+
+    Example:
+
+    >>> read_image("part.png", (256, 256), 3).shape           # doctest: +SKIP
+    (256, 256, 3)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = _open(path)
+    values = _to_float(image)  # (H, W, 1) or (H, W, 3)
+    if channels == 1 and values.shape[-1] == 3:
+        values = values @ np.array([[0.299], [0.587], [0.114]], np.float32)
+    values = _resize(values, image_size, Image.Resampling.BILINEAR)
+    if channels == 3 and values.shape[-1] == 1:
+        values = np.repeat(values, 3, axis=-1)
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
+def read_mask(path: PathLike, image_size: int | tuple[int, int] | None) -> np.ndarray:
+    """Decodes a ground-truth mask to bool (H, W): defect where above half range.
+
+    That is > 127 for 8-bit masks and > 32767 for 16-bit ones; in a colour mask,
+    a pixel is a defect where any channel is. Resizing is nearest-neighbour, so
+    the mask stays binary.
+
+    Args:
+        path: the mask file.
+        image_size: (height, width) or one int; None keeps the size.
+
+    Returns:
+        bool array (H, W).
+
+    Raises:
+        DataError: the file cannot be read as an image.
+
+    Example:
+
+    >>> read_mask("part_mask.png", (256, 256)).dtype          # doctest: +SKIP
+    dtype('bool')
+    """
+    values = _to_float(_open(path)).max(axis=-1, keepdims=True)
+    binary = (values > 0.5).astype(np.float32)
+    return _resize(binary, image_size, Image.Resampling.NEAREST)[..., 0] > 0.5
+
+
+def image_size_of(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file, decoding it fully to catch corrupt files.
+
+    Raises:
+        DataError: the file cannot be read as an image.
+    """
+    width, height = _open(path).size
+    return height, width
+
+
+def _open(path: PathLike) -> Image.Image:
+    """Opens and fully decodes (`load`) an image, so truncation shows here."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            return image.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, FileNotFoundError):
+            reason = "file not found"
+        elif isinstance(err, UnidentifiedImageError):
+            reason = "not an image file, or a format Pillow does not know"
+        else:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot read image: {reason}") from None
+
+
+def _to_float(image: Image.Image) -> np.ndarray:
+    """An image as float32 (H, W, 1) for grey or (H, W, 3) for colour, in [0, 1]."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.float32) / 65535.0
+    elif mode == "F":
+        values = np.asarray(image, np.float32)
+    else:
+        if mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode in ("1", "LA", "La"):
+            image = image.convert("L")
+        elif image.mode != "L" and image.mode != "RGB":
+            image = image.convert("RGB")  # RGBA, CMYK, YCbCr, LAB, HSV: alpha dropped
+        values = np.asarray(image).astype(np.float32) / 255.0
+    if values.ndim == 2:
+        values = values[..., None]
+    return np.clip(values, 0.0, 1.0)
+
+
+def _resize(values: np.ndarray, image_size, resample) -> np.ndarray:
+    if image_size is None:
+        return values
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if values.shape[:2] == (height, width):
+        return values
+    planes = []
+    for c in range(values.shape[-1]):
+        plane = Image.fromarray(np.ascontiguousarray(values[..., c]))  # mode "F"
+        planes.append(np.asarray(plane.resize((width, height), resample)))
+    return np.stack(planes, axis=-1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Checking and loading
+
+
+def has_pixel_masks(samples: Iterable[Sample]) -> bool:
+    """True when any anomalous sample has a mask (pixel-level evaluation is possible)."""
+    return any(s.label == 1 and s.mask_path is not None for s in samples)
+
+
+def validate(
+    split_or_samples: DataSplit | Sequence[Sample], *, skip_unreadable: bool = False
+) -> tuple[DataSplit | list[Sample], list[tuple[Path, str]]]:
+    """Decodes every image and mask once, before training starts.
+
+    Checks: every image decodes completely; when some anomalous images have
+    masks, all must (with none at all, evaluation is image-level only); every
+    mask decodes and has its image's size (original sizes, before resizing).
+
+    Args:
+        split_or_samples: a `DataSplit` or a list of samples.
+        skip_unreadable: drop unreadable images and report them instead of
+            raising. Mask problems raise either way.
+
+    Returns:
+        (the readable samples, as a `DataSplit` when given one, else a list;
+        the skipped images as (path, reason) pairs).
+
+    Raises:
+        DataError: one line naming the first bad file and its problem.
+
+    Example:
+
+    >>> split, skipped = validate(load_dataset("data/"), skip_unreadable=True)  # doctest: +SKIP
+    """
+    if isinstance(split_or_samples, DataSplit):
+        parts = {"train": split_or_samples.train, "test": split_or_samples.test}
+    else:
+        parts = {"samples": list(split_or_samples)}
+    every = [s for samples in parts.values() for s in samples]
+    _check_masks_complete(every)
+    skipped: list[tuple[Path, str]] = []
+    kept = {name: [] for name in parts}
+    progress = tqdm(total=len(every), desc="checking images", unit="img", disable=None)
+    for name, samples in parts.items():
+        for sample in samples:
+            progress.update()
+            try:
+                size = image_size_of(sample.path)
+            except DataError as err:
+                if not skip_unreadable:
+                    raise
+                skipped.append((sample.path, str(err).split(": cannot read image: ", 1)[-1]))
+                continue
+            if sample.mask_path is not None:
+                _check_mask(sample, size)
+            kept[name].append(sample)
+    progress.close()
+    if isinstance(split_or_samples, DataSplit):
+        if split_or_samples.train and not kept["train"]:
+            folder = split_or_samples.train[0].path.parent
+            raise DataError(f"{folder}: none of the training images could be read")
+        return DataSplit(kept["train"], kept["test"]), skipped
+    return kept["samples"], skipped
+
+
+def _check_masks_complete(samples: list[Sample]) -> None:
+    anomalous = [s for s in samples if s.label == 1]
+    if not has_pixel_masks(anomalous):
+        return
+    for sample in anomalous:
+        if sample.mask_path is None:
+            raise DataError(
+                f"{sample.path}: no mask found for this anomalous image, while other anomalous "
+                f"images have masks (expected {sample.path.stem}{MASK_SUFFIX}.png)"
+            )
+
+
+def _check_mask(sample: Sample, image_size: tuple[int, int]) -> None:
+    if not Path(sample.mask_path).is_file():
+        raise DataError(f"{sample.mask_path}: mask file not found (for {sample.path})")
+    mask_size = image_size_of(sample.mask_path)
+    if mask_size != image_size:
+        raise DataError(
+            f"{sample.mask_path}: mask is {mask_size[1]}x{mask_size[0]} but its image "
+            f"{sample.path} is {image_size[1]}x{image_size[0]} (width x height)"
+        )
+
+
+def load_arrays(samples: Sequence[Sample], config, with_masks: bool = False):
+    """Decodes samples into arrays at the config's size and channels.
+
+    Args:
+        samples: the images to read.
+        config: a `RiadConfig` (its `image_size` and `channels` are used).
+        with_masks: also return the masks; images without a mask get an
+            all-zero one.
+
+    Returns:
+        images float32 (N, H, W, C) in [0, 1], and with `with_masks` also
+        masks bool (N, H, W).
+
+    Example:
+
+    >>> images, masks = load_arrays(split.test, config, with_masks=True)  # doctest: +SKIP
+    """
+    height, width = config.image_size
+    images = np.empty((len(samples), height, width, config.channels), np.float32)
+    masks = np.zeros((len(samples), height, width), bool)
+    for i, sample in enumerate(tqdm(samples, desc="reading images", unit="img", disable=None)):
+        images[i] = read_image(sample.path, (height, width), config.channels)
+        if with_masks and sample.mask_path is not None:
+            masks[i] = read_mask(sample.mask_path, (height, width))
+    return (images, masks) if with_masks else images
+
+
+def training_dataset(images: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0):
+    """A `tf.data.Dataset` of float32 image batches: one pass is one epoch.
+
+    The dataset is cached, reshuffled each pass (seeded) and prefetched; it does
+    not repeat, so iterate it once per epoch.
+
+    Args:
+        images: float32 (N, H, W, C) in [0, 1].
+        batch_size: images per batch; the last batch may be smaller.
+        shuffle: shuffle the images each epoch.
+        seed: the shuffle seed.
+
+    Returns:
+        A dataset of (B, H, W, C) float32 tensors.
+
+    Example:
+
+    >>> ds = training_dataset(np.zeros((10, 32, 32, 3), np.float32), 4)
+    >>> [tuple(batch.shape) for batch in ds]
+    [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
+    """
+    import tensorflow as tf
+
+    if len(images) == 0:
+        raise ValueError("no images to train on")
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32)).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

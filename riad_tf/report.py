@@ -1,0 +1,548 @@
+"""The visual evaluation report: one self-contained HTML page with its figures.
+
+`write_report` turns the arrays of an evaluation (images, reconstructions,
+anomaly maps, scores, labels, optional ground-truth masks and thresholds) into
+
+    OUT/index.html           metrics, thresholds, plots and example rows
+    OUT/roc_image.png        image-level ROC curve
+    OUT/roc_pixel.png        pixel-level ROC curve (only when masks are given)
+    OUT/score_histogram.png  image scores of good vs anomalous images
+    OUT/examples/NAME.png    input | reconstruction | map overlay | truth | prediction
+
+The page uses relative links, inline CSS and no JavaScript, so the folder can be
+copied anywhere and opened offline. Every file is written to a temporary file
+beside its target and renamed into place. Anomaly maps of all examples share
+one colour scale (0 to the largest map value), so a good image does not look
+anomalous just because its own map was stretched.
+
+Example:
+
+>>> import numpy as np, tempfile
+>>> rng = np.random.default_rng(0)
+>>> images = rng.random((4, 32, 32, 3))
+>>> index = write_report(tempfile.mkdtemp(), names=["a", "b", "c", "d"],
+...     images=images, reconstructions=images, maps=rng.random((4, 32, 32)),
+...     scores=np.array([0.1, 0.2, 0.7, 0.9]), labels=np.array([0, 0, 1, 1]),
+...     defect_types=["good", "good", "scratch", "scratch"])
+>>> index.name
+'index.html'
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+from urllib.parse import quote
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from riad_tf.config import atomic_write_text
+
+MAX_PIXELS_FOR_ROC = 2_000_000
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_GROUPS = ("highest-scoring anomalous", "lowest-scoring anomalous", "highest-scoring good")
+
+
+# ---------------------------------------------------------------------------
+# Single images
+
+
+def overlay(image, map, alpha: float = 0.5, *, vmin: float = 0.0, vmax: float | None = None):
+    """Blends an anomaly map, coloured with the jet colormap, over an image.
+
+    Args:
+        image: `(H, W, C)` float in [0, 1], C = 1 or 3 (or `(H, W)` grey).
+        map: `(H, W)` anomaly map.
+        alpha: weight of the coloured map (0 shows only the image).
+        vmin, vmax: map values shown as the coldest and hottest colour;
+            `vmax` defaults to the map's maximum.
+
+    Returns:
+        `(H, W, 3)` uint8 RGB array.
+
+    Example:
+
+    >>> overlay(np.zeros((8, 8, 1)), np.ones((8, 8))).shape
+    (8, 8, 3)
+    """
+    rgb = _as_rgb(image)
+    heat = colormaps["jet"](_normalise(map, vmin, vmax))[..., :3]
+    if heat.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"overlay: map shape {np.shape(map)} does not match image {np.shape(image)}")
+    blended = (1.0 - alpha) * rgb + alpha * heat
+    return _to_uint8(blended)
+
+
+def save_map_png(path, map, vmin: float = 0.0, vmax: float | None = None) -> Path:
+    """Writes one anomaly map as an 8-bit greyscale PNG, atomically.
+
+    Args:
+        path: target file.
+        map: `(H, W)` anomaly map.
+        vmin, vmax: values written as 0 and 255 (clipped outside);
+            `vmax` defaults to the map's maximum.
+
+    Returns:
+        The path written.
+
+    Example:
+
+    >>> import tempfile
+    >>> p = save_map_png(Path(tempfile.mkdtemp()) / "m.png", np.eye(4))
+    >>> np.asarray(Image.open(p)).max()
+    np.uint8(255)
+    """
+    map = np.asarray(map, dtype=np.float64)
+    if map.ndim != 2:
+        raise ValueError(f"{path}: an anomaly map must be 2-D (H, W), got shape {map.shape}")
+    grey = Image.fromarray(_to_uint8(_normalise(map, vmin, vmax)), mode="L")
+    return _atomic_save(path, lambda tmp: grey.save(tmp, format="PNG"))
+
+
+def _normalise(map, vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
+    """Maps [vmin, vmax] to [0, 1], clipped; an all-`vmin` map stays 0."""
+    map = np.asarray(map, dtype=np.float64)
+    vmax = float(np.max(map)) if vmax is None else float(vmax)
+    span = vmax - vmin
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros_like(map)
+    return np.clip((map - vmin) / span, 0.0, 1.0)
+
+
+def _as_rgb(image) -> np.ndarray:
+    image = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an (H, W, 1) or (H, W, 3) image, got shape {image.shape}")
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _to_uint8(values) -> np.ndarray:
+    return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _atomic_save(path, write: Callable[[str], object]) -> Path:
+    """Calls `write(tmp)` on a temporary file beside `path`, then renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_figure(fig: Figure, path) -> Path:
+    FigureCanvasAgg(fig)
+    return _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+# ---------------------------------------------------------------------------
+# Choosing and naming examples
+
+
+def select_examples(scores, labels, max_examples: int = 12) -> dict[str, list[int]]:
+    """Picks the images worth looking at, in a stable order.
+
+    Takes in turn the next highest-scoring anomalous image, the next
+    lowest-scoring anomalous image (likely misses) and the next highest-scoring
+    good image (likely false alarms) until `max_examples` are chosen; a group
+    that runs out leaves its share to the others. Ties keep input order.
+
+    Returns:
+        `{group name: [image index, ...]}` for the groups in `_GROUPS`.
+
+    Example:
+
+    >>> select_examples([0.1, 0.9, 0.5, 0.3], [0, 1, 1, 0], max_examples=3)
+    {'highest-scoring anomalous': [1], 'lowest-scoring anomalous': [2], 'highest-scoring good': [3]}
+    """
+    scores, labels = np.asarray(scores), np.asarray(labels).astype(bool)
+    by_score = np.argsort(-scores, kind="stable").tolist()
+    anomalous = [i for i in by_score if labels[i]]
+    good = [i for i in by_score if not labels[i]]
+    queues = dict(zip(_GROUPS, (iter(anomalous), iter(anomalous[::-1]), iter(good))))
+    chosen: dict[str, list[int]] = {group: [] for group in _GROUPS}
+    taken: set[int] = set()
+    budget = min(max(int(max_examples), 0), len(scores))
+    while queues and len(taken) < budget:
+        for group, queue in list(queues.items()):
+            index = next((i for i in queue if i not in taken), None)
+            if index is None:
+                del queues[group]
+            elif len(taken) < budget:
+                chosen[group].append(index)
+                taken.add(index)
+    return chosen
+
+
+def safe_file_stems(names: Sequence[str]) -> list[str]:
+    """File-name stems for `names`: safe characters only, unique (case-insensitively).
+
+    Example:
+
+    >>> safe_file_stems(["scratch/000.png", "scratch_000", "<b>"])
+    ['scratch_000', 'scratch_000_2', 'b']
+    """
+    stems, used = [], set()
+    for name in names:
+        stem = _sanitize(name)
+        candidate, count = stem, 1
+        while candidate.lower() in used:
+            count += 1
+            candidate = f"{stem}_{count}"
+        used.add(candidate.lower())
+        stems.append(candidate)
+    return stems
+
+
+def _sanitize(name: str) -> str:
+    path = Path(str(name))
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        path = path.with_suffix("")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.as_posix()).strip("._")
+    return stem[-120:] or "image"
+
+
+# ---------------------------------------------------------------------------
+# Figures
+
+
+def _example_figure(i: int, data: "_Evaluation", map_vmax: float) -> Figure:
+    """One row: input | reconstruction | overlay | ground truth | prediction."""
+    grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    panels = [
+        ("input", _as_rgb(data.images[i]), {}),
+        ("reconstruction", _as_rgb(data.reconstructions[i]), {}),
+        ("anomaly map", overlay(data.images[i], data.maps[i], vmax=map_vmax), {}),
+    ]
+    if data.masks is not None:
+        panels.append(("ground truth", data.masks[i].astype(float), grey))
+    if data.pixel_threshold is not None:
+        title = f"map > {data.pixel_threshold:.4g}"
+        panels.append((title, (data.maps[i] > data.pixel_threshold).astype(float), grey))
+    # Fixed margins instead of constrained layout: same look, several times faster.
+    fig = Figure(figsize=(2.4 * len(panels), 3.1))
+    axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw=dict(
+        left=0.01, right=0.99, bottom=0.02, top=0.79, wspace=0.06))[0]
+    for ax, (title, array, style) in zip(axes, panels):
+        ax.imshow(array, interpolation="nearest", **style)
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+    verdict, correct = data.verdict(i)
+    fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10,
+                 color="black" if correct else "firebrick")
+    return fig
+
+
+def _roc_figure(labels, scores, title: str) -> Figure:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC = {roc_auc_score(labels, scores):.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(-0.01, 1), ylim=(0, 1.01), xlabel="false-positive rate",
+           ylabel="true-positive rate", title=title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _histogram_figure(scores, labels, image_threshold) -> Figure:
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    bins = np.histogram_bin_edges(scores, bins=min(40, max(10, len(scores) // 4)))
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for mask, label, color in ((~labels, "good", "tab:green"), (labels, "anomalous", "tab:red")):
+        if mask.any():
+            ax.hist(scores[mask], bins=bins, alpha=0.6, color=color, label=f"{label} ({mask.sum()})")
+    if image_threshold is not None:
+        ax.axvline(image_threshold, color="black", ls="--",
+                   label=f"image threshold {image_threshold:.4g}")
+    ax.set(xlabel="image score", ylabel="images", title="Image scores")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    return fig
+
+
+def _pixel_sample(maps, masks, limit: int = MAX_PIXELS_FOR_ROC):
+    """Flattened (truth, map) pixels; a fixed-seed random subset above `limit` pixels."""
+    truth, values = np.asarray(masks).ravel(), np.asarray(maps).ravel()
+    if truth.size > limit:
+        keep = np.sort(np.random.default_rng(0).choice(truth.size, limit, replace=False))
+        truth, values = truth[keep], values[keep]
+    return truth.astype(bool), values
+
+
+def _shorten(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+class _Evaluation:
+    """The checked inputs of `write_report`, with the verdict of each image."""
+
+    def __init__(self, names, images, reconstructions, maps, scores, labels, defect_types,
+                 masks, thresholds):
+        self.names = [str(n) for n in names]
+        self.images = np.asarray(images)
+        self.reconstructions = np.asarray(reconstructions)
+        self.maps = np.asarray(maps, dtype=np.float64)
+        self.scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        self.labels = np.asarray(labels).reshape(-1).astype(bool)
+        self.defect_types = [str(d) for d in defect_types]
+        self.masks = None if masks is None else np.asarray(masks).astype(bool)
+        self.thresholds = dict(thresholds or {})
+        self.image_threshold = _optional_float(self.thresholds.get("image"))
+        self.pixel_threshold = _optional_float(self.thresholds.get("pixel"))
+        self._check()
+
+    def _check(self) -> None:
+        n = len(self.names)
+        sized = {"images": self.images, "reconstructions": self.reconstructions,
+                 "maps": self.maps, "scores": self.scores, "labels": self.labels,
+                 "defect_types": self.defect_types}
+        if self.masks is not None:
+            sized["masks"] = self.masks
+        for field, value in sized.items():
+            if len(value) != n:
+                raise ValueError(f"write_report: {field} has {len(value)} entries, names has {n}")
+        if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+            raise ValueError(f"write_report: images must be (N, H, W, 1 or 3), got {self.images.shape}")
+        if self.reconstructions.shape != self.images.shape:
+            raise ValueError(f"write_report: reconstructions {self.reconstructions.shape} "
+                             f"do not match images {self.images.shape}")
+        for field, value in (("maps", self.maps), ("masks", self.masks)):
+            if value is not None and value.shape != self.images.shape[:3]:
+                raise ValueError(f"write_report: {field} must be {self.images.shape[:3]}, "
+                                 f"got {value.shape}")
+
+    def verdict(self, i: int) -> tuple[str, bool]:
+        """A title line for image `i`, and whether the thresholded prediction was right."""
+        truth = self.defect_types[i] if self.labels[i] else "good"
+        score = f"score {self.scores[i]:.4g}"
+        if self.image_threshold is None:
+            return f"{score} | truth: {truth}", True
+        predicted = bool(self.scores[i] > self.image_threshold)
+        word = ">" if predicted else "<="
+        call = "ANOMALOUS" if predicted else "good"
+        outcome = "correct" if predicted == self.labels[i] else "wrong"
+        text = f"{score} {word} {self.image_threshold:.4g}: {call} | truth: {truth} ({outcome})"
+        return text, predicted == self.labels[i]
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def write_report(out_dir, *, names, images, reconstructions, maps, scores, labels,
+                 defect_types, masks=None, thresholds=None, metrics=None,
+                 max_examples: int = 12) -> Path:
+    """Writes the HTML evaluation report and its figures into `out_dir`.
+
+    Args:
+        out_dir: folder to write (created).
+        names: one display name per image (may contain slashes).
+        images, reconstructions: `(N, H, W, C)` floats in [0, 1], C = 1 or 3.
+        maps: `(N, H, W)` anomaly maps; scores: `(N,)` image scores.
+        labels: `(N,)` 1 for anomalous, 0 for good; defect_types: `(N,)` str.
+        masks: optional `(N, H, W)` ground-truth masks (adds the truth panel
+            and the pixel ROC).
+        thresholds: optional `{"image": t, "pixel": t, ...}` (adds verdicts,
+            the predicted-mask panel and the histogram's threshold line).
+        metrics: optional `{"overall": {...}, "per_defect": {name: {...}}}`
+            (or `riad_tf.metrics.summarize`'s flat dict); every key present is
+            shown, None as "n/a".
+        max_examples: most example rows to draw.
+
+    Returns:
+        The path of `index.html`.
+    """
+    data = _Evaluation(names, images, reconstructions, maps, scores, labels, defect_types,
+                       masks, thresholds)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = _write_plots(out_dir, data)
+    examples = _write_examples(out_dir, data, max_examples)
+    page = _render_page(data, metrics or {}, plots, examples)
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return index
+
+
+def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
+    """Writes the summary plots; a plot that cannot be drawn maps to the reason."""
+    plots: dict[str, str | None] = {}
+    both_classes = data.labels.any() and not data.labels.all()
+    if both_classes:
+        _save_figure(_roc_figure(data.labels, data.scores, "Image-level ROC"), out_dir / "roc_image.png")
+        plots["roc_image.png"] = None
+    else:
+        plots["roc_image.png"] = "needs both good and anomalous images"
+    if data.masks is not None:
+        truth, values = _pixel_sample(data.maps, data.masks)
+        if truth.any() and not truth.all():
+            _save_figure(_roc_figure(truth, values, "Pixel-level ROC"), out_dir / "roc_pixel.png")
+            plots["roc_pixel.png"] = None
+        else:
+            plots["roc_pixel.png"] = "needs both defect and defect-free pixels"
+    _save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold),
+                 out_dir / "score_histogram.png")
+    plots["score_histogram.png"] = None
+    return plots
+
+
+def _write_examples(out_dir: Path, data: _Evaluation, max_examples: int) -> dict[str, list]:
+    """Draws the chosen examples; returns `{group: [(index, relative png path), ...]}`."""
+    stems = safe_file_stems(data.names)
+    map_vmax = float(data.maps.max()) if data.maps.size else 1.0
+    groups = {}
+    for group, indices in select_examples(data.scores, data.labels, max_examples).items():
+        groups[group] = []
+        for i in indices:
+            relative = f"examples/{stems[i]}.png"
+            _save_figure(_example_figure(i, data, map_vmax), out_dir / relative)
+            groups[group].append((i, relative))
+    return groups
+
+
+# ---------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f0f0f0; }
+.plots img { max-width: 32%; margin-right: 1%; vertical-align: top; }
+figure { margin: 0 0 1.5em; } figure img { max-width: 100%; }
+figcaption { font-family: monospace; font-size: .9em; }
+.wrong { color: #b22222; } .note { color: #777; }
+"""
+
+
+def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: Mapping) -> str:
+    body = [
+        "<h1>riad-tf evaluation report</h1>",
+        _summary_html(data),
+        "<h2>Metrics</h2>", _metrics_html(metrics),
+        "<h2>Thresholds</h2>", _thresholds_html(data.thresholds),
+        "<h2>Plots</h2>", _plots_html(plots),
+        "<h2>Examples</h2>", _examples_html(examples, data),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<title>riad-tf evaluation report</title>\n"
+            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    """A table cell: floats with `spec`, None and NaN as "n/a", anything else escaped."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return format(float(value), spec)
+    return html.escape(str(value))
+
+
+def _summary_html(data: _Evaluation) -> str:
+    n_bad = int(data.labels.sum())
+    types = sorted(set(d for d, bad in zip(data.defect_types, data.labels) if bad))
+    breakdown = ", ".join(f"{html.escape(t)} {data.defect_types.count(t)}" for t in types)
+    return (f"<p>{len(data.names)} images: {len(data.names) - n_bad} good, {n_bad} anomalous"
+            + (f" ({breakdown})" if breakdown else "") + ". Anomaly maps are evaluated "
+            f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels.</p>")
+
+
+_NESTED_METRICS = ("overall", "per_defect", "per_defect_type")
+
+
+def _metric_rows(metrics: Mapping) -> tuple[dict, dict]:
+    """`({row name: {metric: value}}, {other key: value})` from the metrics dict.
+
+    Reads `{"overall": {...}, "per_defect": {...}}`, and also the flat layout of
+    `riad_tf.metrics.summarize` (overall values at the top, `per_defect_type`).
+    """
+    others = {k: v for k, v in metrics.items() if k not in _NESTED_METRICS}
+    if "overall" in metrics:
+        overall = dict(metrics["overall"] or {})
+    else:
+        overall = {k: v for k, v in others.items() if not isinstance(v, Mapping)}
+        others = {k: v for k, v in others.items() if k not in overall}
+    per_defect = metrics.get("per_defect", metrics.get("per_defect_type")) or {}
+    rows = {"overall": overall, **{str(k): dict(v or {}) for k, v in per_defect.items()}}
+    return rows, others
+
+
+def _metrics_html(metrics: Mapping) -> str:
+    """The overall row, one row per defect type, then any other top-level entries."""
+    if not metrics:
+        return "<p class=\"note\">No metrics given.</p>"
+    rows, others = _metric_rows(metrics)
+    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>"
+        for name, row in rows.items())
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return table + _key_value_table(others) if others else table
+
+
+def _thresholds_html(thresholds: Mapping) -> str:
+    if not thresholds:
+        return "<p class=\"note\">No thresholds given: no verdicts or predicted masks.</p>"
+    note = ("<p class=\"note\">An image is called anomalous when its score is above the image "
+            "threshold; a pixel when its map value is above the pixel threshold.</p>")
+    return _key_value_table(thresholds, spec=".6g") + note
+
+
+def _key_value_table(values: Mapping, spec: str = ".4f") -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v, spec)}</td></tr>"
+                   for k, v in values.items())
+    return f"<table><tbody>{rows}</tbody></table>"
+
+
+def _plots_html(plots: Mapping) -> str:
+    parts = []
+    for file, missing in plots.items():
+        if missing is None:
+            parts.append(f"<img src=\"{quote(file)}\" alt=\"{html.escape(file)}\">")
+        else:
+            parts.append(f"<p class=\"note\">{html.escape(file)} not drawn: {html.escape(missing)}.</p>")
+    return "<div class=\"plots\">" + "\n".join(parts) + "</div>"
+
+
+def _examples_html(examples: Mapping, data: _Evaluation) -> str:
+    parts = []
+    for group, items in examples.items():
+        if not items:
+            continue
+        parts.append(f"<h3>{html.escape(group)}</h3>")
+        for i, relative in items:
+            verdict, correct = data.verdict(i)
+            name = html.escape(data.names[i])
+            css = "" if correct else " class=\"wrong\""
+            parts.append(f"<figure><figcaption{css}>{name}: {html.escape(verdict)}</figcaption>"
+                         f"<img src=\"{quote(relative)}\" alt=\"{name}\"></figure>")
+    return "\n".join(parts) or "<p class=\"note\">No examples drawn.</p>"

@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny configurations so the suite runs in minutes on 2 CPU cores."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_WIDTHS = (4, 8, 8, 16, 16)
+
+
+@pytest.fixture
+def tiny_config():
+    from riad_tf.config import RiadConfig
+
+    return RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS, ks=(2, 4, 8), smoothing=5, epochs=2, batch_size=4)

@@ -1,0 +1,92 @@
+"""GMS, MSGMS, the mean filter, anomaly maps and scores against tests/reference_numpy.py."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference_numpy as ref
+from riad_tf.losses import gms_map, msgms_loss, msgms_map, riad_loss, ssim_loss
+from riad_tf.scoring import anomaly_map, mean_filter, ssim_map
+
+RNG = np.random.default_rng(0)
+
+
+def _pair(shape=(3, 48, 64, 3)):
+    x = RNG.random(shape, dtype=np.float32)
+    y = np.clip(x + 0.2 * RNG.standard_normal(shape).astype(np.float32), 0, 1)
+    return x, y
+
+
+def test_gms_matches_numpy():
+    x, y = _pair()
+    np.testing.assert_allclose(gms_map(x, y).numpy()[..., 0], ref.gms(ref.grey(x), ref.grey(y)), atol=1e-5)
+
+
+def test_msgms_map_matches_numpy():
+    x, y = _pair()
+    got = msgms_map(x, y).numpy()
+    assert got.shape == (3, 48, 64, 1)
+    np.testing.assert_allclose(got[..., 0], ref.msgms(x, y), atol=1e-5)
+
+
+def test_msgms_loss_matches_numpy():
+    x, y = _pair()
+    np.testing.assert_allclose(msgms_loss(x, y).numpy(), ref.msgms_loss(x, y), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [3, 5, 21])
+def test_mean_filter_excludes_padding(size):
+    maps = RNG.random((2, 24, 40), dtype=np.float32)
+    got = mean_filter(maps[..., None], size).numpy()[..., 0]
+    np.testing.assert_allclose(got, ref.mean_filter(maps, size), atol=1e-5)
+    # A constant map stays constant at the borders only when padding is not counted.
+    np.testing.assert_allclose(mean_filter(np.full((1, 24, 40, 1), 0.7, np.float32), size).numpy(), 0.7, atol=1e-5)
+
+
+def test_anomaly_map_and_score_match_numpy():
+    x, y1 = _pair((2, 32, 32, 3))
+    _, y2 = _pair((2, 32, 32, 3))
+    maps, scores = anomaly_map(x, [y1, y2], smoothing=7)
+    want_maps, want_scores = ref.anomaly_map(x, [y1, y2], smoothing=7)
+    np.testing.assert_allclose(maps.numpy(), want_maps, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+
+
+def test_identical_images_gms_one_and_zero_map():
+    x, _ = _pair((2, 32, 32, 3))
+    np.testing.assert_allclose(gms_map(x, x).numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(msgms_map(x, x).numpy(), 1.0, atol=1e-6)
+    maps, scores = anomaly_map(x, [x, x, x], smoothing=21)
+    np.testing.assert_allclose(maps.numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), 0.0, atol=1e-6)
+
+
+def test_flat_images_have_finite_loss_gradients():
+    x = tf.Variable(tf.fill((1, 32, 32, 3), 0.5))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(riad_loss(tf.fill((1, 32, 32, 3), 0.5), x))
+    grad = tape.gradient(loss, x).numpy()
+    assert np.all(np.isfinite(grad))
+
+
+def test_riad_loss_is_sum_of_terms_and_grows_with_error():
+    x, y = _pair((2, 32, 32, 3))
+    want = ref.msgms_loss(x, y) + ssim_loss(x, y).numpy() + ((x - y) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(riad_loss(x, y).numpy(), want, atol=1e-5)
+    assert np.all(riad_loss(x, y).numpy() > riad_loss(x, (x + y) / 2).numpy())
+    # SSIM term: tf.image.ssim's mean SSIM.
+    np.testing.assert_allclose(ssim_loss(x, y).numpy(), 1 - tf.image.ssim(x, y, 1.0).numpy(), atol=1e-6)
+
+
+def test_losses_work_as_keras_loss():
+    import keras
+
+    x, y = _pair((4, 32, 32, 3))
+    loss = keras.losses.get(riad_loss)
+    assert np.isclose(float(keras.ops.mean(loss(x, y))), float(np.mean(riad_loss(x, y).numpy())), atol=1e-6)
+
+
+def test_ssim_map_is_one_for_identical_and_lower_for_noise():
+    x, y = _pair((1, 32, 32, 3))
+    np.testing.assert_allclose(ssim_map(x, x).numpy(), 1.0, atol=1e-5)
+    assert ssim_map(x, y).numpy().mean() < 0.9

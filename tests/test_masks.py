@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from riad_tf.masks import grid_masks, inference_masks, random_grid_masks
+
+
+@pytest.mark.parametrize("k,n", [(2, 3), (4, 3), (8, 5), (16, 2), (4, 7)])
+def test_every_pixel_removed_exactly_once(k, n):
+    masks = grid_masks(32, 48, k, n, seed=1)
+    assert masks.shape == (n, 32, 48, 1) and masks.dtype == np.float32
+    assert set(np.unique(masks)) <= {0.0, 1.0}
+    np.testing.assert_array_equal((1 - masks).sum(axis=0), np.ones((32, 48, 1)))  # Eq. 1
+
+
+@pytest.mark.parametrize("k,n", [(2, 3), (4, 3), (8, 5)])
+def test_cells_uniform_and_set_sizes_balanced(k, n):
+    masks = grid_masks(32, 48, k, n, seed=3)[..., 0]
+    cells = masks.reshape(n, 32 // k, k, 48 // k, k)
+    # Every k x k cell is all kept or all removed.
+    assert np.all(cells.min(axis=(2, 4)) == cells.max(axis=(2, 4)))
+    removed_cells = (1 - cells[:, :, 0, :, 0]).reshape(n, -1).sum(axis=1)
+    assert removed_cells.max() - removed_cells.min() <= 1
+    assert removed_cells.sum() == (32 // k) * (48 // k)
+
+
+def test_seeds():
+    a, b = grid_masks(64, 64, 4, seed=5), grid_masks(64, 64, 4, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, grid_masks(64, 64, 4, seed=6))
+
+
+def test_bad_k_refused_with_numbers():
+    with pytest.raises(ValueError, match=r"k=5.*30x32"):
+        grid_masks(30, 32, 5)
+    with pytest.raises(ValueError):
+        grid_masks(32, 32, 0)
+
+
+def test_inference_masks_depend_on_seed_and_k_only():
+    both = inference_masks(32, 32, ks=(2, 8), n=3, seed=4)
+    alone = inference_masks(32, 32, ks=(8,), n=3, seed=4)
+    assert both.shape == (2, 3, 32, 32, 1)
+    np.testing.assert_array_equal(both[1], alone[0])
+
+
+def test_random_grid_masks_fresh_partition_per_image():
+    masks = random_grid_masks(16, 32, 32, ks=(2, 4, 8), n=3).numpy()
+    assert masks.shape == (16, 3, 32, 32, 1)
+    np.testing.assert_array_equal((1 - masks).sum(axis=1), np.ones((16, 32, 32, 1)))
+    # No two images share a partition.
+    flat = masks.reshape(16, -1)
+    assert len({row.tobytes() for row in flat}) == 16
+
+
+def test_random_grid_masks_cell_sizes_come_from_K():
+    masks = random_grid_masks(64, 32, 32, ks=(2, 8), n=3, seed=0).numpy()[:, 0, :, :, 0]
+    seen = set()
+    for m in masks:
+        # A mask built from 8x8 cells is constant on every 8x8 block.
+        blocks = m.reshape(4, 8, 4, 8)
+        seen.add(8 if np.all(blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3))) else 2)
+    assert seen == {2, 8}
+
+
+def test_random_grid_masks_in_graph_and_seeded():
+    fn = tf.function(lambda b: random_grid_masks(b, 16, 16, ks=(2, 4), n=3))
+    assert fn(tf.constant(5)).shape == (5, 3, 16, 16, 1)
+    a = random_grid_masks(4, 16, 16, ks=(2, 4), seed=9).numpy()
+    np.testing.assert_array_equal(a, random_grid_masks(4, 16, 16, ks=(2, 4), seed=9).numpy())

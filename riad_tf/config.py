@@ -39,6 +39,8 @@ class RiadConfig:
         smoothing: mean-filter size s_f (Eq. 8).
         msgms_scales, gms_c: MSGMS pyramid depth and GMS stability constant (Eq. 4-5).
         score_function: "msgms" (the paper) or "ssim" (the RIAD_SSIM ablation).
+        inpainting: False turns RIAD into a plain auto-encoder with the same
+            network, loss and scoring (no masking): the baseline of Sec. 4.
     Loss (Eq. 7):
         lambda_g, lambda_s: weights of the MSGMS and SSIM terms.
     Training (Algorithm 2):
@@ -60,6 +62,7 @@ class RiadConfig:
     msgms_scales: int = 4
     gms_c: float = 0.0026
     score_function: str = "msgms"
+    inpainting: bool = True
     lambda_g: float = 1.0
     lambda_s: float = 1.0
     epochs: int = 300

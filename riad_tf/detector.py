@@ -53,6 +53,8 @@ class Detector(keras.Model):
         """One reconstruction per k: `(|K|, B, H, W, C)` (Algorithm 1 for every k at once)."""
         images = tf.cast(tf.convert_to_tensor(images), tf.float32)
         num_k = len(self.config.ks)
+        if not self.config.inpainting:  # auto-encoder baseline: one plain reconstruction for every k
+            return tf.tile(tf.cast(self.unet(images), tf.float32)[None], [num_k, 1, 1, 1, 1])
         batch = tf.shape(images)[0]
         # Each (image, k) pair is one item of a B * |K| batch carrying that k's n masks,
         # so the U-Net sees all B * |K| * n masked copies in one call.

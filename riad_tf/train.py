@@ -46,9 +46,12 @@ VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across 
 
 def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None):
     """Algorithm 2 for a batch: random k and partition per image, inpaint, Eq. 7 per image."""
-    height, width = config.image_size
-    masks = random_grid_masks(tf.shape(images)[0], height, width, config.ks, config.n, seed=seed)
-    reconstructions = reconstruct(unet, images, masks, training=training)
+    if config.inpainting:
+        height, width = config.image_size
+        masks = random_grid_masks(tf.shape(images)[0], height, width, config.ks, config.n, seed=seed)
+        reconstructions = reconstruct(unet, images, masks, training=training)
+    else:  # the auto-encoder baseline
+        reconstructions = tf.cast(unet(images, training=training), tf.float32)
     loss = riad_loss(images, reconstructions, config.lambda_g, config.lambda_s, config.msgms_scales, config.gms_c)
     return loss, reconstructions
 
@@ -90,10 +93,11 @@ def learning_rate(config: RiadConfig, epoch: int) -> float:
 class _History:
     """Per-epoch records in `history.json`, rewritten atomically after every epoch."""
 
-    def __init__(self, path: Path, resume_epoch: int):
+    def __init__(self, path: Path, epochs_done: int):
         self.path = path
         records = json.loads(path.read_text()) if path.is_file() else []
-        self.records = [r for r in records if r["epoch"] < resume_epoch]
+        # Records past the checkpoint belong to an epoch that is about to be redone.
+        self.records = [r for r in records if r["epoch"] <= epochs_done]
 
     def append(self, record: dict) -> None:
         self.records.append(record)
@@ -177,9 +181,9 @@ def train(
             "lr": rate,
             "seconds": round(time.time() - started, 3),
         }
+        history.append(record)  # before the checkpoint, so a resumed run never misses a record
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
-        history.append(record)
         _log_epoch(writer, record, unet, preview, config)
 
     save_model(out_dir, unet, config)

@@ -1,0 +1,142 @@
+"""Images in, model input out: decoding, channels, resizing, dtype (METHOD.md, "Data").
+
+The conventions are those of training (`riad_tf.data.read_image`), so a model
+sees on the device what it saw in training:
+
+- 8-bit values are divided by 255 and 16-bit ones by 65535 (float in [0, 1]);
+- RGBA drops alpha; a palette image becomes RGB; a 1-channel model gets the
+  ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B) of a colour image;
+- resizing to the model size is Pillow's bilinear filter on float32 planes;
+- a 3-channel model gets a grey image repeated to 3 channels;
+- values are clipped to [0, 1]; a uint8 model gets round(255 x value).
+
+Example:
+
+>>> batch = to_model_input([np.zeros((48, 40), np.uint8)], (32, 32), 3, "float32")
+>>> batch.shape, batch.dtype
+((1, 32, 32, 3), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or used; the message names the file."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decodes an image file to float32 `(H, W, 1)` (grey) or `(H, W, 3)` in [0, 1].
+
+    Raises:
+        ImageError: "PATH: cannot read image: REASON".
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_float(image)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: cannot read image: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: cannot read image: not an image file, or a format Pillow does not know") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageError(f"{path}: cannot read image: {reason}") from None
+
+
+def _to_float(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.float32) / 65535.0
+    elif mode == "F":
+        values = np.asarray(image, np.float32)
+    else:
+        if mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode in ("1", "LA", "La"):
+            image = image.convert("L")
+        elif image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")  # RGBA, CMYK, YCbCr, LAB, HSV: alpha dropped
+        values = np.asarray(image).astype(np.float32) / 255.0
+    return as_unit_float(values)
+
+
+def as_unit_float(image: np.ndarray) -> np.ndarray:
+    """An array image as float32 `(H, W, 1|3)` in [0, 1]: integer types are scaled, alpha dropped."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        values = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        values = image.astype(np.float32) / 65535.0
+    elif np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
+        values = image.astype(np.float32)
+    else:
+        raise ImageError(f"image dtype {image.dtype} not understood (use uint8, uint16 or float in [0, 1])")
+    if values.ndim == 2:
+        values = values[..., None]
+    if values.ndim != 3 or values.shape[-1] not in (1, 2, 3, 4):
+        raise ImageError(f"image shape {image.shape} is not (H, W) or (H, W, C) with C in 1-4")
+    if values.shape[-1] in (2, 4):  # grey + alpha, RGBA: drop alpha
+        values = values[..., :-1]
+    return np.clip(values, 0.0, 1.0)
+
+
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    if values.shape[:2] == (height, width):
+        return values
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize((width, height), Image.Resampling.BILINEAR))
+        for c in range(values.shape[-1])
+    ]
+    return np.stack(planes, axis=-1).astype(np.float32)
+
+
+def to_model_input(images: Sequence[np.ndarray], size: tuple[int, int], channels: int, dtype: str) -> np.ndarray:
+    """Prepares a list of images of any size for a model.
+
+    Args:
+        images: arrays `(H, W)` or `(H, W, C)`, uint8, uint16 or float in [0, 1];
+            sizes may differ.
+        size: the model's (height, width).
+        channels: the model's channels, 1 or 3.
+        dtype: the model's input dtype, "float32" or "uint8".
+
+    Returns:
+        `(B, height, width, channels)` array of `dtype`.
+    """
+    batch = []
+    for image in images:
+        values = as_unit_float(image)
+        if channels == 1 and values.shape[-1] == 3:
+            values = values @ _LUMA[:, None]
+        values = _resize(values, size)
+        if channels == 3 and values.shape[-1] == 1:
+            values = np.repeat(values, 3, axis=-1)
+        batch.append(np.clip(values, 0.0, 1.0))
+    if not batch:
+        return np.zeros((0, *size, channels), dtype)
+    stacked = np.stack(batch)
+    if dtype == "uint8":
+        return np.round(stacked * 255.0).astype(np.uint8)
+    return stacked.astype(np.float32)
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expands folders into the image files they hold (sorted); files are kept as given."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            found.append(path)
+    return found

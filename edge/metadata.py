@@ -1,0 +1,217 @@
+"""The JSON file beside every exported model: what the device needs to run it.
+
+`riad-tf export` writes `MODEL.json` beside each `MODEL` (`riad_fp32.tflite`
+gets `riad_fp32.tflite.json`), and `riad-edge` reads it back: the input size,
+channels and dtype for preprocessing, the RIAD settings (K, n, seed, smoothing:
+the training `RiadConfig.to_dict()`, so nothing is specified twice), the
+calibrated thresholds for verdicts, and a sha256 of the model file so a model
+and a metadata file that do not belong together are caught.
+
+Schema `riad-edge/1` (keys of the JSON object):
+
+    schema            "riad-edge/1"
+    riad_tf_version   version of riad-tf that exported the model
+    format            "tflite" | "onnx" | "tensorrt"
+    graph             "detector": images -> (maps, scores), the whole RIAD inference;
+                      "unet": the bare U-Net, masked copies -> reconstructions
+                      (the edge runner masks, assembles and scores in numpy)
+    precision         "fp32" | "fp16" | "int8"
+    quantization      one line saying what was quantized and what stayed float
+    model_file        the model's file name (beside this JSON)
+    sha256            sha256 of the model file
+    input_name        name of the input tensor
+    input_shape       [batch or null (dynamic), height, width, channels]
+    input_dtype       "float32" (values in [0, 1]) | "uint8" (0-255, divided in-graph)
+    output_names      ["maps", "scores"] or ["reconstruction"]
+    config            RiadConfig.to_dict() of the trained model (ks, n, seed, smoothing, ...)
+    thresholds        {"image": t, "pixel": t, ...} or null before calibration
+    masks_file        bare U-Net only: .npy of the inference masks (|K|, n, H, W, 1) uint8
+    masks_sha256      bare U-Net only: its sha256
+    unet_scope        name fragment of the U-Net's nodes in the graph (TensorRT keeps
+                      the other layers in float32), or null
+    verification      {"max_abs_diff_maps": .., "max_abs_diff_scores": .., "images": N}
+                      measured at export against the Keras detector, or null
+    notes             free text
+
+Example:
+
+>>> meta = ModelMetadata.from_dict(json.loads(Path("riad_fp32.tflite.json").read_text()))  # doctest: +SKIP
+>>> meta.image_size, meta.ks                                                               # doctest: +SKIP
+((256, 256), (2, 4, 8, 16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA = "riad-edge/1"
+FORMATS = ("tflite", "onnx", "tensorrt")
+GRAPHS = ("detector", "unet")
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_DTYPES = ("float32", "uint8")
+# Model file extension -> format.
+EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+class MetadataError(ValueError):
+    """A missing, unreadable or inconsistent metadata file; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    """The contents of `MODEL.json` (schema `riad-edge/1`, see the module docstring)."""
+
+    format: str
+    graph: str
+    precision: str
+    quantization: str
+    model_file: str
+    sha256: str
+    input_name: str
+    input_shape: tuple
+    input_dtype: str
+    output_names: tuple
+    config: dict
+    thresholds: dict | None = None
+    masks_file: str | None = None
+    masks_sha256: str | None = None
+    unet_scope: str | None = None
+    verification: dict | None = None
+    riad_tf_version: str = "unknown"
+    notes: str = ""
+    schema: str = SCHEMA
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(None if d is None else int(d) for d in self.input_shape))
+        object.__setattr__(self, "output_names", tuple(self.output_names))
+        self._check()
+
+    def _check(self) -> None:
+        checks = (
+            (self.schema == SCHEMA, f"schema {self.schema!r} is not {SCHEMA!r}"),
+            (self.format in FORMATS, f"format {self.format!r} is not one of {FORMATS}"),
+            (self.graph in GRAPHS, f"graph {self.graph!r} is not one of {GRAPHS}"),
+            (self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {PRECISIONS}"),
+            (self.input_dtype in INPUT_DTYPES, f"input_dtype {self.input_dtype!r} is not one of {INPUT_DTYPES}"),
+            (len(self.input_shape) == 4, f"input_shape {list(self.input_shape)} is not [batch, H, W, C]"),
+            (self.graph != "unet" or bool(self.masks_file), "a bare U-Net needs masks_file"),
+        )
+        for ok, problem in checks:
+            if not ok:
+                raise ValueError(problem)
+        for key in ("image_size", "channels", "ks", "n"):
+            if key not in self.config:
+                raise ValueError(f"config has no {key!r}")
+
+    # Values the runner needs, read from the stored training config.
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.config["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.config["channels"])
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.config["ks"])
+
+    @property
+    def n(self) -> int:
+        return int(self.config["n"])
+
+    @property
+    def batch(self) -> int | None:
+        """The model's fixed batch (images, or masked copies for a bare U-Net); None when dynamic."""
+        return self.input_shape[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["input_shape"] = list(self.input_shape)
+        out["output_names"] = list(self.output_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelMetadata":
+        known = {f.name for f in dataclasses.fields(cls)}
+        # Keys a later schema may add are ignored; missing required keys raise TypeError.
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def metadata_path(model_path: str | os.PathLike) -> Path:
+    """`riad.onnx` -> `riad.onnx.json`."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to a temporary file beside `path`, then renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
+    """Writes `MODEL.json` beside `model_path` atomically; returns its path."""
+    path = metadata_path(model_path)
+    text = json.dumps(metadata.to_dict(), indent=2) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMetadata:
+    """Reads `MODEL.json` beside a model file.
+
+    Args:
+        model_path: the model (`.tflite`, `.onnx`, `.engine`).
+        verify: check the model's sha256 (and the masks file's, for a bare U-Net)
+            against the metadata.
+
+    Returns:
+        The `ModelMetadata`.
+
+    Raises:
+        MetadataError: one line naming the file: missing, not JSON, wrong
+            schema, or a model file that does not match its sha256.
+    """
+    model_path = Path(model_path)
+    path = metadata_path(model_path)
+    if not path.is_file():
+        raise MetadataError(f"{path}: metadata not found; copy it with the model (riad-tf export writes it)")
+    try:
+        metadata = ModelMetadata.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise MetadataError(f"{path}: not riad-edge metadata: {err}") from None
+    if verify:
+        _verify_file(model_path, metadata.sha256, path)
+        if metadata.masks_file:
+            _verify_file(model_path.parent / metadata.masks_file, metadata.masks_sha256, path)
+    return metadata
+
+
+def _verify_file(path: Path, expected: str | None, meta_path: Path) -> None:
+    if not path.is_file():
+        raise MetadataError(f"{path}: file not found (named in {meta_path.name})")
+    if expected and file_sha256(path) != expected:
+        raise MetadataError(f"{path}: sha256 differs from {meta_path.name}; the model and its metadata do not belong together")

@@ -21,9 +21,10 @@ TF = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "tensorboard>=2.20",
+    "opencv-python-headless>=4.10",  # video decoding (riad_tf.video)
 ]
 
-EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0"]
+EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0", "opencv-python-headless>=4.10"]
 
 setup(
     name="riad-tf",

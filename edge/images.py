@@ -140,3 +140,24 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def save_map_png(path: str | os.PathLike, anomaly_map: np.ndarray, vmax: float | None = None) -> Path:
+    """Writes an anomaly map as an 8-bit grey PNG, atomically: 0 -> 0, `vmax` -> 255 (clipped).
+
+    `vmax` defaults to the map's maximum (an all-zero map stays black).
+    """
+    path = Path(path)
+    values = np.asarray(anomaly_map, np.float64)
+    top = float(values.max()) if vmax is None else float(vmax)
+    scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
+    image = Image.fromarray(np.round(scaled * 255).astype(np.uint8))  # 2-D uint8: mode "L"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
+
+# TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the tool's own output;
+# errors still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import click
 import yaml
@@ -37,8 +42,8 @@ def _friendly_errors(command):
 
 def _data_options(command):
     options = [
-        click.option("--data", "data_path", type=click.Path(exists=True, file_okay=False), help="Data-set folder (MVTec category or magnetic-tile root)."),
-        click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders"]), default="auto", show_default=True),
+        click.option("--data", "data_path", type=click.Path(exists=True, file_okay=False), help="Data-set folder (MVTec category, magnetic-tile root, or a video data set)."),
+        click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders", "ped2", "avenue", "video"]), default="auto", show_default=True, help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md."),
         click.option("--normal", multiple=True, type=click.Path(exists=True, file_okay=False), help="Folder of good images (folders layout; repeatable)."),
         click.option("--abnormal", multiple=True, type=click.Path(exists=True, file_okay=False), help="Folder of defective images (repeatable)."),
         click.option("--masks", type=click.Path(exists=True, file_okay=False), help="Folder of masks NAME_mask.png or NAME.png (default: beside the images)."),
@@ -63,6 +68,13 @@ def _data_spec(data_path, layout, normal, abnormal, masks, test_normal) -> dict:
 
 def _load_split(spec: dict, skip_unreadable: bool):
     from riad_tf.data import load_dataset, validate
+    from riad_tf.video import load_video_dataset, resolve_video_layout, validate_videos
+
+    video_layout = resolve_video_layout(spec["path"], spec["layout"])
+    if video_layout:  # a VideoSplit; unreadable frames always stop (skipping one would shift the labels)
+        split = validate_videos(load_video_dataset(spec["path"], video_layout))
+        click.echo(f"data: {split.describe()}", err=True)
+        return split
 
     split = load_dataset(
         spec["path"],
@@ -77,6 +89,22 @@ def _load_split(spec: dict, skip_unreadable: bool):
         click.echo(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}", err=True)
     click.echo(f"data: {split.describe()}", err=True)
     return split
+
+
+def _train_function(split):
+    """`train_run` for image data, `train_video_run` for a `VideoSplit` (same signature)."""
+    from riad_tf.video import VideoSplit, train_video_run
+    from riad_tf.workflow import train_run
+
+    return train_video_run if isinstance(split, VideoSplit) else train_run
+
+
+def _evaluate_function(split):
+    """`evaluate_run` for image data, `evaluate_video_run` for a `VideoSplit` (same signature)."""
+    from riad_tf.evaluate import evaluate_run
+    from riad_tf.video import VideoSplit, evaluate_video_run
+
+    return evaluate_video_run if isinstance(split, VideoSplit) else evaluate_run
 
 
 def _parse_sets(pairs) -> dict:
@@ -113,8 +141,6 @@ def main():
 @_friendly_errors
 def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, epochs, batch_size, learning_rate, image_size, sets, no_progress):
     """Train on good images, then calibrate thresholds on held-out good images."""
-    from riad_tf.workflow import train_run
-
     overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     if image_size:
         overrides["image_size"] = (image_size, image_size)
@@ -128,7 +154,7 @@ def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, 
         spec = json.loads(previous.read_text())
     split = _load_split(spec, skip_unreadable)
     atomic_write_text(Path(out) / DATA_FILE, json.dumps(spec, indent=2) + "\n")
-    thresholds = train_run(config, split, out, progress=not no_progress)
+    thresholds = _train_function(split)(config, split, out, progress=not no_progress)
     click.echo(f"model: {Path(out) / 'model.keras'}")
     click.echo(f"thresholds (FPR {config.target_fpr:g} on held-out good images): image {thresholds['image']:.5f}, pixel {thresholds['pixel']:.5f}")
 
@@ -142,8 +168,6 @@ def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, 
 @_friendly_errors
 def evaluate(run_dir, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, batch_size, no_report):
     """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type."""
-    from riad_tf.evaluate import evaluate_run
-
     spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
     if not (spec["path"] or spec["normal"]):
         stored = Path(run_dir) / DATA_FILE
@@ -154,7 +178,7 @@ def evaluate(run_dir, data_path, layout, normal, abnormal, masks, test_normal, s
     if not split.test:
         raise click.ClickException("no test images in the data set")
     out = Path(out or Path(run_dir) / "eval")
-    summary = evaluate_run(run_dir, split.test, out, batch_size=batch_size, report=not no_report)
+    summary = _evaluate_function(split)(run_dir, split.test, out, batch_size=batch_size, report=not no_report)
     click.echo((out / "metrics.md").read_text())
     if not no_report:
         click.echo(f"report: {out / 'report' / 'index.html'}")

@@ -22,6 +22,11 @@ from typing import Any, Mapping
 
 import yaml
 
+# Choices of the scale-out settings (see riad_tf.distribute and docs/distributed.md).
+STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
+MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16", "auto")
+LR_SCALING = ("none", "linear", "sqrt")
+
 
 @dataclasses.dataclass(frozen=True)
 class RiadConfig:
@@ -49,6 +54,26 @@ class RiadConfig:
         val_fraction: share of the good images held out for calibration.
         target_fpr: false-positive rate on held-out good images that sets the
             image and pixel thresholds.
+    Video (Sec. 4.1, 4.3; `riad_tf.video`):
+        temporal_window: frame scores are averaged over the current and the
+            `temporal_window - 1` previous frames (3 in the paper).
+        exclude_test_videos: names of test videos left out of evaluation
+            (Avenue17 drops the videos that Hinami et al. 2017 list).
+        train_frame_stride: train on every s-th frame of the training videos
+            (consecutive frames are near-duplicates; this bounds memory).
+    Scale-out (`riad_tf.distribute`, docs/distributed.md):
+        strategy: "default" (one device), "mirrored" (all local GPUs),
+            "multi_worker" (cluster from TF_CONFIG), "slurm" or "kubernetes".
+            `batch_size` is per replica: the global batch is
+            batch_size x replicas.
+        lr_scaling: how the learning rate grows with the replica count:
+            "none", "linear" (x replicas) or "sqrt" (x sqrt(replicas)).
+        sync_batchnorm: batch-norm statistics over the global batch instead of
+            each replica's share (N replicas x b then train exactly like one
+            device with batch N x b).
+        mixed_precision: "off", "mixed_float16" (GPUs; with loss scaling),
+            "mixed_bfloat16" (CPUs, TPUs, recent GPUs) or "auto".
+        xla: compile the training step with XLA (`jit_compile`).
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -71,11 +96,22 @@ class RiadConfig:
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
     target_fpr: float = 0.01
+    temporal_window: int = 3
+    exclude_test_videos: tuple[str, ...] = ()
+    train_frame_stride: int = 1
+    strategy: str = "default"
+    lr_scaling: str = "none"
+    sync_batchnorm: bool = False
+    mixed_precision: str = "off"
+    xla: bool = False
 
     def __post_init__(self):
         # YAML gives lists; keep tuples so the object stays hashable and comparable.
         for name in ("image_size", "widths", "ks"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        excluded = self.exclude_test_videos
+        excluded = [excluded] if isinstance(excluded, (str, int)) else excluded
+        object.__setattr__(self, "exclude_test_videos", tuple(str(v) for v in excluded))
         self.validate()
 
     def validate(self) -> None:
@@ -104,6 +140,13 @@ class RiadConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.temporal_window < 1:
+            raise ValueError(f"temporal_window must be at least 1, got {self.temporal_window}")
+        if self.train_frame_stride < 1:
+            raise ValueError(f"train_frame_stride must be at least 1, got {self.train_frame_stride}")
+        for name, choices in (("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION), ("lr_scaling", LR_SCALING)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

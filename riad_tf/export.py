@@ -181,10 +181,10 @@ def export_detector(
     if "tflite" in formats:
         path = out_dir / f"{stem}_{precision}.tflite"
         calibration = _calibration_inputs(representative, detector, bare_unet)
-        model, quantization, scope = _convert_tflite(detector, spec, precision, calibration, bare_unet)
+        model, quantization = _convert_tflite(detector, spec, precision, calibration, bare_unet)
         atomic_write_bytes(path, model)
         written["tflite"] = path
-        written["tflite_metadata"] = _write_metadata(path, "tflite", precision, quantization, scope, **common)
+        written["tflite_metadata"] = _write_metadata(path, "tflite", precision, quantization, None, **common)
     if "onnx" in formats:
         path = out_dir / f"{stem}.onnx"
         model, scope = _convert_onnx(detector, spec, bare_unet)
@@ -328,8 +328,8 @@ def _tflite_tensor_names(model: bytes) -> list[tuple[str, list[str]]]:
     return [(op["op_name"], [names[i] for i in op["outputs"]]) for op in interpreter._get_ops_details()]
 
 
-def _convert_tflite(detector, spec, precision: str, calibration, bare_unet: bool) -> tuple[bytes, str, str | None]:
-    """Returns (model bytes, what was quantized, U-Net scope)."""
+def _convert_tflite(detector, spec, precision: str, calibration, bare_unet: bool) -> tuple[bytes, str]:
+    """Returns (model bytes, one line saying what was quantized)."""
     with tempfile.TemporaryDirectory(prefix="riad-export-") as tmp:
         saved = _saved_model(detector, spec, bare_unet, Path(tmp) / "saved_model")
 
@@ -337,47 +337,48 @@ def _convert_tflite(detector, spec, precision: str, calibration, bare_unet: bool
             return tf.lite.TFLiteConverter.from_saved_model(str(saved))
 
         try:
-            float_model = converter().convert()
-            ops = _tflite_tensor_names(float_model)
-            scope = None if bare_unet else _unet_scope((n for _, outs in ops for n in outs), detector.unet.name)
             if precision == "fp32":
-                return float_model, "none: float32", scope
+                return converter().convert(), "none: float32"
             if precision == "fp16":
                 fp16 = converter()
                 fp16.optimizations = [tf.lite.Optimize.DEFAULT]
                 fp16.target_spec.supported_types = [tf.float16]
-                return fp16.convert(), "float16 weights; float32 compute on CPU", scope
+                return fp16.convert(), "float16 weights; float32 compute on CPU"
             if calibration is None:
                 dynamic = converter()
                 dynamic.optimizations = [tf.lite.Optimize.DEFAULT]
-                return dynamic.convert(), "dynamic-range int8: int8 weights, float32 activations", scope
-            return _full_integer_unet(converter(), ops, spec, calibration, bare_unet, scope)
+                return dynamic.convert(), "dynamic-range int8: int8 weights, float32 activations"
+            return _full_integer_unet(converter, detector.unet.name, spec, calibration, bare_unet)
         except ExportError:
             raise
         except Exception as err:  # the converter raises many types; report one line
             raise ExportError(f"TFLite conversion failed: {str(err).splitlines()[0] if str(err) else repr(err)}") from err
 
 
-def _full_integer_unet(converter, ops, spec, calibration, bare_unet: bool, scope):
+def _full_integer_unet(converter, unet_name: str, spec, calibration, bare_unet: bool) -> tuple[bytes, str]:
     """int8 U-Net, calibrated; for the whole graph every op outside the U-Net stays float32.
 
-    Uses TFLite's selective quantization (QuantizationDebugger with denylisted nodes).
+    The whole graph uses TFLite's selective quantization: the float model's ops
+    outside the U-Net's name scope are denylisted in the QuantizationDebugger.
     """
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative_dataset(calibration, spec)
+    quantizing = converter()
+    quantizing.optimizations = [tf.lite.Optimize.DEFAULT]
+    quantizing.representative_dataset = _representative_dataset(calibration, spec)
     count = f"calibrated on {len(calibration)} {'masked copies' if bare_unet else 'images'}"
     if bare_unet:
-        return converter.convert(), f"full-integer int8 U-Net (float32 input/output), {count}", None
+        return quantizing.convert(), f"full-integer int8 U-Net (float32 input/output), {count}"
+    ops = _tflite_tensor_names(converter().convert())
+    scope = _unet_scope((name for _, outputs in ops for name in outputs), unet_name)
     if scope is None:
-        raise ExportError("int8: cannot find the U-Net's layers in the converted graph to quantize them apart")
+        raise ExportError(f"int8: cannot find the U-Net's layers ({unet_name}) in the converted graph")
     float_nodes = [name for _, outputs in ops for name in outputs if not name.startswith(scope)]
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter,
+        converter=quantizing,
         debug_dataset=_representative_dataset(calibration, spec),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes),
     )
     quantization = f"int8 U-Net (full-integer), {count}; masking, assembly (Eq. 2) and scoring (Eq. 3-10) float32"
-    return debugger.get_nondebug_quantized_model(), quantization, scope
+    return debugger.get_nondebug_quantized_model(), quantization
 
 
 # ----------------------------------------------------------------------------

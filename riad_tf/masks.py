@@ -93,8 +93,8 @@ def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n:
         height, width: image size, divisible by every k.
         ks: the region sizes K.
         n: number of disjoint sets.
-        seed: optional int for `tf.random` stateless draws (tests); None uses
-            the global generator.
+        seed: optional int (or int scalar tensor, e.g. keyed by training step)
+            for `tf.random` stateless draws; None uses the global generator.
 
     Returns:
         float32 tensor `(batch_size, n, height, width, 1)`.
@@ -104,7 +104,7 @@ def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n:
     for k in ks:
         _check_divides(height, width, k)
     batch_size = tf.convert_to_tensor(batch_size, tf.int32)
-    seeds = None if seed is None else tf.random.split(tf.constant([seed, 0], tf.int64), len(ks) + 1)
+    seeds = None if seed is None else tf.random.split(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), len(ks) + 1)
 
     def uniform(shape, i):
         if seeds is None:

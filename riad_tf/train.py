@@ -1,14 +1,29 @@
-"""Training glue: Algorithm 2 under a `tf.distribute` strategy, with resume.
+"""Training glue: Algorithm 2 under any `tf.distribute` strategy, with resume.
 
 Every step draws a fresh k from K and a fresh partition for each image
 (`random_grid_masks`), reconstructs it by inpainting (Eq. 2) and minimises
 L = lambda_G L_G + lambda_S L_S + L_2 (Eq. 7) with Adam. The learning rate is
 divided by 10 after `config.decay_epoch` epochs (250 of 300 in the paper).
 
-One custom loop serves every strategy (Keras 3.15's `fit` fails under
-MultiWorkerMirroredStrategy), and the whole state (weights, optimizer, epoch)
-is checkpointed after every epoch, so re-running the same command after a
-crash or `kill -9` continues from the last finished epoch.
+Scaling out (docs/distributed.md):
+
+- One custom step (`make_train_step`) serves every strategy: Keras 3.15's
+  `fit` fails under MultiWorkerMirroredStrategy.
+- `config.batch_size` is per replica; the global batch is batch_size x
+  replicas, and `learning_rate` applies `config.lr_scaling` to the replica count.
+- The input pipeline (`training_batches`) shuffles and draws the masks from
+  stateless seeds keyed by (seed, epoch, global batch index), so the masks of
+  an image depend on its place in the global batch, never on the replica that
+  trains it: replicas draw independent masks, and any replica count (or a
+  resumed run) sees the same images and masks as one device would.
+- The whole state (weights, optimizer, epoch) is checkpointed after every
+  epoch; re-running the same command after a crash or `kill -9` of any worker
+  continues from the last finished epoch.
+- Only the chief writes the run directory (checkpoints, history, logs, model);
+  the other workers take part in every save but write to a scratch directory.
+- Mixed precision (`config.mixed_precision`) builds the training U-Net under
+  a mixed policy (with loss scaling for float16); losses stay float32 and the
+  saved model is always float32. `config.xla` compiles the per-replica step.
 
 Example:
 
@@ -24,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -32,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from riad_tf.config import RiadConfig, atomic_write_text
-from riad_tf.data import training_dataset
+from riad_tf.distribute import assert_workers_agree, is_chief, make_strategy, precision_policy, resolve_precision, scratch_dir
 from riad_tf.inpaint import reconstruct
 from riad_tf.losses import riad_loss
 from riad_tf.masks import random_grid_masks
@@ -42,34 +58,125 @@ from riad_tf.run import save_model
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across epochs
+_SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
 
-def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None):
-    """Algorithm 2 for a batch: random k and partition per image, inpaint, Eq. 7 per image."""
+def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, masks=None):
+    """Algorithm 2 for a batch: inpaint with random (or given) masks, Eq. 7 per image.
+
+    Args:
+        unet: the inpainting network.
+        images: `(B, H, W, C)` float32 in [0, 1].
+        config: gives K, n, the loss weights and whether to inpaint at all.
+        training: batch-norm mode.
+        seed: seed of the random partitions (int or int tensor); None: global RNG.
+        masks: `(B, n, H, W, 1)` keep-masks (any numeric dtype) to use instead
+            of drawing them.
+
+    Returns:
+        `(loss (B,), reconstructions (B, H, W, C))`, both float32.
+    """
     if config.inpainting:
-        height, width = config.image_size
-        masks = random_grid_masks(tf.shape(images)[0], height, width, config.ks, config.n, seed=seed)
-        reconstructions = reconstruct(unet, images, masks, training=training)
+        if masks is None:
+            height, width = config.image_size
+            masks = random_grid_masks(tf.shape(images)[0], height, width, config.ks, config.n, seed=seed)
+        reconstructions = reconstruct(unet, images, tf.cast(masks, tf.float32), training=training)
     else:  # the auto-encoder baseline
         reconstructions = tf.cast(unet(images, training=training), tf.float32)
-    loss = riad_loss(images, reconstructions, config.lambda_g, config.lambda_s, config.msgms_scales, config.gms_c)
+    # The losses run in float32 whatever the network's compute dtype.
+    loss = riad_loss(tf.cast(images, tf.float32), reconstructions, config.lambda_g, config.lambda_s, config.msgms_scales, config.gms_c)
     return loss, reconstructions
 
 
-def make_train_step(unet, optimizer, config: RiadConfig, strategy: tf.distribute.Strategy):
-    """One distributed training step: `step(distributed_batch) -> mean loss over the global batch`."""
+def training_batches(images: np.ndarray, config: RiadConfig, global_batch: int, first_epoch: int = 0, drop_remainder: bool = False):
+    """The input pipeline: `(images, masks)` global batches for epochs `first_epoch .. config.epochs - 1`.
 
-    def replica_step(images):
+    Each epoch is a stateless shuffle keyed by (seed, epoch); each batch's
+    masks are drawn from a seed keyed by (seed, epoch, batch index), in
+    parallel on the host, as uint8 (a quarter of the float32 traffic). So the
+    pipeline is deterministic, a resumed run continues it exactly, and an
+    image's masks depend on its place in the global batch only. The images are
+    decoded once beforehand (`riad_tf.data.load_arrays`); here they are only
+    gathered from memory, so multi-worker sharding is by data
+    (`AutoShardPolicy.DATA`).
+
+    Args:
+        images: `(N, H, W, C)` float32 in [0, 1].
+        config: gives the seed, epochs, K, n and whether to inpaint.
+        global_batch: images per step over all replicas.
+        first_epoch: the 0-based epoch to start at (after a resume).
+        drop_remainder: drop each epoch's last incomplete batch.
+
+    Returns:
+        A `tf.data.Dataset` of `(images (B, H, W, C) float32, masks (B, n, H, W, 1) uint8)`,
+        or of `(images,)` for the auto-encoder baseline.
+
+    Example:
+
+    >>> cfg = RiadConfig(image_size=(32, 32), ks=(2, 4), epochs=2)
+    >>> ds = training_batches(np.zeros((10, 32, 32, 3), np.float32), cfg, 4, drop_remainder=True)
+    >>> [tuple(x.shape) for x, m in ds][:2], len(list(ds))
+    ([(4, 32, 32, 3), (4, 32, 32, 3)], 4)
+    """
+    num_images = len(images)
+    height, width = config.image_size
+    pixels = tf.constant(np.asarray(images, np.float32))
+
+    def epoch_batches(epoch):
+        key = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, _SHUFFLE_STREAM], tf.int64), epoch)
+        order = tf.random.experimental.stateless_shuffle(tf.range(num_images, dtype=tf.int64), seed=key)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(global_batch, drop_remainder=drop_remainder)
+        return batches.enumerate().map(lambda i, indices: (epoch, i, indices))
+
+    def load(epoch, index, indices):
+        batch = tf.gather(pixels, indices)
+        if not config.inpainting:
+            return (batch,)
+        key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
+        key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, epoch), index)
+        seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+        masks = random_grid_masks(tf.shape(indices)[0], height, width, config.ks, config.n, seed=seed)
+        return batch, tf.cast(masks, tf.uint8)
+
+    dataset = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def make_train_step(unet, optimizer, config: RiadConfig, strategy: tf.distribute.Strategy):
+    """One distributed training step for every strategy.
+
+    Each replica computes Eq. 7 on its share of the global batch, scales the
+    mean by its share (`compute_average_loss`), takes gradients (through the
+    loss scale for float16; XLA-compiled with `config.xla`) and applies them;
+    the optimizer sums the gradients over all replicas, so every step follows
+    the gradient of the mean loss over the global batch.
+
+    Returns:
+        `step(distributed_batch) -> (sum of per-image losses, number of images)`
+        over the global batch.
+    """
+    variables = unet.trainable_variables
+
+    def gradients(images, masks=None):
         with tf.GradientTape() as tape:
-            loss, _ = per_image_loss(unet, images, config, training=True)
-            scaled = tf.nn.compute_average_loss(loss)
-        grads = tape.gradient(scaled, unet.trainable_variables)
-        optimizer.apply_gradients(zip(grads, unet.trainable_variables))
-        return scaled
+            loss, _ = per_image_loss(unet, images, config, training=True, masks=masks)
+            scaled = optimizer.scale_loss(tf.nn.compute_average_loss(loss))
+        return tape.gradient(scaled, variables), tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32)
+
+    if config.xla:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(*batch):
+        grads, loss_sum, count = gradients(*batch)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss_sum, count
 
     @tf.function
     def step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
+        per_replica = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     return step
@@ -85,9 +192,22 @@ def validation_loss(unet, images: np.ndarray, config: RiadConfig, batch_size: in
     return float(np.concatenate(losses).mean())
 
 
-def learning_rate(config: RiadConfig, epoch: int) -> float:
-    """Adam's rate for a 0-based epoch: divided by 10 from `decay_epoch` on (Sec. 4.3)."""
-    return config.learning_rate / 10.0 if epoch >= config.decay_epoch else config.learning_rate
+def learning_rate(config: RiadConfig, epoch: int, replicas: int = 1) -> float:
+    """Adam's rate for a 0-based epoch.
+
+    The base rate `config.learning_rate` is for one replica's batch; it is
+    scaled with the replica count by `config.lr_scaling` ("none", "linear":
+    x replicas, "sqrt": x sqrt(replicas)), and divided by 10 from
+    `decay_epoch` on (Sec. 4.3).
+
+    Example:
+
+    >>> learning_rate(RiadConfig(learning_rate=1e-4, lr_scaling="linear", epochs=6), 5, replicas=4)
+    4e-05
+    """
+    factor = {"none": 1.0, "linear": float(replicas), "sqrt": math.sqrt(replicas)}[config.lr_scaling]
+    rate = config.learning_rate * factor
+    return rate / 10.0 if epoch >= config.decay_epoch else rate
 
 
 class _History:
@@ -104,15 +224,66 @@ class _History:
         atomic_write_text(self.path, json.dumps(self.records, indent=1) + "\n")
 
 
+class _EpochCheckpoints:
+    """The training state after each epoch: the chief writes `out_dir/checkpoints`.
+
+    Every worker restores from there (a filesystem the workers share) and
+    every worker saves, as MultiWorkerMirroredStrategy requires; a non-chief
+    saves into a scratch directory that is emptied after each save.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: Path, chief: bool, scratch: Path):
+        self.checkpoint, self.directory, self.chief, self.scratch = checkpoint, directory, chief, scratch
+        self.manager = tf.train.CheckpointManager(checkpoint, directory if chief else scratch / CHECKPOINT_DIR, max_to_keep=2)
+
+    def restore(self) -> bool:
+        latest = tf.train.latest_checkpoint(str(self.directory))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest is not None
+
+    def save(self, epoch: int) -> None:
+        self.manager.save(checkpoint_number=epoch)
+        if not self.chief:
+            tf.io.gfile.rmtree(str(self.scratch / CHECKPOINT_DIR))
+
+
 def _log_epoch(writer, record: dict, unet, preview: np.ndarray | None, config: RiadConfig):
     with writer.as_default(step=record["epoch"]):
-        for key in ("loss", "val_loss", "lr"):
+        for key in ("loss", "val_loss", "lr", "images_per_s"):
             if record.get(key) is not None:
                 tf.summary.scalar(key, record[key])
         if preview is not None:
             _, recs = per_image_loss(unet, tf.convert_to_tensor(preview), config, training=False, seed=VALIDATION_SEED)
             tf.summary.image("input_vs_reconstruction", tf.concat([preview, recs], axis=2), max_outputs=len(preview))
     writer.flush()
+
+
+def _build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
+    """U-Net (under the precision policy), optimizer (loss-scaled for float16) and epoch counter."""
+    policy = resolve_precision(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
+    with strategy.scope():
+        with precision_policy(policy):
+            unet = build_unet(config.input_shape, config.widths, config.skip_connections)
+        if config.sync_batchnorm and strategy.num_replicas_in_sync > 1:
+            for layer in unet.layers:  # read at call time: statistics over the global batch
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.synchronized = True
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(unet.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    return unet, optimizer, epoch
+
+
+def _float32_copy(unet, config: RiadConfig):
+    """The trained weights in a plain float32 U-Net outside any strategy: what is saved and returned."""
+    with precision_policy("float32"):
+        copy = build_unet(config.input_shape, config.widths, config.skip_connections)
+    copy.set_weights([np.asarray(w, np.float32) for w in unet.get_weights()])
+    return copy
 
 
 def train(
@@ -129,62 +300,81 @@ def train(
         config: the run's `RiadConfig` (saved as `config.yaml`).
         train_images: `(N, H, W, C)` float32 anomaly-free images in [0, 1].
         out_dir: the run directory; an existing checkpoint there is resumed.
+            In a multi-worker job, every worker passes the same directory on a
+            shared filesystem; only the chief writes it.
         holdout_images: optional held-out good images for the validation loss.
-        strategy: a `tf.distribute` strategy; default: the default (one device).
-        progress: show a progress bar per epoch.
+        strategy: a `tf.distribute` strategy; default: `make_strategy(config.strategy)`.
+        progress: show a progress bar per epoch (on the chief).
 
     Returns:
-        The trained U-Net (also saved as `out_dir/model.keras`).
+        The trained U-Net, float32 (on the chief also saved as `out_dir/model.keras`).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    strategy = strategy or tf.distribute.get_strategy()
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    strategy = strategy or make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
     if len(train_images) == 0:
         raise ValueError("no training images")
+    # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
+    drop_remainder = replicas > 1
+    if drop_remainder and len(train_images) < global_batch:
+        raise ValueError(f"{len(train_images)} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)")
+    steps_per_epoch = len(train_images) // global_batch if drop_remainder else -(-len(train_images) // global_batch)
+    chief = is_chief(strategy)
 
-    with strategy.scope():
-        unet = build_unet(config.input_shape, config.widths, config.skip_connections)
-        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-        optimizer.build(unet.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    unet, optimizer, epoch_var = _build_training_state(config, strategy)
     checkpoint = tf.train.Checkpoint(unet=unet, optimizer=optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, out_dir / CHECKPOINT_DIR, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resuming {out_dir} after epoch {int(epoch_var.numpy())} of {config.epochs}")
-    config.save(out_dir / "config.yaml")
+    with scratch_dir(strategy) as scratch:
+        checkpoints = _EpochCheckpoints(checkpoint, out_dir / CHECKPOINT_DIR, chief, scratch)
+        if checkpoints.restore():
+            print(f"resuming {out_dir} after epoch {int(epoch_var.numpy())} of {config.epochs}")
+        first_epoch = int(epoch_var.numpy())
+        assert_workers_agree(strategy, first_epoch, "epoch restored from the checkpoint")
+        if chief:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            config.save(out_dir / "config.yaml")
+            history = _History(out_dir / HISTORY_FILE, first_epoch)
+            writer = tf.summary.create_file_writer(str(out_dir / "logs"))
+        preview = (holdout_images if holdout_images is not None and len(holdout_images) else train_images)[:3]
+        step = make_train_step(unet, optimizer, config, strategy)
+        dataset = training_batches(train_images, config, global_batch, first_epoch, drop_remainder)
+        batches = iter(strategy.experimental_distribute_dataset(dataset))
 
-    step = make_train_step(unet, optimizer, config, strategy)
-    history = _History(out_dir / HISTORY_FILE, int(epoch_var.numpy()))
-    writer = tf.summary.create_file_writer(str(out_dir / "logs"))
-    preview = (holdout_images if holdout_images is not None and len(holdout_images) else train_images)[:3]
-    steps_per_epoch = -(-len(train_images) // global_batch)
-    dataset = strategy.experimental_distribute_dataset(training_dataset(train_images, global_batch, seed=config.seed))
+        for epoch in range(first_epoch, config.epochs):
+            rate = learning_rate(config, epoch, replicas)
+            optimizer.learning_rate.assign(rate)
+            verbose = progress and chief
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, stateful_metrics=["loss"])
+            if verbose:
+                print(f"epoch {epoch + 1}/{config.epochs} (lr {rate:g}, global batch {global_batch} on {replicas} replica(s))")
+            started, loss_sum, count = time.time(), 0.0, 0.0
+            for i in range(steps_per_epoch):
+                step_sum, step_count = step(next(batches))
+                loss_sum, count = loss_sum + step_sum, count + step_count  # stays on the device until read
+                if verbose:
+                    bar.update(i + 1, [("loss", float(loss_sum / count))])
+            loss = float(loss_sum / count)
+            seconds = time.time() - started
+            epoch_var.assign(epoch + 1)
+            if chief:
+                record = {
+                    "epoch": epoch + 1,
+                    "loss": loss,
+                    "val_loss": validation_loss(unet, holdout_images, config, global_batch)
+                    if holdout_images is not None and len(holdout_images)
+                    else None,
+                    "lr": rate,
+                    "seconds": round(seconds, 3),
+                    "images_per_s": round(float(count) / seconds, 2),
+                }
+                history.append(record)  # before the checkpoint, so a resumed run never misses a record
+            checkpoints.save(epoch + 1)
+            if chief:
+                _log_epoch(writer, record, unet, preview, config)
 
-    for epoch in range(int(epoch_var.numpy()), config.epochs):
-        rate = learning_rate(config, epoch)
-        optimizer.learning_rate.assign(rate)
-        bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if progress else 0, stateful_metrics=["loss"])
-        if progress:
-            print(f"epoch {epoch + 1}/{config.epochs} (lr {rate:g})")
-        started, losses = time.time(), []
-        for i, batch in enumerate(dataset):
-            losses.append(float(step(batch)))
-            bar.update(i + 1, [("loss", float(np.mean(losses)))])
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "val_loss": validation_loss(unet, holdout_images, config, global_batch)
-            if holdout_images is not None and len(holdout_images)
-            else None,
-            "lr": rate,
-            "seconds": round(time.time() - started, 3),
-        }
-        history.append(record)  # before the checkpoint, so a resumed run never misses a record
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        _log_epoch(writer, record, unet, preview, config)
-
-    save_model(out_dir, unet, config)
-    return unet
+        trained = _float32_copy(unet, config)
+        if chief:
+            save_model(out_dir, trained, config)
+        else:
+            save_model(scratch / "model", trained, config)  # the documented pattern: every worker saves
+    return trained

@@ -1,0 +1,194 @@
+"""The `riad-edge` command line: run exported RIAD models on a device, without TensorFlow.
+
+    riad-edge infer MODEL IMAGES... [--maps-dir DIR]     one JSON line per image
+    riad-edge bench MODEL [--batch 1,4] [--iters N]      latency p50/p99, images/s
+    riad-edge build-engine ONNX [--fp16|--int8 --calib DIR] --out FILE   (TensorRT)
+    riad-edge engine-metadata ENGINE --onnx ONNX --precision P           (for trtexec engines)
+
+MODEL is a `.tflite`, `.onnx` or `.engine` file with its `MODEL.json` beside it.
+Expected failures (missing files, bad images, no TensorRT) end with a one-line
+message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edge.images import IMAGE_EXTENSIONS, ImageError, find_images, load_image, save_map_png, to_model_input
+from edge.metadata import MetadataError, read_metadata
+
+
+def _friendly_errors(command):
+    """Turns expected failures into a one-line error and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from edge.cuda import CudaError
+        from edge.trt import TensorRTUnavailable
+
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, ImageError, MetadataError, TensorRTUnavailable, CudaError) as err:
+            raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from None
+
+    return wrapper
+
+
+def _batch_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of ints") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: give positive batch sizes such as 1,4")
+    return sizes
+
+
+_model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False))
+_runtime_options = [
+    click.option("--threads", type=int, default=None, help="CPU threads for LiteRT / ONNX Runtime."),
+    click.option("--max-batch", type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
+    click.option("--memory-mb", type=int, default=1024, show_default=True, help="Activation memory budget."),
+]
+
+
+def _with_runtime_options(command):
+    for option in reversed(_runtime_options):
+        command = option(command)
+    return command
+
+
+@click.group()
+def main():
+    """Run exported RIAD anomaly detectors (TFLite, ONNX, TensorRT) without TensorFlow."""
+
+
+@main.command()
+@_model_argument
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png anomaly maps here.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Images per runner call.")
+@_with_runtime_options
+@_friendly_errors
+def infer(model, images, maps_dir, batch_size, threads, max_batch, memory_mb):
+    """Score image files of any size: one JSON line per image.
+
+    Each line holds path and score, and with calibrated thresholds `anomalous`
+    (score > threshold) and `threshold`; with --maps-dir the map file (0 -> black,
+    twice the pixel threshold -> white; the map's maximum before calibration).
+    IMAGES may be files or folders.
+    """
+    from edge.runner import Runner
+
+    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    paths = find_images(images)
+    if not paths:
+        raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
+    thresholds = runner.thresholds
+    vmax = 2 * thresholds["pixel"] if thresholds and thresholds.get("pixel") is not None else None
+    used_names: set[str] = set()
+    for start in range(0, len(paths), max(1, batch_size)):
+        chunk = paths[start : start + max(1, batch_size)]
+        maps, scores = runner(runner.preprocess([load_image(p) for p in chunk]))
+        for path, anomaly_map, score in zip(chunk, maps, scores):
+            record = {"path": str(path), "score": float(score)}
+            if thresholds and thresholds.get("image") is not None:
+                record["anomalous"] = bool(runner.verdicts(score))
+                record["threshold"] = thresholds["image"]
+            if maps_dir is not None:
+                record["map"] = str(save_map_png(Path(maps_dir) / _map_name(path, used_names), anomaly_map, vmax))
+            click.echo(json.dumps(record))
+
+
+def _map_name(path: Path, used: set[str]) -> str:
+    """`NAME_map.png`, with a counter when two inputs share a name."""
+    name, index = f"{path.stem}_map.png", 1
+    while name in used:
+        index += 1
+        name = f"{path.stem}_{index}_map.png"
+    used.add(name)
+    return name
+
+
+@main.command()
+@_model_argument
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
+@_with_runtime_options
+@_friendly_errors
+def bench(model, batches, iters, warmup, threads, max_batch, memory_mb):
+    """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
+    from edge.bench import benchmark
+    from edge.runner import Runner
+
+    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    for record in benchmark(runner, _batch_sizes(batches), iters=iters, warmup=warmup):
+        click.echo(json.dumps({"model": Path(model).name, **record}))
+
+
+def _load_calibration(calib_dir: Path, metadata) -> np.ndarray:
+    """Every `.npy` (N, H, W[, C]) and image file in `calib_dir`, at the model's size and dtype."""
+    images = []
+    for path in sorted(calib_dir.iterdir()):
+        if path.suffix.lower() == ".npy":
+            array = np.load(path)
+            images.extend(array if array.ndim in (3, 4) else [array])
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(load_image(path))
+    if not images:
+        raise ValueError(f"{calib_dir}: no .npy or image files to calibrate with")
+    return to_model_input(images, metadata.image_size, metadata.channels, metadata.input_dtype)
+
+
+@main.command("build-engine")
+@click.argument("onnx", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine).")
+@click.option("--fp16", "precision", flag_value="fp16", help="Allow FP16 kernels in the U-Net.")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 U-Net, calibrated on --calib.")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False), help="Folder of .npy or image files (INT8).")
+@click.option("--max-batch", type=int, default=None, help="Largest batch of a dynamic-batch model.")
+@click.option("--workspace-mb", type=int, default=2048, show_default=True)
+@_friendly_errors
+def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
+    """Build a TensorRT engine from an exported ONNX, on the device that will run it.
+
+    Without --fp16 or --int8 the engine is FP32. Needs the tensorrt Python
+    package (JetPack's on a Jetson) and an NVIDIA GPU; writes OUT and OUT.json.
+    """
+    from edge import trt
+
+    precision = precision or "fp32"
+    metadata = read_metadata(onnx)
+    reason = trt.unavailable_reason()
+    if reason is not None:
+        raise click.ClickException(f"cannot build a TensorRT engine here: {reason}")
+    calibration = _load_calibration(Path(calib), metadata) if calib else None
+    if precision != "int8" and calibration is not None:
+        raise click.UsageError("--calib is for --int8 only")
+    engine, engine_metadata = trt.build_engine(
+        onnx, out, precision=precision, calibration=calibration, max_batch=max_batch, workspace_mb=workspace_mb
+    )
+    click.echo(json.dumps({"engine": str(engine), "metadata": str(engine_metadata)}))
+
+
+@main.command("engine-metadata")
+@click.argument("engine", type=click.Path(exists=True, dir_okay=False))
+@click.option("--onnx", required=True, type=click.Path(exists=True, dir_okay=False), help="The ONNX it was built from.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), required=True)
+@_friendly_errors
+def engine_metadata(engine, onnx, precision):
+    """Write ENGINE.json for an engine built with trtexec from an exported ONNX."""
+    from edge.trt import write_engine_metadata
+
+    click.echo(json.dumps({"metadata": str(write_engine_metadata(engine, onnx, precision))}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("riad_tf/__init__.py").read_text()).group(1)
 
 # What both sides need: the config format and the numpy mask code.
-CORE = ["numpy>=1.26,<3", "PyYAML>=6.0", "click>=8.1"]
+CORE = ["numpy>=2.0,<3", "PyYAML>=6.0", "click>=8.1"]
 
 # Training, evaluation, export. TensorFlow lives here, not in CORE, so that
 # `pip install .[edge]` on a device pulls no TensorFlow or Keras.

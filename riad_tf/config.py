@@ -132,6 +132,8 @@ class RiadConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed}")
         if self.smoothing < 1:
             raise ValueError(f"smoothing must be at least 1, got {self.smoothing}")
         if self.score_function not in ("msgms", "ssim"):

@@ -91,7 +91,11 @@ def msgms_loss(y_true, y_pred, scales: int = 4, c: float = GMS_C):
 
 
 def ssim_loss(y_true, y_pred):
-    """L_S: mean of 1 - SSIM map (Eq. 6), tf.image.ssim's 11 x 11 Gaussian window. Shape `(B,)`."""
+    """L_S: mean of 1 - SSIM map (Eq. 6), tf.image.ssim's definition. Shape `(B,)`.
+
+    11 x 11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, per channel, the
+    mean taken over the valid region (the border of 5 pixels is not covered).
+    """
     return 1.0 - tf.image.ssim(_as_float(y_true), _as_float(y_pred), max_val=1.0)
 
 

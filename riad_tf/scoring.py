@@ -45,6 +45,8 @@ def ssim_map(x, y, max_val: float = 1.0):
 
     Same constants as `tf.image.ssim` (11 x 11 Gaussian, sigma 1.5, K1 = 0.01,
     K2 = 0.03); borders are reflect-padded so the map keeps the image size.
+    Unlike the loss L_S (per channel, valid region only, `tf.image.ssim`), this
+    map is for localisation, so it covers every pixel.
 
     Returns:
         `(B, H, W, 1)` float32.
@@ -93,18 +95,18 @@ def anomaly_map(
         score_function: "msgms" or "ssim".
 
     Returns:
-        `(maps, scores)`: maps `(B, H, W)` in [0, 1] (G_A, Eq. 9), scores `(B,)`
-        (Eq. 10).
+        `(maps, scores)`: maps `(B, H, W)` (G_A, Eq. 9; in [0, 1] for MSGMS,
+        in [0, 2] for SSIM, which can be negative), scores `(B,)` (Eq. 10).
     """
     images = tf.cast(tf.convert_to_tensor(images), tf.float32)
     recs = tf.cast(tf.convert_to_tensor(reconstructions), tf.float32)  # (|K|, B, H, W, C)
     num_k = tf.shape(recs)[0]
-    batch = tf.shape(images)[0]
     # All k at once: the image is repeated for each reconstruction.
     tiled = tf.reshape(tf.tile(images[None], [num_k, 1, 1, 1, 1]), tf.concat([[-1], tf.shape(images)[1:]], 0))
-    flat = tf.reshape(recs, tf.shape(tiled))
-    g_k = 1.0 - mean_filter(similarity_map(tiled, flat, score_function, scales, c), smoothing)  # Eq. 8
-    g_k = tf.reshape(g_k, tf.stack([num_k, batch, tf.shape(images)[1], tf.shape(images)[2]]))
-    maps = tf.reduce_mean(g_k, axis=0)  # Eq. 9
+    similarity = similarity_map(tiled, tf.reshape(recs, tf.shape(tiled)), score_function, scales, c)
+    similarity = tf.reshape(similarity, tf.concat([[num_k], tf.shape(images)[:3], [1]], 0))
+    # Eq. 8-9: mean_k (1 - f * S_k) = 1 - f * mean_k S_k, since the mean filter f is linear,
+    # so one filter pass serves every k.
+    maps = 1.0 - mean_filter(tf.reduce_mean(similarity, axis=0), smoothing)[..., 0]
     scores = tf.reduce_max(maps, axis=[1, 2])  # Eq. 10
     return maps, scores

@@ -88,3 +88,21 @@ def anomaly_map(images, reconstructions, smoothing):
 def assemble(outputs, masks):
     """Eq. 2: outputs (n, H, W, C) for one image, masks (n, H, W, 1)."""
     return ((1 - masks) * outputs).sum(axis=0)
+
+
+def ssim_mean(x, y):
+    """Mean SSIM per image: 11 x 11 Gaussian (sigma 1.5), per channel, valid region (Wang et al. 2004)."""
+    coords = np.arange(11) - 5.0
+    g = np.exp(-(coords**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+
+    def blur(t):  # (B, H, W, C) -> valid region
+        views = sliding_window_view(t, (11, 11), axis=(1, 2))  # (B, H-10, W-10, C, 11, 11)
+        return (views * window).sum(axis=(-2, -1))
+
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    ssim = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return ssim.mean(axis=(1, 2, 3))

@@ -8,12 +8,10 @@ import reference_numpy as ref
 from riad_tf.losses import gms_map, msgms_loss, msgms_map, riad_loss, ssim_loss
 from riad_tf.scoring import anomaly_map, mean_filter, ssim_map
 
-RNG = np.random.default_rng(0)
-
-
-def _pair(shape=(3, 48, 64, 3)):
-    x = RNG.random(shape, dtype=np.float32)
-    y = np.clip(x + 0.2 * RNG.standard_normal(shape).astype(np.float32), 0, 1)
+def _pair(shape=(3, 48, 64, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape, dtype=np.float32)
+    y = np.clip(x + 0.2 * rng.standard_normal(shape).astype(np.float32), 0, 1)
     return x, y
 
 
@@ -36,7 +34,7 @@ def test_msgms_loss_matches_numpy():
 
 @pytest.mark.parametrize("size", [3, 5, 21])
 def test_mean_filter_excludes_padding(size):
-    maps = RNG.random((2, 24, 40), dtype=np.float32)
+    maps = np.random.default_rng(1).random((2, 24, 40), dtype=np.float32)
     got = mean_filter(maps[..., None], size).numpy()[..., 0]
     np.testing.assert_allclose(got, ref.mean_filter(maps, size), atol=1e-5)
     # A constant map stays constant at the borders only when padding is not counted.
@@ -45,7 +43,7 @@ def test_mean_filter_excludes_padding(size):
 
 def test_anomaly_map_and_score_match_numpy():
     x, y1 = _pair((2, 32, 32, 3))
-    _, y2 = _pair((2, 32, 32, 3))
+    _, y2 = _pair((2, 32, 32, 3), seed=1)
     maps, scores = anomaly_map(x, [y1, y2], smoothing=7)
     want_maps, want_scores = ref.anomaly_map(x, [y1, y2], smoothing=7)
     np.testing.assert_allclose(maps.numpy(), want_maps, atol=1e-5)
@@ -69,13 +67,17 @@ def test_flat_images_have_finite_loss_gradients():
     assert np.all(np.isfinite(grad))
 
 
-def test_riad_loss_is_sum_of_terms_and_grows_with_error():
+def test_ssim_loss_matches_numpy():
+    x, y = _pair((2, 32, 40, 3))
+    np.testing.assert_allclose(ssim_loss(x, y).numpy(), 1 - ref.ssim_mean(x, y), atol=1e-5)
+
+
+def test_riad_loss_weights_eq7():
     x, y = _pair((2, 32, 32, 3))
-    want = ref.msgms_loss(x, y) + ssim_loss(x, y).numpy() + ((x - y) ** 2).mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(riad_loss(x, y).numpy(), want, atol=1e-5)
+    l_g, l_s, l_2 = ref.msgms_loss(x, y), 1 - ref.ssim_mean(x, y), ((x - y) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(riad_loss(x, y).numpy(), l_g + l_s + l_2, atol=1e-5)
+    np.testing.assert_allclose(riad_loss(x, y, lambda_g=2.0, lambda_s=0.5).numpy(), 2 * l_g + 0.5 * l_s + l_2, atol=1e-5)
     assert np.all(riad_loss(x, y).numpy() > riad_loss(x, (x + y) / 2).numpy())
-    # SSIM term: tf.image.ssim's mean SSIM.
-    np.testing.assert_allclose(ssim_loss(x, y).numpy(), 1 - tf.image.ssim(x, y, 1.0).numpy(), atol=1e-6)
 
 
 def test_losses_work_as_keras_loss():

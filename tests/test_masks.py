@@ -44,8 +44,28 @@ def test_inference_masks_depend_on_seed_and_k_only():
     np.testing.assert_array_equal(both[1], alone[0])
 
 
+def _cell_size(mask):
+    """The largest k in (8, 4, 2) on whose k x k blocks the (H, W) mask is constant."""
+    for k in (8, 4, 2):
+        blocks = mask.reshape(mask.shape[0] // k, k, mask.shape[1] // k, k)
+        if np.all(blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3))):
+            return k
+    return 1
+
+
+def test_random_grid_masks_balanced_uniform_cells():
+    masks = random_grid_masks(24, 32, 32, ks=(2, 4, 8), n=3, seed=5).numpy()[..., 0]
+    for image_masks in masks:
+        sizes = {_cell_size(m) for m in image_masks}
+        assert len(sizes) == 1, "the n masks of one image use different cell sizes"
+        k = sizes.pop()
+        removed = (1 - image_masks).sum(axis=(1, 2)) / (k * k)
+        assert removed.max() - removed.min() <= 1
+    assert not np.array_equal(masks, random_grid_masks(24, 32, 32, ks=(2, 4, 8), n=3, seed=6).numpy()[..., 0])
+
+
 def test_random_grid_masks_fresh_partition_per_image():
-    masks = random_grid_masks(16, 32, 32, ks=(2, 4, 8), n=3).numpy()
+    masks = random_grid_masks(16, 32, 32, ks=(2, 4, 8), n=3, seed=11).numpy()
     assert masks.shape == (16, 3, 32, 32, 1)
     np.testing.assert_array_equal((1 - masks).sum(axis=1), np.ones((16, 32, 32, 1)))
     # No two images share a partition.
@@ -54,13 +74,8 @@ def test_random_grid_masks_fresh_partition_per_image():
 
 
 def test_random_grid_masks_cell_sizes_come_from_K():
-    masks = random_grid_masks(64, 32, 32, ks=(2, 8), n=3, seed=0).numpy()[:, 0, :, :, 0]
-    seen = set()
-    for m in masks:
-        # A mask built from 8x8 cells is constant on every 8x8 block.
-        blocks = m.reshape(4, 8, 4, 8)
-        seen.add(8 if np.all(blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3))) else 2)
-    assert seen == {2, 8}
+    masks = random_grid_masks(64, 32, 32, ks=(2, 8), n=3, seed=0).numpy()[..., 0]
+    assert {_cell_size(m) for image_masks in masks for m in image_masks} == {2, 8}
 
 
 def test_random_grid_masks_in_graph_and_seeded():

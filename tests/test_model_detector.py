@@ -33,8 +33,6 @@ def test_skip_connections_flag_removes_them():
     assert sum(isinstance(l, keras.layers.Concatenate) for l in with_skips.layers) == 4
     assert not any(isinstance(l, keras.layers.Concatenate) for l in without.layers)
     assert without.count_params() < with_skips.count_params()
-    # Without skips, the output depends on the input only through the 2x2 bottleneck:
-    # a change confined to one pixel in a smooth image moves the output less locally.
     assert without.output_shape == (None, 32, 32, 3)
 
 
@@ -100,11 +98,12 @@ def test_detector_batch_equals_single_calls(detector):
 
 def test_detector_equals_sequential_algorithm3(detector):
     """All n x |K| copies in one batch give the maps of the paper's loop over k (Algorithm 3)."""
-    cfg = detector.config
-    images = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
     from riad_tf.masks import inference_masks
 
+    cfg = detector.config
+    images = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
     recs = [reconstruct(detector.unet, images, m).numpy() for m in inference_masks(32, 32, cfg.ks, cfg.n, cfg.seed)]
+    np.testing.assert_allclose(detector.reconstructions(images).numpy(), np.stack(recs), atol=1e-5)
     want_maps, want_scores = ref.anomaly_map(images, recs, cfg.smoothing)
     maps, scores = detector(images)
     np.testing.assert_allclose(maps.numpy(), want_maps, atol=1e-5)
@@ -112,12 +111,7 @@ def test_detector_equals_sequential_algorithm3(detector):
 
 
 def test_detector_single_unet_call_per_batch(detector):
-    calls = []
     original = detector.unet.call
-
-    class Counting:
-        pass
-
     images = np.zeros((2, 32, 32, 3), np.float32)
     seen = []
     unet = detector.unet

@@ -1,0 +1,338 @@
+"""Export to TFLite, ONNX and TensorRT (fallback): parity with Keras, metadata, operators, int8.
+
+Each exported artifact is built once per module (tiny 32 x 32 models) and run
+with the TensorFlow-free edge runner, exactly as the device would run it.
+"""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.metadata import file_sha256, read_metadata
+from edge.runner import Runner
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+THRESHOLDS = {"image": 0.25, "pixel": 0.3}
+
+# TensorRT's ONNX parser: operators it supports (onnx-tensorrt's operators.md), the ones a RIAD graph may use.
+TENSORRT_ONNX_OPERATORS = {
+    "Conv", "ConvTranspose", "BatchNormalization", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Sqrt",
+    "Max", "Min", "Sum", "AveragePool", "Resize", "Reshape", "Transpose", "Concat", "Tile", "ReduceMean",
+    "ReduceMax", "ReduceSum", "Cast", "Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Pad", "Identity",
+    "Constant", "Expand", "Flatten", "Pow", "Neg", "Abs", "Exp", "Clip", "MatMul", "Gemm", "Range", "Floor",
+    "Ceil", "Not", "Equal", "Greater", "Less", "Where", "ConstantOfShape", "ReduceMin", "ReduceProd", "Softmax",
+}
+
+
+def _config(**overrides):
+    from riad_tf.config import RiadConfig
+
+    values = dict(image_size=(SIZE, SIZE), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5, seed=1)
+    return RiadConfig(**{**values, **overrides})
+
+
+def _textures(count, seed):
+    from riad_tf.synthetic import woven_texture
+
+    rng = np.random.default_rng(seed)
+    return np.stack([woven_texture(SIZE, rng) for _ in range(count)])
+
+
+@pytest.fixture(scope="module")
+def detector():
+    import keras
+
+    from riad_tf.detector import Detector
+    from riad_tf.model import build_unet
+
+    keras.utils.set_random_seed(0)
+    cfg = _config()
+    return Detector(build_unet(cfg.input_shape, cfg.widths), cfg)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return _textures(3, seed=11)
+
+
+@pytest.fixture(scope="module")
+def expected(detector, images):
+    return detector.score(images)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(detector, tmp_path_factory):
+    """Whole graph, fp32, dynamic batch, TFLite and ONNX."""
+    from riad_tf.export import export_detector
+
+    return export_detector(
+        detector, tmp_path_factory.mktemp("fp32"), formats=("tflite", "onnx"), batch=None,
+        thresholds=THRESHOLDS, representative_images=_textures(4, seed=12),
+    )
+
+
+@pytest.fixture(scope="module")
+def fp16_run_export(detector, tmp_path_factory):
+    """`export_run` on a run directory: TFLite fp16, uint8 input, fixed batch 2."""
+    from riad_tf.export import export_run
+    from riad_tf.run import save_model, save_thresholds
+
+    run_dir = tmp_path_factory.mktemp("run")
+    save_model(run_dir, detector.unet, detector.config)
+    save_thresholds(run_dir, THRESHOLDS)
+    return export_run(run_dir, tmp_path_factory.mktemp("fp16"), formats=("tflite",), precision="fp16", batch=2, uint8_input=True)
+
+
+@pytest.fixture(scope="module")
+def bare_trt_export(detector, tmp_path_factory):
+    """Bare U-Net ONNX with trt=True, int8: here (no TensorRT) the export stops after writing the device's files."""
+    from riad_tf.export import ExportError, export_detector
+
+    with pytest.raises(ExportError) as caught:
+        export_detector(
+            detector, tmp_path_factory.mktemp("bare"), formats=("onnx",), batch=1, bare_unet=True, trt=True,
+            precision="int8", representative_images=_textures(5, seed=13), thresholds=THRESHOLDS,
+        )
+    return caught.value
+
+
+# ----------------------------------------------------------------------------
+# Parity with the Keras detector
+
+
+@pytest.mark.parametrize("kind", ["tflite", "onnx"])
+def test_fp32_whole_graph_matches_keras(fp32_export, images, expected, kind):
+    runner = Runner.open(fp32_export[kind])
+    maps, scores = runner(images)
+    diff_maps, diff_scores = np.abs(maps - expected[0]).max(), np.abs(scores - expected[1]).max()
+    print(f"fp32 {kind}: max |maps - Keras| = {diff_maps:.2e}, max |scores - Keras| = {diff_scores:.2e}")
+    assert np.isfinite(maps).all() and np.isfinite(scores).all()
+    assert diff_maps <= 1e-3 and diff_scores <= 1e-3
+    assert maps.shape == (3, SIZE, SIZE) and np.ptp(maps) > 1e-3  # a real map, not a constant
+    single_maps, _ = runner(images[1:2])  # dynamic batch: any batch size
+    np.testing.assert_allclose(single_maps, maps[1:2], atol=1e-5)
+
+
+def test_fp16_uint8_export_run_matches_keras(fp16_run_export, fp32_export, detector, images):
+    runner = Runner.open(fp16_run_export["tflite"])
+    assert runner.input_dtype == "uint8" and runner.metadata.batch == 2 and runner.thresholds == THRESHOLDS
+    as_uint8 = np.round(images * 255).astype(np.uint8)
+    maps, scores = runner(as_uint8)  # 3 images through a batch-2 model: the last call is padded
+    expected_maps, expected_scores = detector.score(as_uint8.astype(np.float32) / 255.0)
+    diff_maps, diff_scores = np.abs(maps - expected_maps).max(), np.abs(scores - expected_scores).max()
+    print(f"fp16 tflite (uint8 input): max |maps - Keras| = {diff_maps:.2e}, max |scores - Keras| = {diff_scores:.2e}")
+    assert diff_maps <= 1e-2 and diff_scores <= 1e-2
+    assert runner.metadata.quantization.startswith("float16 weights")
+    assert fp16_run_export["tflite"].stat().st_size < fp32_export["tflite"].stat().st_size
+
+
+def test_bare_unet_and_numpy_runner_match_the_whole_graph(bare_trt_export, fp32_export, images, expected):
+    written = bare_trt_export.written
+    bare = Runner.open(written["onnx"])
+    assert bare.metadata.graph == "unet" and bare.metadata.input_shape == (6, SIZE, SIZE, 3)  # 1 image's 2 x 3 copies
+    maps, scores = bare(images)
+    whole_maps, whole_scores = Runner.open(fp32_export["onnx"])(images)
+    diffs = (np.abs(maps - whole_maps).max(), np.abs(maps - expected[0]).max(), np.abs(scores - expected[1]).max())
+    print("bare U-Net + numpy scoring: max |maps - whole graph| = %.2e, |maps - Keras| = %.2e, |scores - Keras| = %.2e" % diffs)
+    assert max(diffs) <= 1e-3
+    masks = np.load(written["masks"])
+    assert masks.dtype == np.uint8 and masks.shape == (2, 3, SIZE, SIZE, 1)
+
+
+# ----------------------------------------------------------------------------
+# Metadata and graph contents
+
+
+def test_metadata_describes_each_model(fp32_export, detector):
+    for kind in ("tflite", "onnx"):
+        meta = read_metadata(fp32_export[kind])
+        assert fp32_export[f"{kind}_metadata"] == fp32_export[kind].with_name(fp32_export[kind].name + ".json")
+        assert (meta.format, meta.graph, meta.precision) == (kind, "detector", "fp32")
+        assert meta.sha256 == file_sha256(fp32_export[kind])
+        assert meta.config == detector.config.to_dict()
+        assert (meta.ks, meta.n, meta.image_size, meta.channels) == ((2, 4), 3, (SIZE, SIZE), 3)
+        assert meta.input_shape == (None, SIZE, SIZE, 3) and meta.input_dtype == "float32"
+        assert meta.output_names == ("maps", "scores") and meta.thresholds == THRESHOLDS
+        assert meta.verification["images"] == 4 and meta.verification["max_abs_diff_maps"] <= 1e-3
+    import riad_tf
+
+    assert read_metadata(fp32_export["onnx"]).riad_tf_version == riad_tf.__version__
+    assert read_metadata(fp32_export["onnx"]).unet_scope.endswith("/")
+
+
+def test_onnx_graph_uses_only_tensorrt_operators(fp32_export, bare_trt_export):
+    import onnx
+    from onnx import helper
+
+    for path in (fp32_export["onnx"], bare_trt_export.written["onnx"]):
+        model = onnx.load(path)
+        assert {o.domain: o.version for o in model.opset_import}[""] == 17
+        operators = Counter(node.op_type for node in model.graph.node)
+        print(f"{path.name} operators: {dict(operators)}")
+        assert set(operators) <= TENSORRT_ONNX_OPERATORS, set(operators) - TENSORRT_ONNX_OPERATORS
+        for node in model.graph.node:
+            attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "AveragePool":  # the mean filter must not count padding (Eq. 8)
+                assert attributes.get("count_include_pad", 0) == 0
+            if node.op_type == "Resize":  # tf.image.resize bilinear = half-pixel linear
+                assert attributes["coordinate_transformation_mode"] == b"half_pixel" and attributes["mode"] == b"linear"
+    whole = onnx.load(fp32_export["onnx"])
+    assert "AveragePool" in {n.op_type for n in whole.graph.node}  # the scoring really is in the graph
+    assert [i.name for i in whole.graph.input] == ["images"] and [o.name for o in whole.graph.output] == ["maps", "scores"]
+
+
+def _tflite_ops(path):
+    """(op name, output dtype) of every op of a .tflite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], dtypes[op["outputs"][0]]) for op in interpreter._get_ops_details()]
+
+
+# ----------------------------------------------------------------------------
+# int8: a tiny model trained a little, image AUROC before and after quantization
+
+
+def _train_tiny_unet(cfg, images, steps=40, seed=0):
+    """A few dozen steps of Algorithm 2 (random masks, Eq. 2, Eq. 7, Adam): enough to learn the texture."""
+    import keras
+    import tensorflow as tf
+
+    from riad_tf.inpaint import reconstruct
+    from riad_tf.losses import riad_loss
+    from riad_tf.masks import random_grid_masks
+    from riad_tf.model import build_unet
+
+    keras.utils.set_random_seed(seed)
+    unet = build_unet(cfg.input_shape, cfg.widths)
+    optimizer = keras.optimizers.Adam(3e-3)
+
+    @tf.function
+    def step(batch):
+        masks = random_grid_masks(tf.shape(batch)[0], SIZE, SIZE, cfg.ks, cfg.n)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(riad_loss(batch, reconstruct(unet, batch, masks, training=True)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, unet.trainable_variables), unet.trainable_variables))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        step(tf.constant(images[rng.choice(len(images), 8, replace=False)]))
+    return unet
+
+
+def _with_defect(image, rng, contrast=0.25):
+    """A small spot or a short line, `contrast` brighter or darker than the texture."""
+    image = image.copy()
+    row, col = rng.integers(4, SIZE - 10, size=2)
+    sign = rng.choice([-1.0, 1.0])
+    if rng.random() < 0.5:
+        image[row : row + 2, col : col + 2] += sign * contrast
+    else:
+        image[row, col : col + 8] += sign * contrast
+    return np.clip(image, 0.0, 1.0)
+
+
+def test_int8_keeps_image_auroc_and_scoring_in_float(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from riad_tf.detector import Detector
+    from riad_tf.export import export_detector
+
+    cfg = _config(ks=(2, 4, 8))
+    train = _textures(48, seed=20)
+    detector = Detector(_train_tiny_unet(cfg, train), cfg)
+    rng = np.random.default_rng(21)
+    good = _textures(24, seed=22)
+    defective = np.stack([_with_defect(x, rng) for x in _textures(24, seed=23)])
+    held_out, labels = np.concatenate([good, defective]), np.r_[np.zeros(24), np.ones(24)]
+
+    written = export_detector(detector, tmp_path, formats=("tflite",), precision="int8", batch=None, representative_images=train[:32])
+    runner = Runner.open(written["tflite"])
+    int8_maps, int8_scores = runner(held_out)
+    fp32_maps, fp32_scores = detector.score(held_out, 16)
+    auroc_fp32, auroc_int8 = roc_auc_score(labels, fp32_scores), roc_auc_score(labels, int8_scores)
+    print(
+        f"int8 TFLite: image AUROC {auroc_int8:.4f} vs fp32 Keras {auroc_fp32:.4f} "
+        f"(change {100 * (auroc_int8 - auroc_fp32):+.2f} points); max |maps - fp32| = {np.abs(int8_maps - fp32_maps).max():.2e}"
+    )
+    assert auroc_fp32 > 0.6  # the tiny model does detect the defects
+    assert abs(auroc_int8 - auroc_fp32) <= 0.05
+    assert "int8 U-Net" in runner.metadata.quantization and runner.metadata.precision == "int8"
+    ops = _tflite_ops(written["tflite"])
+    assert ("CONV_2D", "int8") in ops and ("TRANSPOSE_CONV", "int8") in ops  # the U-Net is quantized ...
+    scoring_ops = {"AVERAGE_POOL_2D", "SQRT", "DIV", "RESIZE_BILINEAR", "REDUCE_MAX"}
+    assert {dtype for name, dtype in ops if name in scoring_ops} == {"float32"}  # ... the scoring is not
+    assert len({name for name, _ in ops} & scoring_ops) == len(scoring_ops)
+
+
+# ----------------------------------------------------------------------------
+# TensorRT where there is none: files, commands, and a clear error
+
+
+def test_trt_export_without_tensorrt_writes_the_device_commands(bare_trt_export):
+    from edge import trt
+
+    if trt.unavailable_reason() is None:
+        pytest.fail("TensorRT is available here: this test expects the fallback; run the engine tests instead")
+    error, written = bare_trt_export, bare_trt_export.written
+    message = str(error)
+    assert "no TensorRT engine built here" in message and "tensorrt" in message and str(written["trt_instructions"]) in message
+    assert "\n" not in message
+    calibration = np.load(written["calibration"])
+    assert calibration.shape == (5, SIZE, SIZE, 3) and calibration.dtype == np.float32
+    text = written["trt_instructions"].read_text()
+    assert "riad-edge build-engine riad_unet.onnx --int8 --calib riad_unet_calibration --out riad_unet_int8.engine" in text
+    assert f"{trt.TRTEXEC} --onnx=riad_unet.onnx --saveEngine=riad_unet_int8.engine --int8" in text
+    assert "riad_unet.masks.npy" in text  # the device needs the masks too
+    assert "engine" not in written
+
+
+def test_bad_arguments_raise_before_any_conversion(detector, tmp_path):
+    from riad_tf.export import export_detector, export_run
+
+    cases = [
+        (dict(precision="int4"), "precision"),
+        (dict(formats=("savedmodel",)), "format"),
+        (dict(batch=0), "batch"),
+        (dict(formats=(), trt=False), "nothing to export"),
+        (dict(formats=("onnx",), trt=True, precision="int8"), "representative_images"),
+        (dict(representative_images=np.zeros((2, 5))), "representative_images"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export_detector(detector, tmp_path, **kwargs)
+    with pytest.raises(FileNotFoundError, match="not-a-run"):
+        export_run(tmp_path / "not-a-run", tmp_path / "out")
+    assert not any(tmp_path.glob("*.tflite")) and not any(tmp_path.glob("*.onnx"))
+
+
+# ----------------------------------------------------------------------------
+# The device side runs these files without TensorFlow
+
+
+def test_edge_runs_the_exports_without_tensorflow(fp32_export, bare_trt_export, images, expected, tmp_path):
+    np.save(tmp_path / "images.npy", images)
+    models = [str(fp32_export["tflite"]), str(fp32_export["onnx"]), str(bare_trt_export.written["onnx"])]
+    script = f"""
+import sys
+import numpy as np
+import edge.runner, edge.cli
+images = np.load({str(tmp_path / 'images.npy')!r})
+for i, path in enumerate({models!r}):
+    maps, scores = edge.runner.Runner.open(path, threads=1)(images)
+    np.save({str(tmp_path)!r} + f'/scores{{i}}.npy', scores)
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx'))
+assert not heavy, heavy
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    for i in range(len(models)):
+        np.testing.assert_allclose(np.load(tmp_path / f"scores{i}.npy"), expected[1], atol=1e-3)

@@ -26,6 +26,9 @@ TF = [
 
 EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0", "opencv-python-headless>=4.10"]
 
+# Export converts with tf2onnx and checks every exported model in the runtimes the device uses.
+TF += ["tf2onnx>=1.17", "onnx>=1.17"] + [req for req in EDGE if req not in TF]
+
 setup(
     name="riad-tf",
     version=VERSION,
@@ -39,7 +42,7 @@ setup(
     extras_require={
         "tf": TF,
         "edge": EDGE,
-        "dev": TF + EDGE + ["tf2onnx>=1.17", "onnx>=1.17", "pytest>=8.0"],
+        "dev": TF + ["pytest>=8.0"],
     },
     entry_points={
         "console_scripts": [

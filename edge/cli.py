@@ -4,6 +4,7 @@
     riad-edge bench MODEL [--batch 1,4] [--iters N]      latency p50/p99, images/s
     riad-edge build-engine ONNX [--fp16|--int8 --calib DIR] --out FILE   (TensorRT)
     riad-edge engine-metadata ENGINE --onnx ONNX --precision P           (for trtexec engines)
+    riad-edge stream MODEL --source SRC [--frame-height H --overlap O]   line-scan inspection
 
 MODEL is a `.tflite`, `.onnx` or `.engine` file with its `MODEL.json` beside it.
 Expected failures (missing files, bad images, no TensorRT) end with a one-line
@@ -188,6 +189,68 @@ def engine_metadata(engine, onnx, precision):
     from edge.trt import write_engine_metadata
 
     click.echo(json.dumps({"metadata": str(write_engine_metadata(engine, onnx, precision))}))
+
+
+
+def _stride(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give ROWS,COLUMNS or one int") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: give ROWS,COLUMNS or one positive int")
+    return (parts[0], parts[-1])
+
+
+@main.command()
+@_model_argument
+@click.option("--source", required=True, help="DIR, VIDEO, IMAGE (replayed), raw:-|raw:FILE, tcp://127.0.0.1:PORT or PLUGIN:ARGS.")
+@click.option("--frame-height", type=int, default=256, show_default=True, help="Lines per frame.")
+@click.option("--overlap", type=int, default=32, show_default=True, help="Lines shared by consecutive frames.")
+@click.option("--stride", default=None, help="Tile stride ROWS,COLUMNS (default: half a tile).")
+@click.option("--policy", type=click.Choice(["block", "drop"]), default="block", show_default=True, help="When inference falls behind: hold the capture back, or drop frames (counted).")
+@click.option("--queue", "queue_size", type=int, default=8, show_default=True, help="Frames waiting for inference, at most.")
+@click.option("--batch-frames", type=int, default=4, show_default=True, help="Frames whose tiles are scored together.")
+@click.option("--pixel-threshold", type=float, default=None, help="Override the metadata's pixel threshold.")
+@click.option("--image-threshold", type=float, default=None, help="Override the metadata's image threshold (frame verdicts).")
+@click.option("--min-pixels", type=int, default=1, show_default=True, help="Smaller regions are not reported.")
+@click.option("--out", default="-", show_default=True, help="JSON lines file (written as OUT.partial, renamed at the end); - for stdout.")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary JSON here.")
+@click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Folder for overlay PNGs of defective frames.")
+@click.option("--width", type=int, default=None, help="Raw sources: pixels per line.")
+@click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint8", show_default=True, help="Raw sources: value type.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Raw sources: channels per pixel.")
+@click.option("--line-rate", type=float, default=0.0, show_default=True, help="Replayed image: lines/s (0: as fast as possible).")
+@click.option("--lines-per-block", type=int, default=64, show_default=True, help="Lines read at a time (raw, replayed image).")
+@click.option("--repeat", type=int, default=1, show_default=True, help="Replayed image: times to replay it.")
+@_with_runtime_options
+@_friendly_errors
+def stream(model, source, frame_height, overlap, stride, policy, queue_size, batch_frames, pixel_threshold, image_threshold,
+           min_pixels, out, summary_path, overlays, width, dtype, channels, line_rate, lines_per_block, repeat,
+           threads, max_batch, memory_mb):
+    """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
+    from edge.metadata import atomic_write_bytes
+    from edge.runner import Runner
+    from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
+
+    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    settings = StreamSettings(
+        frame_height=frame_height, overlap=overlap, stride=_stride(stride), queue_size=queue_size, policy=policy,
+        batch_frames=batch_frames, pixel_threshold=pixel_threshold, image_threshold=image_threshold,
+        min_pixels=min_pixels, overlay_dir=overlays,
+    )
+    pipeline = StreamPipeline(runner, settings)
+    lines = open_source(source, width=width, channels=int(channels), dtype=dtype, line_rate=line_rate,
+                        lines_per_block=lines_per_block, repeat=repeat)
+    writer = JsonLines(out)
+    try:
+        summary = pipeline.run(lines, writer)
+    finally:
+        writer.close()
+    if summary_path:
+        atomic_write_bytes(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

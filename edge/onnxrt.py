@@ -1,7 +1,7 @@
 """An `.onnx` model behind the session interface, on ONNX Runtime.
 
-The execution providers are ONNX Runtime's available ones in its order of
-preference (TensorRT, CUDA, CPU on a GPU build; CPU otherwise) unless given.
+The execution providers are ONNX Runtime's available local ones in its order
+of preference (TensorRT, CUDA, CPU on a GPU build; CPU otherwise) unless given.
 
 Example:
 
@@ -26,7 +26,7 @@ class OnnxSession:
     Args:
         path: the model file.
         threads: intra-op CPU threads (None: ONNX Runtime's default, one per core).
-        providers: execution providers; None takes every available one.
+        providers: execution providers; None takes every available local one.
 
     Attributes:
         input_name, output_names, input_shape `(batch or None, H, W, C)`, input_dtype.
@@ -41,9 +41,9 @@ class OnnxSession:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers or ort.get_available_providers())
-        )
+        if providers is None:  # every local provider; the Azure one calls remote endpoints
+            providers = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+        self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"{path}: expected one input, found {[i.name for i in inputs]}")

@@ -183,6 +183,7 @@ def anomaly_map(
         similarity = ssim_map(image_grey, rec_grey)
     else:
         raise ValueError(f"score_function must be 'msgms' or 'ssim', got {score_function!r}")
-    g_k = 1.0 - mean_filter(similarity, smoothing)  # Eq. 8
-    maps = g_k.mean(axis=0, dtype=np.float32)  # Eq. 9
+    # Eq. 8-9: mean_k (1 - f * S_k) = 1 - f * mean_k S_k, since the mean filter f is
+    # linear, so one filter pass serves every k.
+    maps = 1.0 - mean_filter(similarity.mean(axis=0, dtype=np.float32), smoothing)
     return maps, maps.max(axis=(1, 2))  # Eq. 10

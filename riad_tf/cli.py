@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click
 import yaml
 
-from riad_tf.config import RiadConfig, atomic_write_text
+from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig, atomic_write_text
 
 DATA_FILE = "data.json"
 
@@ -137,15 +137,22 @@ def main():
 @click.option("--learning-rate", type=float)
 @click.option("--image-size", type=int, help="Square input size (divisible by 16).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 otherwise.")
+@click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
 @click.option("--no-progress", is_flag=True)
 @_friendly_errors
-def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, epochs, batch_size, learning_rate, image_size, sets, no_progress):
+def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, epochs, batch_size, learning_rate, image_size, sets, strategy, mixed_precision, xla, no_progress):
     """Train on good images, then calibrate thresholds on held-out good images."""
+    from riad_tf.distribute import is_chief, make_strategy, task
+
     overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    overrides.update({"strategy": strategy, "mixed_precision": mixed_precision, "xla": xla})
     if image_size:
         overrides["image_size"] = (image_size, image_size)
     overrides.update(_parse_sets(sets))
     config = _config_from_options(config_path, overrides)
+    distribution = make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
     spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
     if not (spec["path"] or spec["normal"]):
         previous = Path(out) / DATA_FILE
@@ -153,8 +160,12 @@ def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, 
             raise click.UsageError("give --data or --normal")
         spec = json.loads(previous.read_text())
     split = _load_split(spec, skip_unreadable)
-    atomic_write_text(Path(out) / DATA_FILE, json.dumps(spec, indent=2) + "\n")
-    thresholds = _train_function(split)(config, split, out, progress=not no_progress)
+    if is_chief(distribution):
+        atomic_write_text(Path(out) / DATA_FILE, json.dumps(spec, indent=2) + "\n")
+    thresholds = _train_function(split)(config, split, out, progress=not no_progress, strategy=distribution)
+    if not is_chief(distribution):
+        click.echo("{} {} finished; the chief writes {}".format(*task(distribution), out))
+        return
     click.echo(f"model: {Path(out) / 'model.keras'}")
     click.echo(f"thresholds (FPR {config.target_fpr:g} on held-out good images): image {thresholds['image']:.5f}, pixel {thresholds['pixel']:.5f}")
 
@@ -199,6 +210,20 @@ def predict(run_dir, images, maps_dir, batch_size):
         click.echo(json.dumps(record))
 
 
+def _representative_images(run_dir, limit: int = 128):
+    """Up to `limit` of the run's good training images, for int8 calibration."""
+    from riad_tf.data import load_arrays, split_holdout
+    from riad_tf.run import load_config
+
+    stored = Path(run_dir) / DATA_FILE
+    if not stored.is_file():
+        raise click.ClickException(f"{stored}: int8 export needs the run's training images, and the run does not record its data")
+    config = load_config(run_dir)
+    split = _load_split(json.loads(stored.read_text()), skip_unreadable=True)
+    kept, _ = split_holdout(split.train, config.val_fraction, config.seed)
+    return load_arrays(kept[:limit], config)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True)
@@ -217,9 +242,10 @@ def export(run_dir, out, tflite, onnx, trt, precision, batch, uint8_input, bare_
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
     if not formats and not trt:
         raise click.UsageError("choose at least one of --tflite, --onnx, --trt")
+    representative = _representative_images(run_dir) if precision == "int8" else None
     written = export_run(
         run_dir, out, formats=formats, precision=precision, batch=batch or None,
-        uint8_input=uint8_input, bare_unet=bare_unet, trt=trt,
+        uint8_input=uint8_input, bare_unet=bare_unet, trt=trt, representative_images=representative,
     )
     click.echo(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
 
@@ -236,6 +262,68 @@ def demo(out, epochs, no_progress):
     paths = run_demo(Path(out), epochs=epochs, progress=not no_progress)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
+
+
+def _int_list(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip()) if text else ()
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _set_tensorflow_threads(threads: int | None) -> None:
+    """TensorFlow's intra-op threads (inter-op 1, so ops do not compete for cores); a no-op once TensorFlow runs."""
+    import tensorflow as tf
+
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        click.echo("note: TensorFlow is already initialised; its thread settings stay as they are", err=True)
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (default: the paper's).")
+@click.option("--image-size", type=int, help="Square input size (default: the config's, 256).")
+@click.option("--widths", help="U-Net widths, e.g. 64,128,256,512,512 (default: the config's).")
+@click.option("--width-multiplier", type=float, default=1.0, show_default=True, help="Scales every width (operating points).")
+@click.option("--batch", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
+@click.option("--paths", default="keras,xla,onnx", show_default=True, help="Any of keras,xla,onnx,tflite-fp32,tflite-fp16,tflite-int8.")
+@click.option("--iters", type=int, default=3, show_default=True, help="Timed calls per measurement.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls before timing.")
+@click.option("--threads", type=int, default=os.cpu_count(), show_default=True, help="CPU threads of TensorFlow, ONNX Runtime and LiteRT.")
+@click.option("--sequential/--no-sequential", default=True, show_default=True, help="Compare with the per-k, per-mask loop.")
+@click.option("--scaling", is_flag=True, help="Scaling tables over batch size and image size (keras path).")
+@click.option("--scaling-batches", default="1,2,4,8,16,32", show_default=True)
+@click.option("--scaling-sizes", default="64,128,256,512", show_default=True)
+@click.option("--training", is_flag=True, help="Training images/s, float32 and mixed bfloat16.")
+@click.option("--train-batch", type=int, default=8, show_default=True)
+@click.option("--peak-size", type=int, default=2048, show_default=True, help="Matrix size of the matmul peak.")
+@click.option("--quick", is_flag=True, help="Short run: 2 timed calls, scaling batch 1,2,4 and sizes 64,128, 1024^2 peak.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@_friendly_errors
+def benchmark(config_path, image_size, widths, width_multiplier, batches, paths, iters, warmup, threads, sequential, scaling, scaling_batches, scaling_sizes, training, train_batch, peak_size, quick, json_path):
+    """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
+    _set_tensorflow_threads(threads)  # before importing riad_tf.losses, which makes TensorFlow constants
+    from riad_tf.benchmark import format_report, run_benchmark
+    overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": _int_list(widths) or None}
+    config = _config_from_options(config_path, overrides)
+    if width_multiplier != 1.0:
+        config = config.with_overrides({"widths": tuple(max(1, round(w * width_multiplier)) for w in config.widths)})
+    if quick:
+        iters, peak_size = min(iters, 2), min(peak_size, 1024)
+        scaling_batches, scaling_sizes = "1,2,4", "64,128"
+    report = run_benchmark(
+        config, paths=tuple(p.strip() for p in paths.split(",") if p.strip()), batches=_int_list(batches),
+        iters=iters, warmup=warmup, threads=threads, sequential=sequential,
+        scaling_batches=_int_list(scaling_batches) if scaling else (), scaling_sizes=_int_list(scaling_sizes) if scaling else (),
+        training=training, train_batch=train_batch, peak_size=peak_size,
+    )
+    click.echo(format_report(report))
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+        click.echo(f"json: {json_path}")
 
 if __name__ == "__main__":
     sys.exit(main())

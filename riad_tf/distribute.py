@@ -43,6 +43,7 @@ MULTI_WORKER = ("multi_worker", "slurm", "kubernetes")
 DEFAULT_SLURM_PORT = 8888
 DEFAULT_K8S_PORT = 2222
 DEFAULT_K8S_SELECTOR = "app=riad-tf"
+_CPU_TASK_SLOTS = 4096  # most Slurm tasks per CPU node
 
 
 def split_cpu(replicas: int) -> list[str]:
@@ -130,10 +131,12 @@ def cluster_resolver(name: str, k8s_client=None):
             raise ValueError("strategy 'multi_worker' needs TF_CONFIG with a cluster (see docs/distributed.md)")
         return resolvers.TFConfigClusterResolver()
     if name == "slurm":
-        resolver = resolvers.SlurmClusterResolver(
-            port_base=int(os.environ.get("RIAD_SLURM_PORT", DEFAULT_SLURM_PORT)),
-            gpus_per_node=_gpus_on_node(),
-        )
+        port_base = int(os.environ.get("RIAD_SLURM_PORT", DEFAULT_SLURM_PORT))
+        gpus = _gpus_on_node()
+        if gpus == 0:  # CPU nodes: the resolver pairs tasks with GPU slots, so give it placeholders, unused
+            resolver = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=_CPU_TASK_SLOTS, gpus_per_task=1, auto_set_gpu=False)
+        else:
+            resolver = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=gpus)
         resolver.cluster_spec()  # sets the task type and id (and this task's CUDA_VISIBLE_DEVICES)
         return resolver
     if name == "kubernetes":

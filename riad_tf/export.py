@@ -179,18 +179,12 @@ def export_detector(
     common = dict(config=config, spec=spec, thresholds=thresholds, masks_file=masks_file, bare_unet=bare_unet)
 
     if "tflite" in formats:
-        path = out_dir / f"{stem}_{precision}.tflite"
         calibration = _calibration_inputs(representative, detector, bare_unet)
         model, quantization = _convert_tflite(detector, spec, precision, calibration, bare_unet)
-        atomic_write_bytes(path, model)
-        written["tflite"] = path
-        written["tflite_metadata"] = _write_metadata(path, "tflite", precision, quantization, None, **common)
+        written.update(_write_model(out_dir / f"{stem}_{precision}.tflite", model, precision, quantization, None, common))
     if "onnx" in formats:
-        path = out_dir / f"{stem}.onnx"
         model, scope = _convert_onnx(detector, spec, bare_unet)
-        atomic_write_bytes(path, model)
-        written["onnx"] = path
-        written["onnx_metadata"] = _write_metadata(path, "onnx", "fp32", "none: float32", scope, **common)
+        written.update(_write_model(out_dir / f"{stem}.onnx", model, "fp32", "none: float32", scope, common))
     if verify:
         probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
         for kind in ("tflite", "onnx"):
@@ -396,7 +390,11 @@ def _convert_onnx(detector, spec: tf.TensorSpec, bare_unet: bool) -> tuple[bytes
 
     serve = _serving_fn(detector, spec, bare_unet)
     outputs = UNET_OUTPUTS if bare_unet else DETECTOR_OUTPUTS
-    function = tf.function(lambda images: tuple(serve(images)[k] for k in outputs), input_signature=[spec])
+    def serve_tuple(images):
+        results = serve(images)
+        return tuple(results[k] for k in outputs)
+
+    function = tf.function(serve_tuple, input_signature=[spec], autograph=False)
     # Freezing turns variables and captured constants (the Prewitt kernels) into graph constants.
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     renames = {frozen.inputs[0].name: INPUT_NAME, **{t.name: k for t, k in zip(frozen.outputs, outputs)}}
@@ -421,6 +419,13 @@ def _convert_onnx(detector, spec: tf.TensorSpec, bare_unet: bool) -> tuple[bytes
 
 # ----------------------------------------------------------------------------
 # Metadata, verification, TensorRT
+
+
+def _write_model(path: Path, model: bytes, precision, quantization, scope, common: dict) -> dict[str, Path]:
+    """Writes a model file and its metadata, both atomically: `{"tflite": .., "tflite_metadata": ..}`."""
+    kind = path.suffix[1:]
+    atomic_write_bytes(path, model)
+    return {kind: path, f"{kind}_metadata": _write_metadata(path, kind, precision, quantization, scope, **common)}
 
 
 def _write_metadata(path: Path, model_format, precision, quantization, scope, *, config, spec, thresholds, masks_file, bare_unet):
@@ -479,9 +484,13 @@ def _export_engine(onnx_path: Path, precision: str, representative, written: dic
         new["calibration"] = atomic_write_bytes(calib_dir / "images.npy", buffer.getvalue())
     reason = edge_trt.unavailable_reason()
     if reason is None:
-        engine, engine_metadata = edge_trt.build_engine(
-            onnx_path, precision=precision, calibration=representative if precision == "int8" else None
-        )
+        try:
+            engine, engine_metadata = edge_trt.build_engine(
+                onnx_path, precision=precision, calibration=representative if precision == "int8" else None
+            )
+        except RuntimeError as err:  # TensorRT's parser or builder; the ONNX is still usable
+            written.update(new)
+            raise ExportError(f"TensorRT engine build failed: {str(err).splitlines()[0]}", written) from err
         return {**new, "engine": engine, "engine_metadata": engine_metadata}
     instructions = edge_trt.write_build_instructions(onnx_path, precision, reason, calib_dir.name if calib_dir else None)
     new["trt_instructions"] = instructions

@@ -98,7 +98,8 @@ def training_batches(images: np.ndarray, config: RiadConfig, global_batch: int, 
     image's masks depend on its place in the global batch only. The images are
     decoded once beforehand (`riad_tf.data.load_arrays`); here they are only
     gathered from memory, so multi-worker sharding is by data
-    (`AutoShardPolicy.DATA`).
+    (`AutoShardPolicy.DATA`: every worker builds the same global batches and
+    keeps its replicas' shares).
 
     Args:
         images: `(N, H, W, C)` float32 in [0, 1].
@@ -118,9 +119,8 @@ def training_batches(images: np.ndarray, config: RiadConfig, global_batch: int, 
     >>> [tuple(x.shape) for x, m in ds][:2], len(list(ds))
     ([(4, 32, 32, 3), (4, 32, 32, 3)], 4)
     """
-    num_images = len(images)
-    height, width = config.image_size
-    pixels = tf.constant(np.asarray(images, np.float32))
+    pixels = np.ascontiguousarray(images, np.float32)
+    num_images, height, width = len(pixels), *config.image_size
 
     def epoch_batches(epoch):
         key = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, _SHUFFLE_STREAM], tf.int64), epoch)
@@ -129,7 +129,10 @@ def training_batches(images: np.ndarray, config: RiadConfig, global_batch: int, 
         return batches.enumerate().map(lambda i, indices: (epoch, i, indices))
 
     def load(epoch, index, indices):
-        batch = tf.gather(pixels, indices)
+        # Gathered from the numpy array itself: no copy of the data set in the graph (which
+        # multi-worker sharding would have to serialise, and protobufs stop at 2 GB).
+        batch = tf.numpy_function(lambda i: pixels[i], [indices], tf.float32, stateful=False)
+        batch.set_shape((None, *pixels.shape[1:]))
         if not config.inpainting:
             return (batch,)
         key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
@@ -259,14 +262,27 @@ def _log_epoch(writer, record: dict, unet, preview: np.ndarray | None, config: R
     writer.flush()
 
 
-def _build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
-    """U-Net (under the precision policy), optimizer (loss-scaled for float16) and epoch counter."""
+def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
+    """The variables of a training run, created under `strategy`.
+
+    The initial weights come from `config.seed`, so every replica count and
+    every worker starts from the same U-Net.
+
+    Args:
+        config: gives the model, `mixed_precision` and `sync_batchnorm`.
+        strategy: the strategy whose scope holds the variables.
+
+    Returns:
+        `(unet, optimizer, epoch)`: the U-Net under the precision policy (its
+        output layer stays float32), Adam (wrapped in a `LossScaleOptimizer`
+        for float16) and a counter of finished epochs.
+    """
     policy = resolve_precision(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():
         with precision_policy(policy):
             unet = build_unet(config.input_shape, config.widths, config.skip_connections)
-        if config.sync_batchnorm and strategy.num_replicas_in_sync > 1:
+        if config.sync_batchnorm:
             for layer in unet.layers:  # read at call time: statistics over the global batch
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
@@ -315,6 +331,8 @@ def train(
     global_batch = config.batch_size * replicas
     if len(train_images) == 0:
         raise ValueError("no training images")
+    if config.xla and config.sync_batchnorm and replicas > 1:
+        raise ValueError("xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false")
     # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
     drop_remainder = replicas > 1
     if drop_remainder and len(train_images) < global_batch:
@@ -322,7 +340,7 @@ def train(
     steps_per_epoch = len(train_images) // global_batch if drop_remainder else -(-len(train_images) // global_batch)
     chief = is_chief(strategy)
 
-    unet, optimizer, epoch_var = _build_training_state(config, strategy)
+    unet, optimizer, epoch_var = build_training_state(config, strategy)
     checkpoint = tf.train.Checkpoint(unet=unet, optimizer=optimizer, epoch=epoch_var)
     with scratch_dir(strategy) as scratch:
         checkpoints = _EpochCheckpoints(checkpoint, out_dir / CHECKPOINT_DIR, chief, scratch)

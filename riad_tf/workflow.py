@@ -33,15 +33,20 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
     """Trains on the good training images and calibrates on a held-out share of them.
 
     Returns:
-        The calibrated thresholds (also in `out_dir/thresholds.json`).
+        The calibrated thresholds (also in `out_dir/thresholds.json`); None on
+        a non-chief worker of a multi-worker job.
     """
+    from riad_tf.distribute import is_chief, make_strategy
     from riad_tf.evaluate import calibrate_run
     from riad_tf.train import train
 
     kept, held_out = split_holdout(split.train, config.val_fraction, config.seed)
     train_images = load_arrays(kept, config)
     holdout_images = load_arrays(held_out, config) if held_out else None
+    strategy = strategy or make_strategy(config.strategy)
     train(config, train_images, out_dir, holdout_images, strategy=strategy, progress=progress)
+    if not is_chief(strategy):
+        return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
     calibration = holdout_images if holdout_images is not None else train_images
     return calibrate_run(out_dir, calibration, config.target_fpr)
 

@@ -273,13 +273,12 @@ def results_markdown(results: list[dict], config, split, command: str, wall_seco
         "",
         markdown_table(*overall_rows(results)),
         "",
+        *([f"Wall time of this invocation (finished runs are reused, interrupted ones resumed): {_minutes(wall_seconds)}.", ""] if wall_seconds is not None else []),
         "Per defect type (its images plus all good test images): image AUROC / pixel AUROC / AUPRO.",
         "",
         markdown_table(*defect_rows(results)),
         "",
     ]
-    if wall_seconds is not None:
-        lines.insert(-1, f"Wall time of this invocation: {_minutes(wall_seconds)}.\n")
     return "\n".join(lines)
 
 

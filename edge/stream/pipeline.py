@@ -1,0 +1,315 @@
+"""The continuous inspection loop: capture -> inference -> output, three threads, bounded queues.
+
+    capture thread      source blocks -> FrameAccumulator -> frames queue (maxsize)
+    inference thread    frames queue -> FrameScorer (tiles of up to `batch_frames` frames at once) -> results queue
+    output (caller)     results -> StripStitcher -> RegionTracker -> JSON lines, overlays, latency
+
+When inference is slower than the camera, the frames queue fills up and the
+`policy` decides: "block" holds the capture back (nothing is lost; a real
+camera's own buffer then overflows), "drop" drops the new frame and counts
+it (`frames_dropped`; its lines are not inspected). Memory is bounded by the
+queue sizes, one frame buffer, the stitcher's frame-height rows and the
+region tracker's `max_open_lines`.
+
+Latency is measured from the arrival of a frame's last line to its JSON line
+being written. Bad data never stops the stream (see `edge.stream.accumulate`);
+the end of the input or Ctrl-C (KeyboardInterrupt) flushes the last frame,
+the open regions, the outputs and the summary.
+
+Example:
+
+>>> pipeline = StreamPipeline(Runner.open("riad.onnx"), StreamSettings(frame_height=256, overlap=32))  # doctest: +SKIP
+>>> summary = pipeline.run(open_source("strip.png"), JsonLines("out.jsonl"))                          # doctest: +SKIP
+>>> summary["lines_per_s"], summary["defects"]                                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections import deque
+
+
+from edge.stream.accumulate import FrameAccumulator
+from edge.stream.output import LatencyStats, write_overlay
+from edge.stream.regions import RegionTracker
+from edge.stream.scorer import FrameScorer, ScoredFrame
+from edge.stream.stitch import StripStitcher
+
+POLICIES = ("block", "drop")
+_END = object()
+STOP_GRACE_S = 2.0  # how long Ctrl-C waits for a capture thread stuck in a read
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSettings:
+    """How the stream is cut, scored and judged.
+
+    Args:
+        frame_height: lines per frame.
+        overlap: lines shared by consecutive frames.
+        stride: (rows, columns) between tiles; None: half a tile.
+        queue_size: frames waiting for inference, at most (and results waiting for output).
+        policy: "block" or "drop" when the frames queue is full.
+        batch_frames: most frames whose tiles go through the model together.
+        pixel_threshold: None: the model metadata's calibrated pixel threshold.
+        image_threshold: None: the metadata's image threshold (if any) for frame verdicts.
+        min_pixels: smaller regions are not reported.
+        max_open_lines: see `RegionTracker`.
+        overlay_dir: where to write overlay PNGs of defective frames (None: none).
+    """
+
+    frame_height: int = 256
+    overlap: int = 32
+    stride: tuple[int, int] | None = None
+    queue_size: int = 8
+    policy: str = "block"
+    batch_frames: int = 4
+    pixel_threshold: float | None = None
+    image_threshold: float | None = None
+    min_pixels: int = 1
+    max_open_lines: int = 4096
+    overlay_dir: str | None = None
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.queue_size < 1 or self.batch_frames < 1:
+            raise ValueError("queue_size and batch_frames must be >= 1")
+
+
+def _thresholds(runner, settings: StreamSettings) -> tuple[float, float | None]:
+    known = getattr(runner, "thresholds", None) or {}
+    pixel = settings.pixel_threshold if settings.pixel_threshold is not None else known.get("pixel")
+    if pixel is None:
+        raise ValueError("no pixel threshold: the model metadata has none; give --pixel-threshold")
+    image = settings.image_threshold if settings.image_threshold is not None else known.get("image")
+    return float(pixel), None if image is None else float(image)
+
+
+class StreamPipeline:
+    """Runs a source through a runner until the input ends or Ctrl-C.
+
+    Args:
+        runner: an `edge.runner.Runner` (any backend) or a look-alike.
+        settings: `StreamSettings`.
+    """
+
+    def __init__(self, runner, settings: StreamSettings = StreamSettings()):
+        self.runner, self.settings = runner, settings
+        self.pixel_threshold, self.image_threshold = _thresholds(runner, settings)
+        self.scorer = FrameScorer(runner, settings.stride)
+        self._stop = threading.Event()
+        self._frames: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self._results: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self._faults: deque = deque(maxlen=1000)
+        self._errors: list[BaseException] = []
+        self.frames_dropped = 0
+        self.accumulator: FrameAccumulator | None = None
+
+    def stop(self) -> None:
+        """Asks the capture to end; the pipeline then flushes and returns (also what Ctrl-C does)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------
+    # Capture and inference threads
+
+    def _capture(self, source) -> None:
+        accumulator = self.accumulator
+        try:
+            for block in source:
+                now = time.perf_counter()
+                bad_before = accumulator.bad_blocks
+                frames = accumulator.push(block, now)
+                if accumulator.bad_blocks != bad_before:
+                    self._faults.append(accumulator.faults[-1])
+                for frame in frames:
+                    self._offer(frame)
+                if self._stop.is_set():
+                    break
+        except Exception as err:  # a source that fails outright ends the stream, reported
+            self._faults.append(f"source failed: {str(err).splitlines()[0] if str(err) else repr(err)}")
+        finally:
+            for frame in accumulator.flush(time.perf_counter()):
+                self._offer(frame, force=True)
+            self._frames.put(_END)
+
+    def _offer(self, frame, force: bool = False) -> None:
+        if self.settings.policy == "block" or force:
+            self._frames.put(frame)
+            return
+        try:
+            self._frames.put_nowait(frame)
+        except queue.Full:
+            self.frames_dropped += 1
+
+    def _infer(self) -> None:
+        try:
+            while True:
+                batch = [self._frames.get()]
+                while batch[-1] is not _END and len(batch) < self.settings.batch_frames:
+                    try:
+                        batch.append(self._frames.get_nowait())
+                    except queue.Empty:
+                        break
+                frames = [f for f in batch if f is not _END]
+                if frames:
+                    for scored in self.scorer.score(frames):
+                        self._results.put(scored)
+                if batch[-1] is _END:
+                    break
+        except BaseException as err:
+            self._errors.append(err)
+            self._stop.set()
+            self._drain_frames()
+        finally:
+            self._results.put(_END)
+
+    def _drain_frames(self) -> None:
+        """After an inference failure: empty the frames queue until the capture ends."""
+        while True:
+            item = self._frames.get()
+            if item is _END:
+                return
+
+    # ------------------------------------------------------------------
+    # Output (the calling thread)
+
+    def run(self, source, writer) -> dict:
+        """Inspects the whole source; writes records to `writer` (`.write(dict)`); returns the summary.
+
+        The summary is also written as the last record. Ctrl-C ends the
+        stream early, with everything flushed (`"interrupted": true`).
+
+        Raises:
+            the runner's error, after the summary is written, if inference failed.
+        """
+        fixed = bool(getattr(source, "fixed_block_height", False))
+        self.accumulator = FrameAccumulator(self.settings.frame_height, self.settings.overlap, fixed_block_height=fixed)
+        state = _OutputState(self)
+        started = time.perf_counter()
+        threads = [threading.Thread(target=self._capture, args=(source,), daemon=True, name="capture"),
+                   threading.Thread(target=self._infer, daemon=True, name="inference")]
+        for thread in threads:
+            thread.start()
+        interrupted = False
+        try:
+            self._consume(state, writer)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stop()
+            try:
+                self._consume(state, writer, deadline=time.perf_counter() + STOP_GRACE_S)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        state.finish(writer)
+        summary = state.summary(time.perf_counter() - started, interrupted)
+        writer.write(summary)
+        if self._errors:
+            raise self._errors[0]
+        return summary
+
+    def _consume(self, state: "_OutputState", writer, deadline: float | None = None) -> None:
+        while True:
+            self._write_faults(writer)
+            if deadline is not None and time.perf_counter() > deadline:
+                return
+            try:
+                item = self._results.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                self._write_faults(writer)
+                return
+            state.emit(item, writer)
+
+    def _write_faults(self, writer) -> None:
+        while self._faults:
+            writer.write({"type": "fault", "time": round(time.time(), 6), "reason": self._faults.popleft()})
+
+
+class _OutputState:
+    """Stitcher, region tracker and counters of the output side."""
+
+    def __init__(self, pipeline: StreamPipeline):
+        self.pipeline = pipeline
+        self.settings = pipeline.settings
+        self.stitcher: StripStitcher | None = None
+        self.tracker = RegionTracker(pipeline.pixel_threshold, self.settings.min_pixels, self.settings.max_open_lines)
+        self.latency = LatencyStats()
+        self.frames = self.defects = self.defective_frames = self.lines_inspected = 0
+
+    def emit(self, scored: ScoredFrame, writer) -> None:
+        frame = scored.frame
+        if self.stitcher is None:
+            self.stitcher = StripStitcher(frame.image.shape[1])
+        first_row, rows, covered = self.stitcher.add(frame.first_line, scored.total, scored.count, frame.next_start)
+        self.lines_inspected += int(covered.sum())
+        regions = self.tracker.add(first_row, rows)
+        self.defects += len(regions)
+        over_image = self.pipeline.image_threshold is not None and scored.score > self.pipeline.image_threshold
+        verdict = "defect" if regions or over_image else "ok"
+        row, col = scored.worst_tile
+        record = {
+            "type": "frame", "frame": frame.index, "time": round(time.time(), 6),
+            "lines": [frame.first_line, frame.last_line], "score": round(scored.score, 6),
+            "tile": {"line": frame.first_line + row, "column": col}, "verdict": verdict,
+            "boxes": [r.to_dict() for r in regions], "partial": frame.partial,
+        }
+        if verdict == "defect":
+            self.defective_frames += 1
+            if self.settings.overlay_dir:
+                record["overlay"] = str(self._overlay(scored, regions))
+        record["latency_ms"] = round((time.perf_counter() - frame.ready) * 1e3, 3)
+        writer.write(record)
+        self.latency.add(time.perf_counter() - frame.ready)
+        self.frames += 1
+
+    def _overlay(self, scored: ScoredFrame, regions):
+        frame = scored.frame
+        boxes = [(r.top - frame.first_line, r.left, r.bottom - frame.first_line, r.right) for r in regions]
+        anomalous = scored.mean_map > self.pipeline.pixel_threshold
+        path = f"{self.settings.overlay_dir}/frame_{frame.index:06d}_lines_{frame.first_line}-{frame.last_line}.png"
+        return write_overlay(path, frame.image, anomalous, boxes)
+
+    def finish(self, writer) -> None:
+        """End of stream: the rows still held and the regions still open."""
+        if self.stitcher is None:
+            return
+        first_row, rows, covered = self.stitcher.flush()
+        self.lines_inspected += int(covered.sum())
+        regions = self.tracker.add(first_row, rows) + self.tracker.flush()
+        if regions:
+            self.defects += len(regions)
+            writer.write({"type": "regions", "time": round(time.time(), 6), "boxes": [r.to_dict() for r in regions]})
+
+    def summary(self, seconds: float, interrupted: bool) -> dict:
+        pipeline = self.pipeline
+        accumulator = pipeline.accumulator
+        session = getattr(pipeline.runner, "session", None)
+        return {
+            "type": "summary",
+            "lines": accumulator.lines_seen,
+            "lines_inspected": self.lines_inspected,
+            "width": accumulator.width,
+            "frames": self.frames,
+            "frames_dropped": pipeline.frames_dropped,
+            "bad_blocks": accumulator.bad_blocks,
+            "defects": self.defects,
+            "defective_frames": self.defective_frames,
+            "seconds": round(seconds, 3),
+            "lines_per_s": round(accumulator.lines_seen / seconds, 1) if seconds > 0 else None,
+            "latency": self.latency.summary(),
+            "pixel_threshold": pipeline.pixel_threshold,
+            "image_threshold": pipeline.image_threshold,
+            "policy": self.settings.policy,
+            "backend": getattr(session, "backend", None),
+            "interrupted": interrupted,
+            "error": str(pipeline._errors[0]).splitlines()[0] if pipeline._errors and str(pipeline._errors[0]) else None,
+        }

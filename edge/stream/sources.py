@@ -1,0 +1,328 @@
+"""Where lines come from: frame folders, video files, a replayed image, raw binary lines, camera plug-ins.
+
+Every source is an iterable of `LineBlock`s: a run of consecutive camera lines
+`(lines, W, C)` as read, or a `BadBlock` saying what could not be used (a
+corrupt file, a short read). Sources never raise on bad data in the middle of
+a stream; they report it and go on. The pipeline turns blocks into frames
+(`edge.stream.accumulate`).
+
+Source specifications (`open_source(spec, ...)`, `riad-edge stream --source`):
+
+    DIR                      every image in the folder, in natural name order
+    FILE.avi|.mp4|...        a video file, frame by frame (OpenCV)
+    FILE.png|.tif|... (*)    one large image replayed as a line scan, top to bottom
+    raw:-                    raw lines on stdin        (needs --width, --dtype, --channels)
+    raw:FILE                 raw lines from a file or a FIFO
+    tcp://127.0.0.1:PORT     raw lines from a TCP socket (loopback only)
+    SCHEME:ARGS              a registered camera plug-in (`register_source`, or the
+                             `riad_edge.sources` entry-point group)
+
+(*) an image file given as `--source` is replayed at `--line-rate` lines/s
+(0: as fast as the pipeline takes them).
+
+Example:
+
+>>> source = ImageLineScan(np.zeros((100, 64), np.uint8), lines_per_block=10)
+>>> [block.lines.shape for block in source][:2]
+[(10, 64), (10, 64)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from edge.images import IMAGE_EXTENSIONS, ImageError, load_image
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm")
+RAW_DTYPES = ("uint8", "uint16", "float32")
+ENTRY_POINT_GROUP = "riad_edge.sources"
+
+
+@dataclasses.dataclass
+class LineBlock:
+    """Consecutive camera lines as read: `lines` `(n, W)` or `(n, W, C)`, `origin` names where from."""
+
+    lines: np.ndarray
+    origin: str = ""
+
+
+@dataclasses.dataclass
+class BadBlock:
+    """Data that could not be used. `lines`: how many camera lines it stood for (0 if unknown)."""
+
+    reason: str
+    lines: int = 0
+    origin: str = ""
+
+
+@runtime_checkable
+class LineSource(Protocol):
+    """The plug-in interface: an iterable of `LineBlock | BadBlock` with a `close()`.
+
+    A source whose blocks are whole frames of one height may set the class
+    attribute `fixed_block_height = True`: a block of another height is then
+    reported and skipped as a short or wrong-size frame.
+
+    A camera SDK adapter (GenICam via Harvesters, a vendor SDK) implements
+    this and is registered with `register_source("scheme", factory)`; the core
+    never imports it.
+    """
+
+    def __iter__(self) -> Iterator[LineBlock | BadBlock]: ...
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------
+# Frame folders and video files
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+class FrameFolder:
+    """The image files of a folder, in natural name order, each a block of lines.
+
+    A file that cannot be decoded becomes a `BadBlock` standing for as many
+    lines as the last good frame had.
+    """
+
+    fixed_block_height = True  # every image is a whole frame: one of another height is reported
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: no such folder")
+        self.files = sorted((p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+        if not self.files:
+            raise ValueError(f"{self.folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def __iter__(self):
+        last_height = 0
+        for path in self.files:
+            try:
+                lines = load_image(path)
+            except ImageError as err:
+                yield BadBlock(str(err), last_height, str(path))
+                continue
+            last_height = len(lines)
+            yield LineBlock(lines, str(path))
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFile:
+    """A video file decoded frame by frame with OpenCV (BGR turned to RGB); a failed decode ends it."""
+
+    fixed_block_height = True
+
+    def __init__(self, path: str | os.PathLike):
+        import cv2
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such video file")
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise ValueError(f"{self.path}: OpenCV cannot open this video")
+
+    def __iter__(self):
+        import cv2
+
+        index = 0
+        while True:
+            ok, frame = self._capture.read()
+            if not ok:
+                return
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame
+            yield LineBlock(rgb, f"{self.path}#{index}")
+            index += 1
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+# ----------------------------------------------------------------------------
+# One large image replayed as a line scan
+
+
+class ImageLineScan:
+    """Replays an image (array or file) top to bottom as a line-scan camera would deliver it.
+
+    Args:
+        image: `(H, W[, C])` array, or an image file.
+        line_rate: lines per second to pace the replay at (0: no pacing).
+        lines_per_block: lines handed over per block (a camera's buffer).
+        repeat: times to replay the image (the strip continues seamlessly).
+    """
+
+    def __init__(self, image, line_rate: float = 0.0, lines_per_block: int = 64, repeat: int = 1):
+        self.origin = str(image) if isinstance(image, (str, os.PathLike)) else "array"
+        self.image = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+        if line_rate < 0 or lines_per_block < 1 or repeat < 1:
+            raise ValueError("line_rate must be >= 0, lines_per_block and repeat >= 1")
+        self.line_rate = float(line_rate)
+        self.lines_per_block = int(lines_per_block)
+        self.repeat = int(repeat)
+
+    def __iter__(self):
+        start, sent = time.perf_counter(), 0
+        for _ in range(self.repeat):
+            for top in range(0, len(self.image), self.lines_per_block):
+                block = self.image[top : top + self.lines_per_block]
+                sent += len(block)
+                if self.line_rate > 0:  # the last line of the block is due at sent / rate
+                    delay = start + sent / self.line_rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                yield LineBlock(block, f"{self.origin}:{top}")
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------
+# Raw lines from a byte stream
+
+
+class RawLines:
+    """Raw lines from a binary stream: `width x channels` values of `dtype` per line, row-major.
+
+    Args:
+        stream: a readable binary file object (stdin's buffer, a file, a socket file).
+        width, channels, dtype: the line format ("uint8", "uint16", "float32").
+        lines_per_block: lines read per block.
+        name: the stream's name for messages.
+
+    A short read at the end (part of a line) becomes a `BadBlock`.
+    """
+
+    def __init__(self, stream, width: int, channels: int = 1, dtype: str = "uint8", lines_per_block: int = 64, name: str = "stream", closer=None):
+        if dtype not in RAW_DTYPES:
+            raise ValueError(f"{name}: raw dtype must be one of {', '.join(RAW_DTYPES)}, got {dtype!r}")
+        if width < 1 or channels not in (1, 3) or lines_per_block < 1:
+            raise ValueError(f"{name}: raw lines need width >= 1 and 1 or 3 channels, got {width} x {channels}")
+        self.stream, self.name, self._closer = stream, name, closer
+        self.width, self.channels, self.dtype = int(width), int(channels), np.dtype(dtype)
+        self.line_bytes = self.width * self.channels * self.dtype.itemsize
+        self.lines_per_block = int(lines_per_block)
+
+    def __iter__(self):
+        wanted = self.line_bytes * self.lines_per_block
+        offset = 0
+        while True:
+            data = _read_up_to(self.stream, wanted)
+            if not data:
+                return
+            whole = len(data) // self.line_bytes * self.line_bytes
+            if whole:
+                lines = np.frombuffer(data[:whole], self.dtype).reshape(-1, self.width, self.channels)
+                yield LineBlock(lines, f"{self.name}@{offset}")
+            if whole < len(data):
+                yield BadBlock(f"{self.name}: short line at byte {offset + whole} ({len(data) - whole} of {self.line_bytes} bytes)", 1, self.name)
+                return
+            offset += len(data)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+
+def _read_up_to(stream, size: int) -> bytes:
+    """Reads `size` bytes, fewer only at the end of the stream."""
+    chunks, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def open_raw(target: str, **options) -> RawLines:
+    """`-` (stdin), a file path, or `tcp://HOST:PORT` with HOST on loopback."""
+    if target == "-":
+        return RawLines(sys.stdin.buffer, name="stdin", **options)
+    if target.startswith("tcp://"):
+        host, _, port = target[len("tcp://") :].rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise ValueError(f"{target}: only loopback TCP sources are supported (127.0.0.1, localhost, ::1)")
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+        connection.settimeout(None)
+        reader = connection.makefile("rb")
+
+        def close():
+            reader.close()
+            connection.close()
+
+        return RawLines(reader, name=target, closer=close, **options)
+    path = Path(target)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such raw line file")
+    handle = open(path, "rb")
+    return RawLines(handle, name=str(path), closer=handle.close, **options)
+
+
+# ----------------------------------------------------------------------------
+# Plug-ins and the source specification
+
+_PLUGINS: dict[str, Callable[..., LineSource]] = {}
+
+
+def register_source(scheme: str, factory: Callable[..., LineSource]) -> None:
+    """Makes `SCHEME:ARGS` open `factory(ARGS, **options)` (a camera SDK adapter, for example)."""
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or scheme in ("raw", "tcp"):
+        raise ValueError(f"{scheme!r} is not a usable source scheme")
+    _PLUGINS[scheme] = factory
+
+
+def _plugin(scheme: str):
+    if scheme in _PLUGINS:
+        return _PLUGINS[scheme]
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == scheme:
+            _PLUGINS[scheme] = entry.load()
+            return _PLUGINS[scheme]
+    return None
+
+
+def open_source(spec: str, *, width=None, channels: int = 1, dtype: str = "uint8", line_rate: float = 0.0, lines_per_block: int = 64, repeat: int = 1) -> LineSource:
+    """Opens a source from its specification (see the module docstring).
+
+    Raises:
+        FileNotFoundError, ValueError: a missing path or an unusable specification.
+    """
+    scheme, sep, rest = spec.partition(":")
+    if spec.startswith("tcp://") or (sep and scheme == "raw"):
+        if not width:
+            raise ValueError(f"{spec}: raw lines need --width (and --dtype, --channels)")
+        return open_raw(spec if spec.startswith("tcp://") else rest, width=width, channels=channels, dtype=dtype, lines_per_block=lines_per_block)
+    if sep and len(scheme) > 1 and not Path(spec).exists():
+        factory = _plugin(scheme)
+        if factory is None:
+            raise ValueError(f"{spec}: no source plug-in registered for {scheme!r}")
+        return factory(rest, width=width, channels=channels, dtype=dtype, line_rate=line_rate, lines_per_block=lines_per_block)
+    path = Path(spec)
+    if path.is_dir():
+        return FrameFolder(path)
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return VideoFile(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        return ImageLineScan(path, line_rate=line_rate, lines_per_block=lines_per_block, repeat=repeat)
+    raise ValueError(f"{spec}: not a folder, video, image, raw:TARGET, tcp://127.0.0.1:PORT or registered plug-in")

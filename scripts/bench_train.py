@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Training throughput of riad-tf: replicas, mixed precision and XLA, on this machine.
+
+For every case (image size and U-Net widths) and every combination of replica
+count, precision and XLA, the script builds the training state exactly as
+`riad_tf.train.train` does, runs the shared training step for `--warmup` steps
+(tracing, compiling) and times `--steps` more. It also times the input pipeline
+alone (shuffle, gather, mask drawing, prefetch) to show whether it could hold
+the step back.
+
+Without GPUs, "2 replicas" means MirroredStrategy over 2 logical CPU devices
+that share the same cores: it checks the distributed path, not a speed-up.
+Numbers on a shared machine are noisy.
+
+Usage:
+
+    python scripts/bench_train.py                            # 128 px full widths, 256 px reduced
+    python scripts/bench_train.py --cases 64:reduced --steps 2 --warmup 1 --replicas 1
+    python scripts/bench_train.py --precisions off mixed_float16 --json bench.json   # on GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+WIDTHS = {"default": (64, 128, 256, 512, 512), "reduced": (16, 32, 64, 64, 64)}
+
+
+def _parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["128:default", "256:reduced"], help="SIZE:WIDTHS, WIDTHS one of default, reduced")
+    parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--precisions", nargs="+", default=["off", "mixed_bfloat16"])
+    parser.add_argument("--xla", nargs="+", choices=["off", "on"], default=["off", "on"])
+    parser.add_argument("--batch-size", type=int, default=2, help="images per replica per step")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def _devices(max_replicas: int) -> list[str]:
+    """GPUs when there are any; otherwise the CPU split into logical devices (before TF initialises)."""
+    import tensorflow as tf
+
+    from riad_tf.distribute import split_cpu
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return [d.name for d in tf.config.list_logical_devices("GPU")]
+    return split_cpu(max_replicas)
+
+
+def _strategy(devices: list[str], replicas: int):
+    import tensorflow as tf
+
+    if replicas == 1:
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.MirroredStrategy(devices[:replicas])
+
+
+def _random_images(count: int, size: int):
+    import numpy as np
+
+    return np.random.default_rng(0).random((count, size, size, 3), dtype=np.float32)
+
+
+def bench_step(config, strategy, warmup: int, steps: int) -> dict:
+    """Images/s of the training step (the one `train` uses) after `warmup` steps."""
+    from riad_tf.train import build_training_state, make_train_step, training_batches
+
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    unet, optimizer, _ = build_training_state(config, strategy)
+    step = make_train_step(unet, optimizer, config, strategy)
+    images = _random_images(4 * global_batch, config.image_size[0])
+    endless = config.with_overrides({"epochs": 1_000_000})
+    batches = iter(strategy.experimental_distribute_dataset(training_batches(images, endless, global_batch, drop_remainder=True)))
+    started = time.perf_counter()
+    for _ in range(warmup):
+        float(step(next(batches))[0])
+    warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        result = step(next(batches))
+    float(result[0])  # waits for the last step
+    elapsed = time.perf_counter() - started
+    return {
+        "global_batch": global_batch,
+        "params": unet.count_params(),
+        "warmup_s": round(warmup_s, 1),
+        "step_s": round(elapsed / steps, 3),
+        "images_per_s": round(steps * global_batch / elapsed, 2),
+    }
+
+
+def bench_pipeline(config, global_batch: int, batches: int = 20) -> float:
+    """Images/s the input pipeline alone delivers (host side, masks included)."""
+    from riad_tf.train import training_batches
+
+    images = _random_images(4 * global_batch, config.image_size[0])
+    iterator = iter(training_batches(images, config.with_overrides({"epochs": 1_000_000}), global_batch, drop_remainder=True))
+    next(iterator)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return round(batches * global_batch / (time.perf_counter() - started), 1)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    devices = _devices(max(args.replicas))
+    import keras
+    import tensorflow as tf
+
+    from riad_tf.config import RiadConfig
+
+    print(f"# riad-tf training throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"devices {devices}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(f"# command: {' '.join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))}")
+    print(f"# {args.batch_size} image(s) per replica per step, {args.warmup} warm-up + {args.steps} timed steps; "
+          "K = {2, 4, 8, 16}, n = 3 (each image is 3 U-Net inputs)")
+    print()
+    print("| size | widths | params | replicas | precision | xla | global batch | step s | images/s | warm-up s | pipeline images/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for case in args.cases:
+        size, widths = case.split(":")
+        base = RiadConfig(image_size=(int(size), int(size)), widths=WIDTHS[widths], batch_size=args.batch_size)
+        pipeline = bench_pipeline(base, args.batch_size * max(args.replicas))
+        for replicas in args.replicas:
+            for precision in args.precisions:
+                for xla in args.xla:
+                    config = base.with_overrides({"mixed_precision": precision, "xla": xla == "on"})
+                    row = {"size": int(size), "widths": widths, "replicas": replicas, "precision": precision, "xla": xla}
+                    try:
+                        row.update(bench_step(config, _strategy(devices, replicas), args.warmup, args.steps))
+                    except Exception as err:  # report and go on with the other cases
+                        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                    row["pipeline_images_per_s"] = pipeline
+                    results.append(row)
+                    cells = [row["size"], widths, row.get("params", "-"), replicas, precision, xla, row.get("global_batch", "-"),
+                             row.get("step_s", "-"), row.get("images_per_s", row.get("error")), row.get("warmup_s", "-"), pipeline]
+                    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+                    keras.backend.clear_session()
+    if args.json:
+        from riad_tf.config import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,7 +64,7 @@ def test_tiny_overfit_lowers_riad_loss():
     step = make_train_step(unet, optimizer, cfg, tf.distribute.get_strategy())
     before = float(tf.reduce_mean(per_image_loss(unet, images, cfg, training=False, seed=7)[0]))
     for _ in range(60):
-        step(images)
+        step((images,))
     after = float(tf.reduce_mean(per_image_loss(unet, images, cfg, training=False, seed=7)[0]))
     assert after < 0.6 * before, (before, after)
 

@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
 import tensorflow as tf
 
 from riad_tf.config import MIXED_PRECISION, STRATEGIES
@@ -169,7 +170,9 @@ def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     except RuntimeError as err:
-        raise RuntimeError(f"strategy {name!r} must be created before TensorFlow runs any op: {err}") from None
+        raise RuntimeError(
+            f"cannot start strategy {name!r}: {err} (a multi-worker strategy must be created before TensorFlow runs any op)"
+        ) from None
 
 
 def task(strategy: tf.distribute.Strategy | None = None) -> tuple[str | None, int | None]:
@@ -185,11 +188,11 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
 
     The chief is task "chief", or "worker" 0 when the cluster has no "chief" job.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     task_type, task_id = task(strategy)
     if task_type in (None, "chief"):
         return True
-    resolver = strategy.cluster_resolver
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
 
 

@@ -302,6 +302,32 @@ def _float32_copy(unet, config: RiadConfig):
     return copy
 
 
+def _batching(config: RiadConfig, replicas: int, num_images: int) -> tuple[int, bool, int]:
+    """(global batch, drop the remainder, steps per epoch); raises on settings that cannot train."""
+    if num_images == 0:
+        raise ValueError("no training images")
+    if config.xla and config.sync_batchnorm and replicas > 1:
+        raise ValueError("xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false")
+    global_batch = config.batch_size * replicas
+    # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
+    drop_remainder = replicas > 1
+    if drop_remainder and num_images < global_batch:
+        raise ValueError(f"{num_images} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)")
+    steps = num_images // global_batch if drop_remainder else -(-num_images // global_batch)
+    return global_batch, drop_remainder, steps
+
+
+def _train_epoch(step, batches, steps: int, bar: keras.utils.Progbar) -> tuple[float, float]:
+    """Runs one epoch's steps; returns (mean Eq. 7 loss per image, number of images)."""
+    loss_sum, count = 0.0, 0.0
+    for i in range(steps):
+        step_sum, step_count = step(next(batches))
+        loss_sum, count = loss_sum + step_sum, count + step_count  # stays on the device until read
+        if bar.verbose:
+            bar.update(i + 1, [("loss", float(loss_sum / count))])
+    return float(loss_sum / count), float(count)
+
+
 def train(
     config: RiadConfig,
     train_images: np.ndarray,
@@ -328,16 +354,7 @@ def train(
     out_dir = Path(out_dir)
     strategy = strategy or make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
-    if len(train_images) == 0:
-        raise ValueError("no training images")
-    if config.xla and config.sync_batchnorm and replicas > 1:
-        raise ValueError("xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false")
-    # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
-    drop_remainder = replicas > 1
-    if drop_remainder and len(train_images) < global_batch:
-        raise ValueError(f"{len(train_images)} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)")
-    steps_per_epoch = len(train_images) // global_batch if drop_remainder else -(-len(train_images) // global_batch)
+    global_batch, drop_remainder, steps_per_epoch = _batching(config, replicas, len(train_images))
     chief = is_chief(strategy)
 
     unet, optimizer, epoch_var = build_training_state(config, strategy)
@@ -365,13 +382,8 @@ def train(
             bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, stateful_metrics=["loss"])
             if verbose:
                 print(f"epoch {epoch + 1}/{config.epochs} (lr {rate:g}, global batch {global_batch} on {replicas} replica(s))")
-            started, loss_sum, count = time.time(), 0.0, 0.0
-            for i in range(steps_per_epoch):
-                step_sum, step_count = step(next(batches))
-                loss_sum, count = loss_sum + step_sum, count + step_count  # stays on the device until read
-                if verbose:
-                    bar.update(i + 1, [("loss", float(loss_sum / count))])
-            loss = float(loss_sum / count)
+            started = time.time()
+            loss, count = _train_epoch(step, batches, steps_per_epoch, bar)
             seconds = time.time() - started
             epoch_var.assign(epoch + 1)
             if chief:
@@ -383,7 +395,7 @@ def train(
                     else None,
                     "lr": rate,
                     "seconds": round(seconds, 3),
-                    "images_per_s": round(float(count) / seconds, 2),
+                    "images_per_s": round(count / seconds, 2),
                 }
                 history.append(record)  # before the checkpoint, so a resumed run never misses a record
             checkpoints.save(epoch + 1)

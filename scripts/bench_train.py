@@ -3,8 +3,10 @@
 
 For every case (image size and U-Net widths) and every combination of replica
 count, precision and XLA, the script builds the training state exactly as
-`riad_tf.train.train` does, runs the shared training step for `--warmup` steps
-(tracing, compiling) and times `--steps` more. It also times the input pipeline
+`riad_tf.train.train` does and runs the shared training step for `--warmup`
+steps (tracing, compiling). Then it times `--steps` more of each, round-robin
+over the configurations so that a shared machine's changing load hits all of
+them alike, and reports the median. It also times the input pipeline
 alone (shuffle, gather, mask drawing, prefetch) to show whether it could hold
 the step back.
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -70,32 +73,30 @@ def _random_images(count: int, size: int):
     return np.random.default_rng(0).random((count, size, size, 3), dtype=np.float32)
 
 
-def bench_step(config, strategy, warmup: int, steps: int) -> dict:
-    """Images/s of the training step (the one `train` uses) after `warmup` steps."""
-    from riad_tf.train import build_training_state, make_train_step, training_batches
+class StepBench:
+    """One configuration's training step (the one `train` uses), built and warmed up."""
 
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    unet, optimizer, _ = build_training_state(config, strategy)
-    step = make_train_step(unet, optimizer, config, strategy)
-    images = _random_images(4 * global_batch, config.image_size[0])
-    endless = config.with_overrides({"epochs": 1_000_000})
-    batches = iter(strategy.experimental_distribute_dataset(training_batches(images, endless, global_batch, drop_remainder=True)))
-    started = time.perf_counter()
-    for _ in range(warmup):
-        float(step(next(batches))[0])
-    warmup_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(steps):
-        result = step(next(batches))
-    float(result[0])  # waits for the last step
-    elapsed = time.perf_counter() - started
-    return {
-        "global_batch": global_batch,
-        "params": unet.count_params(),
-        "warmup_s": round(warmup_s, 1),
-        "step_s": round(elapsed / steps, 3),
-        "images_per_s": round(steps * global_batch / elapsed, 2),
-    }
+    def __init__(self, config, strategy, warmup: int):
+        from riad_tf.train import build_training_state, make_train_step, training_batches
+
+        self.global_batch = config.batch_size * strategy.num_replicas_in_sync
+        unet, optimizer, _ = build_training_state(config, strategy)
+        self.params = unet.count_params()
+        self.step = make_train_step(unet, optimizer, config, strategy)
+        images = _random_images(4 * self.global_batch, config.image_size[0])
+        endless = config.with_overrides({"epochs": 1_000_000})
+        dataset = training_batches(images, endless, self.global_batch, drop_remainder=True)
+        self.batches = iter(strategy.experimental_distribute_dataset(dataset))
+        started = time.perf_counter()
+        for _ in range(warmup):
+            self.timed_step()
+        self.warmup_s = time.perf_counter() - started
+
+    def timed_step(self) -> float:
+        """Seconds for one step, waiting for its result."""
+        started = time.perf_counter()
+        float(self.step(next(self.batches))[0])
+        return time.perf_counter() - started
 
 
 def bench_pipeline(config, global_batch: int, batches: int = 20) -> float:
@@ -123,7 +124,8 @@ def main(argv=None) -> int:
     print(f"# riad-tf training throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"devices {devices}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"# command: {' '.join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))}")
-    print(f"# {args.batch_size} image(s) per replica per step, {args.warmup} warm-up + {args.steps} timed steps; "
+    print(f"# {args.batch_size} image(s) per replica per step, {args.warmup} warm-up + {args.steps} timed steps "
+          "(round-robin, median); "
           "K = {2, 4, 8, 16}, n = 3 (each image is 3 U-Net inputs)")
     print()
     print("| size | widths | params | replicas | precision | xla | global batch | step s | images/s | warm-up s | pipeline images/s |")
@@ -133,21 +135,39 @@ def main(argv=None) -> int:
         size, widths = case.split(":")
         base = RiadConfig(image_size=(int(size), int(size)), widths=WIDTHS[widths], batch_size=args.batch_size)
         pipeline = bench_pipeline(base, args.batch_size * max(args.replicas))
+        rows, benches = [], []
         for replicas in args.replicas:
             for precision in args.precisions:
                 for xla in args.xla:
                     config = base.with_overrides({"mixed_precision": precision, "xla": xla == "on"})
-                    row = {"size": int(size), "widths": widths, "replicas": replicas, "precision": precision, "xla": xla}
+                    row = {"size": int(size), "widths": widths, "replicas": replicas, "precision": precision, "xla": xla,
+                           "pipeline_images_per_s": pipeline}
                     try:
-                        row.update(bench_step(config, _strategy(devices, replicas), args.warmup, args.steps))
-                    except Exception as err:  # report and go on with the other cases
+                        bench = StepBench(config, _strategy(devices, replicas), args.warmup)
+                        row.update(global_batch=bench.global_batch, params=bench.params, warmup_s=round(bench.warmup_s, 1))
+                    except Exception as err:  # report and go on with the other configurations
+                        bench = None
                         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-                    row["pipeline_images_per_s"] = pipeline
-                    results.append(row)
-                    cells = [row["size"], widths, row.get("params", "-"), replicas, precision, xla, row.get("global_batch", "-"),
-                             row.get("step_s", "-"), row.get("images_per_s", row.get("error")), row.get("warmup_s", "-"), pipeline]
-                    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-                    keras.backend.clear_session()
+                    rows.append(row)
+                    benches.append(bench)
+        # Timed steps go round-robin over the configurations, so a shared machine's changing
+        # load hits all of them alike; each gets the median of its steps.
+        times = [[] for _ in benches]
+        for _ in range(args.steps):
+            for bench, spent in zip(benches, times):
+                if bench is not None:
+                    spent.append(bench.timed_step())
+        for row, bench, spent in zip(rows, benches, times):
+            if bench is not None:
+                step_s = statistics.median(spent)
+                row.update(step_s=round(step_s, 3), images_per_s=round(bench.global_batch / step_s, 2))
+            cells = [row["size"], widths, row.get("params", "-"), row["replicas"], row["precision"], row["xla"],
+                     row.get("global_batch", "-"), row.get("step_s", "-"), row.get("images_per_s", row.get("error")),
+                     row.get("warmup_s", "-"), pipeline]
+            print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+        results.extend(rows)
+        del benches
+        keras.backend.clear_session()
     if args.json:
         from riad_tf.config import atomic_write_text
 

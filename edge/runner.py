@@ -64,7 +64,8 @@ def activation_bytes_per_input(config: dict) -> int:
     upsampling, skip concatenation, decoder block).
     """
     height, width = config["image_size"]
-    levels = sum(w / 4**level for level, w in enumerate(config.get("widths", (64, 128, 256, 512, 512))))
+    scale = config.get("width_multiplier", 1.0)
+    levels = sum(scale * w / 4**level for level, w in enumerate(config.get("widths", (64, 128, 256, 512, 512))))
     return int(4 * height * width * (6 * levels + 2 * config["channels"]))
 
 

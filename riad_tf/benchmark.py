@@ -129,7 +129,7 @@ def riad_flops(config: RiadConfig, unet: keras.Model | None = None, profile: boo
         `{"per_pass", "passes_per_image", "per_image", "train_per_image", "method"}`
         (+ "graph_per_pass").
     """
-    unet = unet or build_unet(config.input_shape, config.widths, config.skip_connections)
+    unet = unet or build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     per_pass = unet_flops(unet)
     passes = len(config.ks) * config.n if config.inpainting else 1
     train_passes = config.n if config.inpainting else 1
@@ -315,7 +315,7 @@ def bench_scaling(config: RiadConfig, batches, sizes, peak, iters, warmup) -> di
     out = {"batch": [], "image_size": []}
     for key, points in (("batch", [(config, b) for b in batches]), ("image_size", [(_resized(config, s), 1) for s in sizes])):
         for cfg, batch in points:
-            unet = build_unet(cfg.input_shape, cfg.widths, cfg.skip_connections)
+            unet = build_unet(cfg.input_shape, cfg.unet_widths, cfg.skip_connections)
             flops = riad_flops(cfg, unet)["per_image"]
             run = keras_runner(Detector(unet, cfg))
             images = _images(cfg, batch)
@@ -353,7 +353,7 @@ def bench_training(config: RiadConfig, batch: int, precisions, peak, iters, warm
     records = []
     for policy in precisions:
         with precision_policy(policy):
-            unet = build_unet(config.input_shape, config.widths, config.skip_connections)
+            unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         optimizer.build(unet.trainable_variables)
         step = make_train_step(unet, optimizer, config, strategy)
@@ -415,12 +415,12 @@ def run_benchmark(
         raise ValueError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     keras.utils.set_random_seed(config.seed)
     peak = {"float32": matmul_peak("float32", peak_size), "bfloat16": matmul_peak("bfloat16", peak_size), "size": peak_size}
-    unet = build_unet(config.input_shape, config.widths, config.skip_connections)
+    unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     flops = riad_flops(config, unet, profile=True)
     detector = Detector(unet, config)
     report = {
         "machine": machine_info(threads),
-        "config": {"image_size": list(config.image_size), "widths": list(config.widths), "ks": list(config.ks), "n": config.n, "iters": iters, "warmup": warmup},
+        "config": {"image_size": list(config.image_size), "widths": list(config.unet_widths), "ks": list(config.ks), "n": config.n, "iters": iters, "warmup": warmup},
         "flops": flops,
         "peak": peak,
         "inference": bench_inference(detector, paths, batches, flops["per_image"], peak["float32"], iters, warmup, threads),

@@ -138,7 +138,7 @@ def main():
 @click.option("--image-size", type=int, help="Square input size (divisible by 16).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.")
-@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 otherwise.")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, on CPUs bfloat16 with --xla, else float32.")
 @click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
 @click.option("--no-progress", is_flag=True)
 @_friendly_errors
@@ -287,7 +287,7 @@ def _set_tensorflow_threads(threads: int | None) -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (default: the paper's).")
 @click.option("--image-size", type=int, help="Square input size (default: the config's, 256).")
 @click.option("--widths", help="U-Net widths, e.g. 64,128,256,512,512 (default: the config's).")
-@click.option("--width-multiplier", type=float, default=1.0, show_default=True, help="Scales every width (operating points).")
+@click.option("--width-multiplier", type=float, help="Config 'width_multiplier': scales every width (operating points).")
 @click.option("--batch", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
 @click.option("--paths", default="keras,xla,onnx", show_default=True, help="Any of keras,xla,onnx,tflite-fp32,tflite-fp16,tflite-int8.")
 @click.option("--iters", type=int, default=3, show_default=True, help="Timed calls per measurement.")
@@ -309,8 +309,8 @@ def benchmark(config_path, image_size, widths, width_multiplier, batches, paths,
     from riad_tf.benchmark import format_report, run_benchmark
     overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": _int_list(widths) or None}
     config = _config_from_options(config_path, overrides)
-    if width_multiplier != 1.0:
-        config = config.with_overrides({"widths": tuple(max(1, round(w * width_multiplier)) for w in config.widths)})
+    if width_multiplier is not None:
+        config = config.with_overrides({"width_multiplier": width_multiplier})
     if quick:
         iters, peak_size = min(iters, 2), min(peak_size, 1024)
         scaling_batches, scaling_sizes = "1,2,4", "64,128"

@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from edge.metadata import atomic_write_bytes
 
 # Choices of the scale-out settings (see riad_tf.distribute and docs/distributed.md).
 STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
@@ -36,6 +37,10 @@ class RiadConfig:
         image_size: (height, width), both divisible by 16 and by every k in `ks`.
         channels: 3 (grey images are repeated) or 1 (a 1-channel model).
         widths: encoder widths of the 5 U-Net levels (Fig. 4).
+        width_multiplier: scales every width (rounded, at least 1) for a
+            faster, smaller model; `unet_widths` gives the widths built.
+            With `image_size` it sets an operating point (speed against
+            accuracy; scripts/operating_points.py).
         skip_connections: False gives the paper's RIAD_ns ablation.
     Masks and scoring:
         ks: the region sizes K (Eq. 9).
@@ -72,13 +77,15 @@ class RiadConfig:
             each replica's share (N replicas x b then train exactly like one
             device with batch N x b).
         mixed_precision: "off", "mixed_float16" (GPUs; with loss scaling),
-            "mixed_bfloat16" (CPUs, TPUs, recent GPUs) or "auto".
+            "mixed_bfloat16" (CPUs with xla, TPUs, recent GPUs) or "auto"
+            (the fastest measured: see riad_tf.distribute.resolve_precision).
         xla: compile the training step with XLA (`jit_compile`).
     """
 
     image_size: tuple[int, int] = (256, 256)
     channels: int = 3
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    width_multiplier: float = 1.0
     skip_connections: bool = True
     ks: tuple[int, ...] = (2, 4, 8, 16)
     n: int = 3
@@ -119,6 +126,8 @@ class RiadConfig:
         height, width = self.image_size
         if len(self.image_size) != 2 or height <= 0 or width <= 0:
             raise ValueError(f"image_size must be two positive ints, got {self.image_size}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"width_multiplier must be positive, got {self.width_multiplier}")
         if len(self.widths) != 5:
             raise ValueError(f"widths must list 5 U-Net levels, got {self.widths}")
         if height % 16 or width % 16:
@@ -153,6 +162,17 @@ class RiadConfig:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (*self.image_size, self.channels)
+
+    @property
+    def unet_widths(self) -> tuple[int, ...]:
+        """The widths of the U-Net built: `widths` x `width_multiplier`, rounded, at least 1.
+
+        Example:
+
+        >>> RiadConfig(widths=(8, 16, 32, 64, 64), width_multiplier=0.25).unet_widths
+        (2, 4, 8, 16, 16)
+        """
+        return tuple(max(1, round(w * self.width_multiplier)) for w in self.widths)
 
     @property
     def decay_epoch(self) -> int:
@@ -208,14 +228,5 @@ class RiadConfig:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes `text` (UTF-8) to a temporary file beside `path`, then renames it into place."""
+    atomic_write_bytes(path, text.encode())

@@ -158,8 +158,9 @@ def make_train_step(unet, optimizer, config: RiadConfig, strategy: tf.distribute
     the gradient of the mean loss over the global batch.
 
     Returns:
-        `step(distributed_batch) -> (sum of per-image losses, number of images)`
-        over the global batch.
+        `step(batch) -> (sum of per-image losses, number of images)` over the
+        global batch, where `batch` is a (distributed) `(images, masks)` from
+        `training_batches`, or `(images,)` to draw the masks inside the step.
     """
     variables = unet.trainable_variables
 
@@ -277,11 +278,14 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
         output layer stays float32), Adam (wrapped in a `LossScaleOptimizer`
         for float16) and a counter of finished epochs.
     """
-    policy = resolve_precision(config.mixed_precision)
+    policy = resolve_precision(config.mixed_precision, config.xla)
+    if policy == "mixed_bfloat16" and not config.xla and not tf.config.list_physical_devices("GPU"):
+        print("note: mixed_bfloat16 without --xla ran 4-10x slower than float32 on CPUs without native bfloat16; "
+              "with --xla about 1.9x faster (docs/distributed.md)")
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():
         with precision_policy(policy):
-            unet = build_unet(config.input_shape, config.widths, config.skip_connections)
+            unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
         if config.sync_batchnorm:
             for layer in unet.layers:  # read at call time: statistics over the global batch
                 if isinstance(layer, keras.layers.BatchNormalization):
@@ -297,7 +301,7 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
 def _float32_copy(unet, config: RiadConfig):
     """The trained weights in a plain float32 U-Net outside any strategy: what is saved and returned."""
     with precision_policy("float32"):
-        copy = build_unet(config.input_shape, config.widths, config.skip_connections)
+        copy = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     copy.set_weights([np.asarray(w, np.float32) for w in unet.get_weights()])
     return copy
 

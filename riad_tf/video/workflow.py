@@ -149,15 +149,20 @@ def train_video_run(config: RiadConfig, split: VideoSplit, out_dir, progress: bo
         batch_size: frames per detector call during calibration.
 
     Returns:
-        The thresholds (also in `out_dir/thresholds.json`).
+        The thresholds (also in `out_dir/thresholds.json`); None on a
+        non-chief worker of a multi-worker job.
     """
+    from riad_tf.distribute import is_chief, make_strategy
     from riad_tf.train import train
 
     kept, held_out = holdout_clips(split.train, config.val_fraction, config.seed)
     train_images = _read_clips(kept, config, config.train_frame_stride)
     holdout_images = _read_clips(held_out, config, config.train_frame_stride) if held_out else None
+    strategy = strategy or make_strategy(config.strategy)
     train(config, train_images, out_dir, holdout_images=holdout_images, strategy=strategy, progress=progress)
     del train_images, holdout_images
+    if not is_chief(strategy):
+        return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
     return calibrate_video_run(out_dir, held_out or kept, batch_size)
 
 

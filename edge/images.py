@@ -1,11 +1,13 @@
 """Images in, model input out: decoding, channels, resizing, dtype (METHOD.md, "Data").
 
-The conventions are those of training (`riad_tf.data.read_image`), so a model
-sees on the device what it saw in training:
+This is the one implementation of preprocessing: training and evaluation read
+images through it too (`riad_tf.data.read_image` wraps `load_image` and
+`prepare_image`), so a model sees on the device exactly what it saw in training:
 
 - 8-bit values are divided by 255 and 16-bit ones by 65535 (float in [0, 1]);
 - RGBA drops alpha; a palette image becomes RGB; a 1-channel model gets the
-  ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B) of a colour image;
+  ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B) of a colour image, taken
+  before resizing;
 - resizing to the model size is Pillow's bilinear filter on float32 planes;
 - a 3-channel model gets a grey image repeated to 3 channels;
 - values are clipped to [0, 1]; a uint8 model gets round(255 x value).
@@ -27,23 +29,35 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's "L"
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
 
 class ImageError(ValueError):
     """An image that cannot be read or used; the message names the file."""
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decodes an image file to float32 `(H, W, 1)` (grey) or `(H, W, 3)` in [0, 1].
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Opens and fully decodes an image file (its first frame), so a truncated file fails here.
+
+    Args:
+        path: PNG, JPEG, BMP or TIFF file.
+
+    Returns:
+        The decoded Pillow image, detached from the file.
 
     Raises:
         ImageError: "PATH: cannot read image: REASON".
+
+    Example:
+
+    >>> open_image("part.png").size                           # doctest: +SKIP
+    (640, 480)
     """
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_float(image)
+            return image.copy()
     except FileNotFoundError:
         raise ImageError(f"{path}: cannot read image: file not found") from None
     except UnidentifiedImageError:
@@ -51,6 +65,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"{path}: cannot read image: {reason}") from None
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decodes an image file to float32 `(H, W, 1)` (grey) or `(H, W, 3)` in [0, 1].
+
+    8-bit images are divided by 255, 16-bit ones by 65535; palette images
+    become RGB, alpha is dropped, other colour modes become RGB.
+
+    Raises:
+        ImageError: "PATH: cannot read image: REASON".
+
+    Example:
+
+    >>> load_image("part.png").shape                          # doctest: +SKIP
+    (480, 640, 3)
+    """
+    return _to_float(open_image(path))
 
 
 def _to_float(image: Image.Image) -> np.ndarray:
@@ -78,7 +109,7 @@ def as_unit_float(image: np.ndarray) -> np.ndarray:
     elif image.dtype == np.uint16:
         values = image.astype(np.float32) / 65535.0
     elif np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
-        values = image.astype(np.float32)
+        values = image.astype(np.float32, copy=False)  # np.clip below copies
     else:
         raise ImageError(f"image dtype {image.dtype} not understood (use uint8, uint16 or float in [0, 1])")
     if values.ndim == 2:
@@ -90,19 +121,68 @@ def as_unit_float(image: np.ndarray) -> np.ndarray:
     return np.clip(values, 0.0, 1.0)
 
 
-def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(values: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+    """Resizes float32 `(H, W, C)` plane by plane with Pillow; the same size is returned as is.
+
+    Args:
+        values: float32 `(H, W, C)`.
+        size: (height, width).
+        method: "bilinear" (images: averages over the source footprint when
+            shrinking) or "nearest" (masks: stay binary).
+
+    Returns:
+        float32 `(height, width, C)`.
+
+    Example:
+
+    >>> resize_image(np.ones((48, 40, 1), np.float32), (32, 32)).shape
+    (32, 32, 1)
+    """
     height, width = size
     if values.shape[:2] == (height, width):
         return values
+    resample = _RESAMPLING[method]
     planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize((width, height), Image.Resampling.BILINEAR))
+        np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize((width, height), resample))  # mode "F"
         for c in range(values.shape[-1])
     ]
     return np.stack(planes, axis=-1).astype(np.float32)
 
 
+def prepare_image(image: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image as a model sees it: float32 `(height, width, channels)` in [0, 1].
+
+    Colour to grey (luma) happens before resizing, grey to colour (repeat) after.
+
+    Args:
+        image: array `(H, W)` or `(H, W, C)`, uint8, uint16 or float in [0, 1].
+        size: the model's (height, width).
+        channels: the model's channels, 1 or 3.
+
+    Returns:
+        float32 `(height, width, channels)`.
+
+    Raises:
+        ValueError: `channels` is not 1 or 3.
+
+    Example:
+
+    >>> prepare_image(np.full((48, 40, 3), 255, np.uint8), (32, 32), 1).shape
+    (32, 32, 1)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    values = as_unit_float(image)
+    if channels == 1 and values.shape[-1] == 3:
+        values = values @ _LUMA[:, None]
+    values = resize_image(values, size)
+    if channels == 3 and values.shape[-1] == 1:
+        values = np.repeat(values, 3, axis=-1)
+    return np.clip(values, 0.0, 1.0)
+
+
 def to_model_input(images: Sequence[np.ndarray], size: tuple[int, int], channels: int, dtype: str) -> np.ndarray:
-    """Prepares a list of images of any size for a model.
+    """Prepares a list of images of any size for a model (`prepare_image` each).
 
     Args:
         images: arrays `(H, W)` or `(H, W, C)`, uint8, uint16 or float in [0, 1];
@@ -114,15 +194,7 @@ def to_model_input(images: Sequence[np.ndarray], size: tuple[int, int], channels
     Returns:
         `(B, height, width, channels)` array of `dtype`.
     """
-    batch = []
-    for image in images:
-        values = as_unit_float(image)
-        if channels == 1 and values.shape[-1] == 3:
-            values = values @ _LUMA[:, None]
-        values = _resize(values, size)
-        if channels == 3 and values.shape[-1] == 1:
-            values = np.repeat(values, 3, axis=-1)
-        batch.append(np.clip(values, 0.0, 1.0))
+    batch = [prepare_image(image, size, channels) for image in images]
     if not batch:
         return np.zeros((0, *size, channels), dtype)
     stacked = np.stack(batch)

@@ -24,16 +24,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from edge.images import IMAGE_EXTENSIONS, ImageError, load_image, open_image, prepare_image, resize_image
+
 # Folder names that say nothing about the defect: `MT_Crack/Imgs/x.jpg` is a crack.
 GENERIC_FOLDER_NAMES = frozenset({"imgs", "img", "images", "image"})
 MASK_SUFFIX = "_mask"
@@ -413,13 +414,15 @@ class _MaskFinder:
 def read_image(
     path: PathLike, image_size: int | tuple[int, int] | None, channels: int = 3
 ) -> np.ndarray:
-    """Decodes an image to float32 (H, W, C) in [0, 1].
+    """Decodes an image to float32 (H, W, C) in [0, 1], exactly as the edge runtime does.
 
     PNG, JPEG, BMP and TIFF, 8-bit (scaled by 255) or 16-bit (scaled by 65535).
     Grey images are repeated to 3 channels; colour images become grey (ITU-R
     601 luma, as Pillow's "L") for a 1-channel model; alpha is dropped; palette
     images are expanded. Resizing is Pillow's bilinear filter on the float
-    values (it averages over the source footprint when shrinking).
+    values (it averages over the source footprint when shrinking). The work is
+    `edge.images.load_image` and `edge.images.prepare_image`, so training and
+    the device cannot drift apart.
 
     Args:
         path: the image file.
@@ -432,22 +435,16 @@ def read_image(
     Raises:
         DataError: "PATH: cannot read image: REASON" for a corrupt, truncated
             or non-image file.
+        ValueError: `channels` is not 1 or 3.
 
     Example:
 
     >>> read_image("part.png", (256, 256), 3).shape           # doctest: +SKIP
     (256, 256, 3)
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    image = _open(path)
-    values = _to_float(image)  # (H, W, 1) or (H, W, 3)
-    if channels == 1 and values.shape[-1] == 3:
-        values = values @ np.array([[0.299], [0.587], [0.114]], np.float32)
-    values = _resize(values, image_size, Image.Resampling.BILINEAR)
-    if channels == 3 and values.shape[-1] == 1:
-        values = np.repeat(values, 3, axis=-1)
-    return np.clip(values, 0.0, 1.0, out=values)
+    with _as_data_error():
+        values = load_image(path)  # (H, W, 1) or (H, W, 3)
+    return prepare_image(values, _target_size(image_size, values), channels)
 
 
 def read_mask(path: PathLike, image_size: int | tuple[int, int] | None) -> np.ndarray:
@@ -472,9 +469,10 @@ def read_mask(path: PathLike, image_size: int | tuple[int, int] | None) -> np.nd
     >>> read_mask("part_mask.png", (256, 256)).dtype          # doctest: +SKIP
     dtype('bool')
     """
-    values = _to_float(_open(path)).max(axis=-1, keepdims=True)
+    with _as_data_error():
+        values = load_image(path).max(axis=-1, keepdims=True)
     binary = (values > 0.5).astype(np.float32)
-    return _resize(binary, image_size, Image.Resampling.NEAREST)[..., 0] > 0.5
+    return resize_image(binary, _target_size(image_size, binary), "nearest")[..., 0] > 0.5
 
 
 def image_size_of(path: PathLike) -> tuple[int, int]:
@@ -483,59 +481,27 @@ def image_size_of(path: PathLike) -> tuple[int, int]:
     Raises:
         DataError: the file cannot be read as an image.
     """
-    width, height = _open(path).size
+    with _as_data_error():
+        width, height = open_image(path).size
     return height, width
 
 
-def _open(path: PathLike) -> Image.Image:
-    """Opens and fully decodes (`load`) an image, so truncation shows here."""
+@contextlib.contextmanager
+def _as_data_error():
+    """Re-raises edge's `ImageError` ("PATH: cannot read image: REASON") as a `DataError`."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
-            return image.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        if isinstance(err, FileNotFoundError):
-            reason = "file not found"
-        elif isinstance(err, UnidentifiedImageError):
-            reason = "not an image file, or a format Pillow does not know"
-        else:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot read image: {reason}") from None
+        yield
+    except ImageError as err:
+        raise DataError(str(err)) from None
 
 
-def _to_float(image: Image.Image) -> np.ndarray:
-    """An image as float32 (H, W, 1) for grey or (H, W, 3) for colour, in [0, 1]."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.float32) / 65535.0
-    elif mode == "F":
-        values = np.asarray(image, np.float32)
-    else:
-        if mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        if image.mode in ("1", "LA", "La"):
-            image = image.convert("L")
-        elif image.mode != "L" and image.mode != "RGB":
-            image = image.convert("RGB")  # RGBA, CMYK, YCbCr, LAB, HSV: alpha dropped
-        values = np.asarray(image).astype(np.float32) / 255.0
-    if values.ndim == 2:
-        values = values[..., None]
-    return np.clip(values, 0.0, 1.0)
-
-
-def _resize(values: np.ndarray, image_size, resample) -> np.ndarray:
+def _target_size(image_size: int | tuple[int, int] | None, values: np.ndarray) -> tuple[int, int]:
+    """(height, width) from one int, a pair, or None (the image's own size)."""
     if image_size is None:
-        return values
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if values.shape[:2] == (height, width):
-        return values
-    planes = []
-    for c in range(values.shape[-1]):
-        plane = Image.fromarray(np.ascontiguousarray(values[..., c]))  # mode "F"
-        planes.append(np.asarray(plane.resize((width, height), resample)))
-    return np.stack(planes, axis=-1).astype(np.float32)
+        return values.shape[:2]
+    if isinstance(image_size, int):
+        return image_size, image_size
+    return tuple(image_size)
 
 
 # ----------------------------------------------------------------------------

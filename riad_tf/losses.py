@@ -15,13 +15,26 @@ True
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import tensorflow as tf
 
 GMS_C = 0.0026  # Eq. 4, for intensities in [0, 1]
 
-# Prewitt kernels divided by 3 (METHOD.md), applied as cross-correlation.
-_PREWITT_X = tf.constant([[1.0, 0.0, -1.0]] * 3) / 3.0
-_PREWITT_KERNELS = tf.stack([_PREWITT_X, tf.transpose(_PREWITT_X)], axis=-1)[:, :, None, :]  # (3, 3, 1, 2)
+
+@functools.cache
+def _prewitt_kernels() -> np.ndarray:
+    """h_x and h_y of Eq. 3: Prewitt kernels divided by 3 (METHOD.md), as a conv2d filter `(3, 3, 1, 2)`.
+
+    Built on first use, in numpy: a TensorFlow tensor made at import time would
+    start TensorFlow's runtime and freeze its thread settings before
+    `riad-tf benchmark` sets them. conv2d applies them as cross-correlation.
+    """
+    h_x = np.array([[1.0, 0.0, -1.0]] * 3, np.float32) / np.float32(3.0)
+    kernels = np.stack([h_x, h_x.T], axis=-1)[:, :, None, :]
+    kernels.setflags(write=False)  # cached: shared by every call
+    return kernels
 
 
 def _as_float(x):
@@ -35,7 +48,7 @@ def _grey(images):
 
 def gradient_magnitude(grey):
     """g(I) = sqrt((I * h_x)^2 + (I * h_y)^2) with zero 'SAME' padding (Eq. 3)."""
-    grads = tf.nn.conv2d(grey, _PREWITT_KERNELS, strides=1, padding="SAME")
+    grads = tf.nn.conv2d(grey, _prewitt_kernels(), strides=1, padding="SAME")
     squared = tf.reduce_sum(tf.square(grads), axis=-1, keepdims=True)
     # The floor keeps the gradient of sqrt finite on flat regions; it moves g by 1e-10.
     return tf.sqrt(tf.maximum(squared, 1e-20))

@@ -257,6 +257,52 @@ def test_read_mask_threshold_and_nearest(tmp_path):
     assert big.shape == (8, 8) and big[:, :4].sum() == 0 and big[:, 4:].all()
 
 
+def _edge_test_images(folder: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(7)
+    colour = _noise(rng, (37, 45, 3))
+    palette = Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.save(folder / "palette.png")
+    palette.save(folder / "palette_alpha.png", transparency=0)  # expands through RGBA
+    return {
+        "rgb8.png": _save(folder / "rgb8.png", colour),
+        "rgba8.png": _save(folder / "rgba8.png", _noise(rng, (37, 45, 4))),
+        "grey16.png": _save(folder / "grey16.png", _noise(rng, (37, 45), np.uint16)),
+        "palette.png": folder / "palette.png",
+        "palette_alpha.png": folder / "palette_alpha.png",
+    }
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(32, 32), (48, 64), (37, 45)])
+def test_read_image_is_bit_for_bit_the_edge_preprocessing(tmp_path, channels, size):
+    # Training and the device must see identical inputs: no tolerance here.
+    from edge.images import load_image, to_model_input
+
+    for name, path in _edge_test_images(tmp_path).items():
+        training = read_image(path, size, channels)
+        device = to_model_input([load_image(path)], size, channels, "float32")[0]
+        assert training.dtype == device.dtype == np.float32, name
+        assert training.shape == device.shape == (*size, channels), name
+        np.testing.assert_array_equal(training, device, err_msg=name)
+
+
+def test_read_image_size_forms_and_errors_follow_edge(tmp_path):
+    from edge.images import ImageError, load_image
+
+    path = _edge_test_images(tmp_path)["rgb8.png"]
+    np.testing.assert_array_equal(read_image(path, 32, 3), read_image(path, (32, 32), 3))
+    np.testing.assert_array_equal(read_image(path, None, 3), load_image(path))  # None: no resize
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        read_image(path, 32, 2)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageError) as edge_error:
+        load_image(broken)
+    with pytest.raises(DataError) as data_error:
+        read_image(broken, 32, 3)
+    assert str(data_error.value) == str(edge_error.value)  # "PATH: cannot read image: REASON"
+
+
 # ----------------------------------------------------------------------------
 # Bad input
 

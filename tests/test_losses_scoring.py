@@ -1,5 +1,9 @@
 """GMS, MSGMS, the mean filter, anomaly maps and scores against tests/reference_numpy.py."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +11,8 @@ import tensorflow as tf
 import reference_numpy as ref
 from riad_tf.losses import gms_map, msgms_loss, msgms_map, riad_loss, ssim_loss
 from riad_tf.scoring import anomaly_map, mean_filter, ssim_map
+
+REPO = Path(__file__).resolve().parents[1]
 
 def _pair(shape=(3, 48, 64, 3), seed=0):
     rng = np.random.default_rng(seed)
@@ -92,3 +98,28 @@ def test_ssim_map_is_one_for_identical_and_lower_for_noise():
     x, y = _pair((1, 32, 32, 3))
     np.testing.assert_allclose(ssim_map(x, x).numpy(), 1.0, atol=1e-5)
     assert ssim_map(x, y).numpy().mean() < 0.9
+
+
+def test_importing_losses_leaves_tensorflow_threads_settable():
+    # `riad-tf benchmark` sets TensorFlow's threads after its imports; a tensor
+    # built at import time would initialise the runtime and forbid that.
+    code = (
+        "import tensorflow as tf\n"
+        "import riad_tf.losses\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
+        "tf.constant(1.0)\n"  # now the runtime starts: settings are refused, so the check above means something
+        "try:\n"
+        "    tf.config.threading.set_intra_op_parallelism_threads(2)\n"
+        "except RuntimeError:\n"
+        "    print('refused after initialisation')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
+    assert "refused after initialisation" in result.stdout
+
+
+def test_gms_kernels_work_in_graphs_and_eagerly():
+    x, y = _pair((2, 32, 32, 3))
+    in_graph = tf.function(gms_map)(x, y).numpy()  # first use inside a graph
+    np.testing.assert_allclose(gms_map(x, y).numpy(), in_graph, atol=1e-6)
+    np.testing.assert_allclose(tf.function(gms_map)(x, y).numpy(), in_graph, atol=1e-6)

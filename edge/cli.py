@@ -232,7 +232,7 @@ def stream(model, source, frame_height, overlap, stride, policy, queue_size, bat
            min_pixels, out, summary_path, overlays, width, dtype, channels, line_rate, lines_per_block, repeat,
            threads, max_batch, memory_mb):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
-    from edge.metadata import atomic_write_bytes
+    from edge.files import atomic_write_bytes
     from edge.runner import Runner
     from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
 
@@ -271,7 +271,7 @@ def video_command(model, video, window, normalise, out, batch_size, threads, max
     `smoothed_frame` threshold for this window `anomalous` (0/1). Prints a
     one-line JSON summary (docs/video.md, "On the device").
     """
-    from edge.metadata import atomic_write_bytes
+    from edge.files import atomic_write_bytes
     from edge.runner import Runner
     from edge.video import score_video
 

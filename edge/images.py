@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edge.files import atomic_path
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's "L"
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
@@ -224,12 +226,6 @@ def save_map_png(path: str | os.PathLike, anomaly_map: np.ndarray, vmax: float |
     top = float(values.max()) if vmax is None else float(vmax)
     scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
     image = Image.fromarray(np.round(scaled * 255).astype(np.uint8))  # 2-D uint8: mode "L"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -33,7 +33,8 @@ import numpy as np
 
 from edge.cuda import CudaError, CudaRuntime, DeviceBuffer
 from edge.inpaint import masked_copies
-from edge.metadata import ModelMetadata, atomic_write_bytes, file_sha256, read_metadata, write_metadata
+from edge.files import atomic_write_bytes
+from edge.metadata import ModelMetadata, file_sha256, read_metadata, write_metadata
 
 TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack puts it
 INSTALL_HINT = (

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from edge.metadata import atomic_write_bytes
+from edge.files import atomic_write_bytes
 
 # Choices of the scale-out settings (see riad_tf.distribute and docs/distributed.md).
 STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")

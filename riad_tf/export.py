@@ -52,7 +52,8 @@ import tensorflow as tf
 from edge import trt as edge_trt
 from edge.images import to_model_input
 from edge.inpaint import masked_copies
-from edge.metadata import ModelMetadata, atomic_write_bytes, file_sha256, read_metadata, write_metadata
+from edge.files import atomic_write_bytes
+from edge.metadata import ModelMetadata, file_sha256, read_metadata, write_metadata
 from riad_tf import __version__
 from riad_tf.run import load_detector, load_thresholds
 

@@ -31,9 +31,7 @@ Example:
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -45,6 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from edge.files import atomic_path
 from riad_tf.config import atomic_write_text
 
 MAX_PIXELS_FOR_ROC = 2_000_000
@@ -133,17 +132,9 @@ def _to_uint8(values) -> np.ndarray:
 
 def _atomic_save(path, write: Callable[[str], object]) -> Path:
     """Calls `write(tmp)` on a temporary file beside `path`, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _save_figure(fig: Figure, path) -> Path:

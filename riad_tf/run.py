@@ -24,10 +24,9 @@ True
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from edge.files import atomic_path
 from riad_tf.config import RiadConfig, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -41,14 +40,8 @@ def save_model(run_dir, unet, config: RiadConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / CONFIG_FILE)
     target = run_dir / MODEL_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".model.", suffix=".keras")
-    os.close(fd)
-    try:
+    with atomic_path(target, suffix=".keras") as tmp:
         unet.save(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

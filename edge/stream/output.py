@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edge.files import atomic_path
+
 LATENCY_WINDOW = 100_000  # latest latencies kept for the percentiles (bounded memory)
 
 
@@ -96,12 +98,6 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, anomalous: np.ndar
     draw = ImageDraw.Draw(picture)
     for top, left, bottom, right in boxes:
         draw.rectangle((left, top, right, bottom), outline=(255, 255, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

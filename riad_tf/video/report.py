@@ -23,8 +23,6 @@ Example:
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import quote
@@ -33,6 +31,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from edge.files import atomic_path
 from riad_tf.config import atomic_write_text
 from riad_tf.report import safe_file_stems
 
@@ -130,16 +129,9 @@ def write_video_report(out_dir, *, names: Sequence[str], scores: Sequence[np.nda
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell(value) -> str:

@@ -1,0 +1,51 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+
+Every output of riad-tf and riad-edge (models, metadata, maps, reports, CSVs)
+is written to a temporary file beside its target and renamed into place; an
+interrupted write leaves the previous file untouched and no temporary behind.
+
+Example:
+
+>>> with atomic_path("out/scores.csv") as tmp:         # doctest: +SKIP
+...     Path(tmp).write_text("frame,score\\n")
+>>> atomic_write_bytes("out/model.onnx", data)         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """Yields a temporary file name beside `path`; renames it to `path` when the block succeeds.
+
+    Args:
+        path: the final file; its folder is created.
+        suffix: the temporary name's ending, for writers that choose the
+            format by extension (Keras needs ".keras").
+
+    Yields:
+        The temporary file's name (the file exists and is empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to `path` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(path)

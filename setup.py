@@ -20,6 +20,7 @@ TF = [
     "pillow>=10.0",
     "matplotlib>=3.8",
     "tqdm>=4.66",
+    "threadpoolctl>=3.1",  # BLAS threads of the benchmark peak
     "tensorboard>=2.20",
     "opencv-python-headless>=4.10",  # video decoding (riad_tf.video)
 ]

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -203,6 +204,22 @@ def to_model_input(images: Sequence[np.ndarray], size: tuple[int, int], channels
     if dtype == "uint8":
         return np.round(stacked * 255.0).astype(np.uint8)
     return stacked.astype(np.float32)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers by value: `f2` before `f10`."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The images directly inside `folder` in natural name order; hidden files (`._0001.png`) skipped.
+
+    One listing for training (`riad_tf.video`) and the device (`riad-edge video`, `stream`).
+    """
+    files = [p for p in Path(folder).iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:

@@ -65,7 +65,8 @@ def activation_bytes_per_input(config: dict) -> int:
     """
     height, width = config["image_size"]
     scale = config.get("width_multiplier", 1.0)
-    levels = sum(scale * w / 4**level for level, w in enumerate(config.get("widths", (64, 128, 256, 512, 512))))
+    widths = [max(1, round(w * scale)) for w in config.get("widths", (64, 128, 256, 512, 512))]  # RiadConfig.unet_widths
+    levels = sum(w / 4**level for level, w in enumerate(widths))
     return int(4 * height * width * (6 * levels + 2 * config["channels"]))
 
 

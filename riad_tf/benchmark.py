@@ -163,21 +163,25 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, iters: int = 10, warmu
     return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
 
 
-def blas_peak(size: int = 2048, iters: int = 10, warmup: int = 2) -> float:
+def blas_peak(size: int = 2048, iters: int = 10, warmup: int = 2, threads: int | None = None) -> float:
     """Dense float32 square matmul GFLOP/s of numpy's BLAS (OpenBLAS in the PyPI wheels).
 
     A second view of the machine's limit: on some CPUs the BLAS beats
     TensorFlow's own kernels, and the peak should be what the hardware can do.
+    `threads` limits the BLAS like the measured paths (None: all cores).
     """
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
-    seconds = _timings(lambda: a @ b, warmup, iters)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        seconds = _timings(lambda: a @ b, warmup, iters)
     return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
 
 
-def machine_peak(size: int = 2048) -> dict:
+def machine_peak(size: int = 2048, threads: int | None = None) -> dict:
     """The float32 peak (the best of `tf.matmul` and numpy's BLAS) and the bfloat16 `tf.matmul` peak."""
-    tf_fp32, blas = matmul_peak("float32", size), blas_peak(size)
+    tf_fp32, blas = matmul_peak("float32", size), blas_peak(size, threads=threads)
     return {"float32": max(tf_fp32, blas), "tf_float32": tf_fp32, "blas_float32": blas,
             "bfloat16": matmul_peak("bfloat16", size), "size": size}
 
@@ -433,7 +437,7 @@ def run_benchmark(
     if unknown:
         raise ValueError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     keras.utils.set_random_seed(config.seed)
-    peak = machine_peak(peak_size)
+    peak = machine_peak(peak_size, threads)
     unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     flops = riad_flops(config, unet, profile=True)
     detector = Detector(unet, config)

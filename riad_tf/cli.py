@@ -305,7 +305,7 @@ def _set_tensorflow_threads(threads: int | None) -> None:
 @_friendly_errors
 def benchmark(config_path, image_size, widths, width_multiplier, batches, paths, iters, warmup, threads, sequential, scaling, scaling_batches, scaling_sizes, training, train_batch, peak_size, quick, json_path):
     """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
-    _set_tensorflow_threads(threads)  # before importing riad_tf.losses, which makes TensorFlow constants
+    _set_tensorflow_threads(threads)  # before anything starts TensorFlow's runtime
     from riad_tf.benchmark import format_report, run_benchmark
     overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": _int_list(widths) or None}
     config = _config_from_options(config_path, overrides)

@@ -253,7 +253,7 @@ def resolve_precision(name: str, xla: bool = False) -> str:
     "off" is "float32". "auto" picks what measured fastest
     (docs/distributed.md): "mixed_float16" when a GPU is visible; on CPUs
     "mixed_bfloat16" with XLA (about 1.9x float32 at full width) and
-    "float32" without it (bfloat16 without XLA ran 4-10x slower than float32
+    "float32" without it (bfloat16 without XLA ran 3-10x slower than float32
     on a CPU without native bfloat16).
 
     Example:

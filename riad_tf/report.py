@@ -137,7 +137,8 @@ def _atomic_save(path, write: Callable[[str], object]) -> Path:
     return Path(path)
 
 
-def _save_figure(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
+    """Renders a Matplotlib figure to a PNG at `path`, atomically (100 dpi)."""
     FigureCanvasAgg(fig)
     return _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
@@ -385,18 +386,18 @@ def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
     plots: dict[str, str | None] = {}
     both_classes = data.labels.any() and not data.labels.all()
     if both_classes:
-        _save_figure(_roc_figure(data.labels, data.scores, "Image-level ROC"), out_dir / "roc_image.png")
+        save_figure(_roc_figure(data.labels, data.scores, "Image-level ROC"), out_dir / "roc_image.png")
         plots["roc_image.png"] = None
     else:
         plots["roc_image.png"] = "needs both good and anomalous images"
     if data.masks is not None:
         truth, values = _pixel_sample(data.maps, data.masks)
         if truth.any() and not truth.all():
-            _save_figure(_roc_figure(truth, values, "Pixel-level ROC"), out_dir / "roc_pixel.png")
+            save_figure(_roc_figure(truth, values, "Pixel-level ROC"), out_dir / "roc_pixel.png")
             plots["roc_pixel.png"] = None
         else:
             plots["roc_pixel.png"] = "needs both defect and defect-free pixels"
-    _save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold),
+    save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold),
                  out_dir / "score_histogram.png")
     plots["score_histogram.png"] = None
     return plots
@@ -411,7 +412,7 @@ def _write_examples(out_dir: Path, data: _Evaluation, max_examples: int) -> dict
         groups[group] = []
         for i in indices:
             relative = f"examples/{stems[i]}.png"
-            _save_figure(_example_figure(i, data, map_vmax), out_dir / relative)
+            save_figure(_example_figure(i, data, map_vmax), out_dir / relative)
             groups[group].append((i, relative))
     return groups
 

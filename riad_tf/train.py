@@ -280,7 +280,7 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
     """
     policy = resolve_precision(config.mixed_precision, config.xla)
     if policy == "mixed_bfloat16" and not config.xla and not tf.config.list_physical_devices("GPU"):
-        print("note: mixed_bfloat16 without --xla ran 4-10x slower than float32 on CPUs without native bfloat16; "
+        print("note: mixed_bfloat16 without --xla ran 3-10x slower than float32 on CPUs without native bfloat16; "
               "with --xla about 1.9x faster (docs/distributed.md)")
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():

@@ -101,11 +101,11 @@ def measure_point(args, base, split, size: int, multiplier: float) -> dict:
     run_dir = args.out / name
     row = mt.run_model(name, run_dir, config, split, args.data, args.progress)
     speed_file = run_dir / "edge_speed.json"
-    if speed_file.is_file() and speed_file.stat().st_mtime >= (run_dir / "model.keras").stat().st_mtime:
-        speed = json.loads(speed_file.read_text())
-    else:
+    settings = {"batch": args.batch, "iters": args.iters, "threads": args.threads}
+    speed = json.loads(speed_file.read_text()) if speed_file.is_file() else {}
+    if speed.get("settings") != settings or speed_file.stat().st_mtime < (run_dir / "model.keras").stat().st_mtime:
         print(f"== {name}: timing {', '.join(EDGE_PATHS)} at batch {args.batch}", flush=True)
-        speed = edge_speed(run_dir, args.batch, args.iters, args.threads)
+        speed = {**edge_speed(run_dir, args.batch, args.iters, args.threads), "settings": settings}
         from riad_tf.config import atomic_write_text
         atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
     return {**row, "size": size, "width_multiplier": multiplier, "widths": list(config.unet_widths), **speed,

@@ -49,13 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def export(run_dir: Path, name: str) -> Path:
-    """`riad-tf export` into RUN/exports/NAME (reused when already there)."""
+    """`riad-tf export` into RUN/exports/NAME (reused when newer than the run's model)."""
     flags, filename = EXPORTS[name]
     out = run_dir / "exports" / name
-    if not (out / filename).is_file():
-        command = ["riad-tf", "export", str(run_dir), *flags, "--batch", "0", "--out", str(out)]
+    model = out / filename
+    if not model.is_file() or model.stat().st_mtime < (run_dir / "model.keras").stat().st_mtime:
+        command = [sys.executable, "-m", "riad_tf.cli", "export", str(run_dir), *flags, "--batch", "0", "--out", str(out)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return out / filename
+    return model
 
 
 def score(runner, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     labels = np.array([s.label for s in split.test])
     flops = riad_flops(detector.config, detector.unet)["per_image"]
     rows = []
+    detector.score(images[: args.batch], args.batch)  # trace the tf.function before timing
     started = time.perf_counter()
     maps, scores = detector.score(images, args.batch)
     results = {"keras": (maps, scores, len(images) / (time.perf_counter() - started))}

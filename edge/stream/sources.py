@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.images import IMAGE_EXTENSIONS, ImageError, load_image
+from edge.images import IMAGE_EXTENSIONS, ImageError, frame_files, load_image
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm")
 RAW_DTYPES = ("uint8", "uint16", "float32")
@@ -86,10 +86,6 @@ class LineSource(Protocol):
 # Frame folders and video files
 
 
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 class FrameFolder:
     """The image files of a folder, in natural name order, each a block of lines.
 
@@ -103,7 +99,7 @@ class FrameFolder:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no such folder")
-        self.files = sorted((p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+        self.files = frame_files(self.folder)
         if not self.files:
             raise ValueError(f"{self.folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
 

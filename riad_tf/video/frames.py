@@ -20,17 +20,15 @@ Example:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from riad_tf.data import IMAGE_EXTENSIONS, DataError, read_image
+from edge.images import prepare_image
+from riad_tf.data import DataError, read_image
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".webm")
-LUMA = np.array([[0.299], [0.587], [0.114]], np.float32)  # ITU-R 601, as Pillow's "L"
 
 
 def is_video_file(path: Path) -> bool:
@@ -38,21 +36,8 @@ def is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key that orders embedded numbers by value: `f2` before `f10`."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-                 for part in re.split(r"(\d+)", name) if part)
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The frame images directly inside `folder`, in natural order (hidden files skipped)."""
-    files = [p for p in folder.iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
 def frame_to_input(frame: np.ndarray, image_size, channels: int) -> np.ndarray:
-    """Turns one decoded 8-bit frame into a model input.
+    """Turns one decoded frame into a model input, exactly as still images and the device do.
 
     Args:
         frame: uint8 `(H, W)` grey or `(H, W, 3)` RGB.
@@ -67,21 +52,7 @@ def frame_to_input(frame: np.ndarray, image_size, channels: int) -> np.ndarray:
     >>> frame_to_input(np.full((48, 64, 3), 255, np.uint8), (32, 32), 1).shape
     (32, 32, 1)
     """
-    values = np.asarray(frame, np.float32) / 255.0
-    if values.ndim == 2:
-        values = values[..., None]
-    if channels == 1 and values.shape[-1] == 3:
-        values = values @ LUMA
-    height, width = image_size
-    if values.shape[:2] != (height, width):
-        values = np.stack([
-            np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize(
-                (width, height), Image.Resampling.BILINEAR))
-            for c in range(values.shape[-1])
-        ], axis=-1).astype(np.float32)
-    if channels == 3 and values.shape[-1] == 1:
-        values = np.repeat(values, 3, axis=-1)
-    return np.clip(values, 0.0, 1.0)
+    return prepare_image(frame, tuple(image_size), channels)
 
 
 def decode_video(path: Path, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:

@@ -45,8 +45,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from riad_tf.data import DataError, image_size_of
-from riad_tf.video.frames import (count_video_frames, frame_files, is_video_file, iter_frames,
-                                  natural_key, stack_frames)
+from edge.images import frame_files, natural_key
+from riad_tf.video.frames import count_video_frames, is_video_file, iter_frames, stack_frames
 
 VIDEO_LAYOUTS = ("ped2", "avenue", "video")
 LABELS_CSV = "labels.csv"

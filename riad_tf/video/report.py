@@ -28,12 +28,10 @@ from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from edge.files import atomic_path
 from riad_tf.config import atomic_write_text
-from riad_tf.report import safe_file_stems
+from riad_tf.report import safe_file_stems, save_figure
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -121,17 +119,13 @@ def write_video_report(out_dir, *, names: Sequence[str], scores: Sequence[np.nda
     figures = []
     for name, stem, raw, smooth, truth in zip(names, safe_file_stems(names), scores, smoothed, labels):
         relative = f"videos/{stem}.png"
-        _save_figure(score_figure(name, raw, smooth, truth, threshold, window), out_dir / relative)
+        save_figure(score_figure(name, raw, smooth, truth, threshold, window), out_dir / relative)
         figures.append((name, relative))
     index = out_dir / "index.html"
     atomic_write_text(index, _page(summary, thresholds, figures))
     return index
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _cell(value) -> str:

@@ -137,7 +137,7 @@ def score_frames(detector, frames: Iterable[np.ndarray], batch_size: int = 4, ke
 
 
 def train_video_run(config: RiadConfig, split: VideoSplit, out_dir, progress: bool = True,
-                    strategy=None, batch_size: int = 4) -> dict:
+                    strategy=None, batch_size: int = 4) -> dict | None:
     """Trains on the normal training videos and calibrates on held-out frames.
 
     Args:

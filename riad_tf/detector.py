@@ -11,7 +11,7 @@ Example:
 >>> from riad_tf.config import RiadConfig
 >>> from riad_tf.model import build_unet
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
->>> detector = Detector(build_unet(cfg.input_shape, cfg.widths), cfg)
+>>> detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)
 >>> maps, scores = detector(np.zeros((2, 32, 32, 3), np.float32))
 >>> tuple(maps.shape), tuple(scores.shape)
 ((2, 32, 32), (2,))

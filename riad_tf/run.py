@@ -16,7 +16,7 @@ Example:
 >>> from riad_tf.model import build_unet
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
 >>> run_dir = tempfile.mkdtemp()
->>> save_model(run_dir, build_unet(cfg.input_shape, cfg.widths), cfg)
+>>> save_model(run_dir, build_unet(cfg.input_shape, cfg.unet_widths), cfg)
 >>> load_detector(run_dir).config == cfg
 True
 """

@@ -279,7 +279,7 @@ def test_verdicts_need_thresholds(tmp_path):
 class _FailingXnnpackInterpreter:
     """Stands in for LiteRT's Interpreter: with the default (XNNPACK) resolver the first call fails."""
 
-    def __init__(self, model_path=None, num_threads=None, experimental_op_resolver_type=None):
+    def __init__(self, model_path=None, num_threads=None, experimental_op_resolver_type=None, experimental_disable_delegate_clustering=False):
         from ai_edge_litert.interpreter import OpResolverType
 
         self.fails = experimental_op_resolver_type == OpResolverType.AUTO

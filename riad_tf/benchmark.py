@@ -159,7 +159,7 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, iters: int = 10, warmu
     def product(x, y):
         return tf.reduce_sum(tf.cast(tf.matmul(x, y)[:1, :1], tf.float32))
 
-    seconds = _timings(lambda: product(a, b).numpy(), warmup, iters)
+    seconds = timings(lambda: product(a, b).numpy(), warmup, iters)
     return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
 
 
@@ -175,7 +175,7 @@ def blas_peak(size: int = 2048, iters: int = 10, warmup: int = 2, threads: int |
     rng = np.random.default_rng(0)
     a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
     with threadpool_limits(limits=threads, user_api="blas"):
-        seconds = _timings(lambda: a @ b, warmup, iters)
+        seconds = timings(lambda: a @ b, warmup, iters)
     return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
 
 
@@ -200,7 +200,8 @@ def cpu_has_bf16() -> bool:
 # Timing
 
 
-def _timings(call: Callable[[], object], warmup: int, iters: int) -> list[float]:
+def timings(call: Callable[[], object], warmup: int, iters: int) -> list[float]:
+    """Wall seconds of `iters` calls of `call` (at least one) after `warmup` untimed calls."""
     for _ in range(warmup):
         call()
     seconds = []
@@ -303,7 +304,7 @@ def bench_inference(detector, paths, batches, flops_per_image, peak, iters, warm
             for batch in batches:
                 images = _images(detector.config, batch)
                 _, scores = run(images)
-                seconds = _timings(lambda: run(images), max(0, warmup - 1), iters)
+                seconds = timings(lambda: run(images), max(0, warmup - 1), iters)
                 diff = float(np.max(np.abs(np.asarray(scores) - reference[batch])))
                 delegate = getattr(getattr(run, "session", None), "delegate", "tensorflow")  # after the calls: LiteRT may fall back
                 records.append(_record(name, batch, seconds, flops_per_image, peak, prepare_s=prepare_s, max_score_diff=diff, delegate=delegate))
@@ -317,8 +318,8 @@ def bench_sequential(detector, batch, flops_per_image, peak, iters, warmup) -> d
     sequential = tf.function(lambda x: sequential_maps(detector, x), reduce_retracing=True)
     maps_b, scores_b = batched(images)
     maps_s, scores_s = sequential(images)
-    fast = _record("batched", batch, _timings(lambda: [t.numpy() for t in batched(images)], max(0, warmup - 1), iters), flops_per_image, peak)
-    slow = _record("sequential", batch, _timings(lambda: [t.numpy() for t in sequential(images)], max(0, warmup - 1), iters), flops_per_image, peak)
+    fast = _record("batched", batch, timings(lambda: [t.numpy() for t in batched(images)], max(0, warmup - 1), iters), flops_per_image, peak)
+    slow = _record("sequential", batch, timings(lambda: [t.numpy() for t in sequential(images)], max(0, warmup - 1), iters), flops_per_image, peak)
     return {
         "batch": int(batch),
         "batched": fast,
@@ -342,7 +343,7 @@ def bench_scaling(config: RiadConfig, batches, sizes, peak, iters, warmup) -> di
             flops = riad_flops(cfg, unet)["per_image"]
             run = keras_runner(Detector(unet, cfg))
             images = _images(cfg, batch)
-            record = _record("keras", batch, _timings(lambda: run(images), warmup, iters), flops, peak, image_size=cfg.image_size[0])
+            record = _record("keras", batch, timings(lambda: run(images), warmup, iters), flops, peak, image_size=cfg.image_size[0])
             record["us_per_pixel"] = round(record["latency_ms"] * 1e3 / (batch * cfg.image_size[0] * cfg.image_size[1]), 3)
             out[key].append(record)
     return out
@@ -380,7 +381,7 @@ def bench_training(config: RiadConfig, batch: int, precisions, peak, iters, warm
         optimizer = keras.optimizers.Adam(config.learning_rate)
         optimizer.build(unet.trainable_variables)
         step = make_train_step(unet, optimizer, config, strategy)
-        seconds = _timings(lambda: step((images, masks))[0].numpy(), warmup, iters)
+        seconds = timings(lambda: step((images, masks))[0].numpy(), warmup, iters)
         records.append(_record(f"train-{policy}", batch, seconds, flops, peak, xla=bool(config.xla)))
     return records
 

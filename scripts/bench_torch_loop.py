@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -90,16 +89,6 @@ def per_k_loop(torch, unet, images, masks_per_k):
     return reconstructions
 
 
-def median_seconds(call, iters: int) -> float:
-    call()  # warm-up
-    seconds = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
-    return float(np.median(seconds))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -114,7 +103,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     torch.set_num_threads(args.threads)
 
-    from riad_tf.benchmark import bench_inference, riad_flops
+    from riad_tf.benchmark import bench_inference, riad_flops, timings
     from riad_tf.config import RiadConfig
     from riad_tf.detector import Detector
     from riad_tf.masks import inference_masks
@@ -131,7 +120,7 @@ def main(argv=None) -> int:
     images = torch.rand(args.batch, config.channels, *config.image_size)
     masks = inference_masks(*config.image_size, config.ks, config.n, config.seed)  # (|K|, n, H, W, 1)
     masks_per_k = [[torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))[None] for mask in per_k] for per_k in masks]
-    seconds = median_seconds(lambda: per_k_loop(torch, net, images, masks_per_k), args.iters)
+    seconds = float(np.median(timings(lambda: per_k_loop(torch, net, images, masks_per_k), 1, args.iters)))
     baseline = {"path": f"torch-{torch.__version__}-per-k-loop (no scoring)", "batch": args.batch,
                 "latency_ms": round(seconds * 1e3, 2), "images_per_s": round(args.batch / seconds, 3),
                 "gflops": round(flops * args.batch / seconds / 1e9, 1)}

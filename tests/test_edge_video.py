@@ -19,27 +19,18 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.metadata import ModelMetadata, read_metadata, write_metadata
+from test_video import FRAME_SHAPE, moving_texture
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-FRAME_SHAPE = (48, 64)  # resized to the model's 32 x 32
 NUM_FRAMES = 11  # not a multiple of --batch-size 4: the last batch is short
 
 
 def colour_frames(seed: int = 0) -> np.ndarray:
-    """uint8 RGB (T, H, W, 3): stripes drifting 3 px a frame, a bright object in frames 4-7."""
-    rng = np.random.default_rng(seed)
-    height, width = FRAME_SHAPE
-    y, x = np.mgrid[0:height, 0:width]
-    frames = []
-    for t in range(NUM_FRAMES):
-        grey = 0.5 + 0.3 * np.sin(2 * np.pi * (x + 3 * t) / 9) * np.cos(2 * np.pi * y / 7)
-        rgb = np.stack([grey, 0.8 * grey + 0.1, 1.0 - 0.6 * grey], axis=-1)
-        rgb += 0.04 * rng.standard_normal(rgb.shape)
-        if 3 <= t < 7:
-            rgb[12:30, 10 + 4 * t : 26 + 4 * t] = (0.95, 0.9, 0.1)
-        frames.append(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-    return np.stack(frames)
+    """uint8 RGB (T, H, W, 3): the grey moving texture of test_video, tinted per channel."""
+    grey = moving_texture(seed, span=(3, 7), num_frames=NUM_FRAMES).astype(np.float32) / 255.0
+    rgb = np.stack([grey, 0.8 * grey + 0.1, 1.0 - 0.6 * grey], axis=-1)
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ class Runner:
         fixed = self.session.input_shape[0]
         if fixed is not None:
             return fixed  # a fixed-batch model is always fed exactly its batch
-        per_input = activation_bytes_per_input(self._config)
+        per_input = activation_bytes_per_input(self._config) * getattr(self.session, "activation_memory_factor", 1)
         if self.metadata.graph == "detector":
             per_input *= self.copies_per_image
         limit = requested or max(1, int(memory_mb) * 2**20 // per_input)

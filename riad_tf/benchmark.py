@@ -14,7 +14,7 @@ K = {2, 4, 8, 16}, n = 3, Algorithm 3) and n per image in training
   and numpy's BLAS, bfloat16 from `tf.matmul` (`machine_peak`);
 - inference images/s and latency of the whole n x |K|-pass detector on each
   path (`PATHS`): Keras under `tf.function`, the same with XLA, ONNX Runtime
-  and LiteRT fp32/fp16/int8 through `edge.runner.Runner`; the achieved
+  fp32/int8 and LiteRT fp32/fp16/int8 through `edge.runner.Runner`; the achieved
   GFLOP/s (FLOPs per image x images/s) and its share of the float32 peak;
 - the batched detector against the paper's sequential loop (one k and one mask
   at a time, as the public re-implementations do): the same maps, the speed-up;
@@ -52,8 +52,15 @@ from riad_tf.detector import Detector
 from riad_tf.inpaint import assemble, mask_images
 from riad_tf.model import build_unet
 
-PATHS = ("keras", "xla", "onnx", "tflite-fp32", "tflite-fp16", "tflite-int8")
-EXPORTED_PATHS = {"onnx": ("onnx", "fp32"), "tflite-fp32": ("tflite", "fp32"), "tflite-fp16": ("tflite", "fp16"), "tflite-int8": ("tflite", "int8")}
+PATHS = ("keras", "xla", "onnx", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8")
+# path -> (export format, precision, key of the written model)
+EXPORTED_PATHS = {
+    "onnx": ("onnx", "fp32", "onnx"),
+    "onnx-int8": ("onnx", "int8", "onnx_int8"),
+    "tflite-fp32": ("tflite", "fp32", "tflite"),
+    "tflite-fp16": ("tflite", "fp16", "tflite"),
+    "tflite-int8": ("tflite", "int8", "tflite"),
+}
 
 
 # ----------------------------------------------------------------------------
@@ -272,13 +279,13 @@ def exported_runner(detector: Detector, path_name: str, out_dir, threads: int | 
     from edge.runner import Runner
     from riad_tf.export import export_detector
 
-    kind, precision = EXPORTED_PATHS[path_name]
+    kind, precision, key = EXPORTED_PATHS[path_name]
     representative = _images(detector.config, 8, seed=1) if precision == "int8" else None
     written = export_detector(
         detector, out_dir, formats=(kind,), precision=precision, batch=None,
         representative_images=representative, name=f"riad_{path_name.replace('-', '_')}", verify=False,
     )
-    return Runner.open(written[kind], threads=threads, max_batch=max_batch)
+    return Runner.open(written[key], threads=threads, max_batch=max_batch)
 
 
 def _open_path(detector, path_name: str, out_dir, threads, max_batch):
@@ -399,6 +406,7 @@ def machine_info(threads: int | None) -> dict:
         "bf16_native": cpu_has_bf16(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),  # riad_tf sets 1 on x86-64
     }
 
 
@@ -471,7 +479,7 @@ def format_report(report: dict) -> str:
     flops, peak, machine = report["flops"], report["peak"], report["machine"]
     parts = [
         f"machine: {machine['processor']}, {machine['cpus']} CPUs, threads {machine['threads']}, "
-        f"native bf16: {machine['bf16_native']}, TF {machine['tensorflow']}",
+        f"native bf16: {machine['bf16_native']}, TF {machine['tensorflow']} (oneDNN: {machine['onednn']})",
         f"config: image {report['config']['image_size']}, widths {report['config']['widths']}, K {report['config']['ks']}, n {report['config']['n']}",
         f"FLOPs: {flops['per_pass'] / 1e9:.3f} GFLOP per U-Net pass, {flops['passes_per_image']} passes, "
         f"{flops['per_image'] / 1e9:.2f} GFLOP per image ({flops['method']}); "

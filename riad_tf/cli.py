@@ -289,7 +289,7 @@ def _set_tensorflow_threads(threads: int | None) -> None:
 @click.option("--widths", help="U-Net widths, e.g. 64,128,256,512,512 (default: the config's).")
 @click.option("--width-multiplier", type=float, help="Config 'width_multiplier': scales every width (operating points).")
 @click.option("--batch", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
-@click.option("--paths", default="keras,xla,onnx", show_default=True, help="Any of keras,xla,onnx,tflite-fp32,tflite-fp16,tflite-int8.")
+@click.option("--paths", default="keras,xla,onnx", show_default=True, help="Any of keras,xla,onnx,onnx-int8,tflite-fp32,tflite-fp16,tflite-int8.")
 @click.option("--iters", type=int, default=3, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls before timing.")
 @click.option("--threads", type=int, default=os.cpu_count(), show_default=True, help="CPU threads of TensorFlow, ONNX Runtime and LiteRT.")

@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         print("bench_torch_loop: PyTorch is not installed; `pip install torch==2.13.0` (CPU build) and re-run", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -31,6 +31,8 @@ import statistics
 import sys
 import time
 
+import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
+
 WIDTHS = {"default": (64, 128, 256, 512, 512), "reduced": (16, 32, 64, 64, 64)}
 
 

@@ -3,7 +3,7 @@
 For a trained magnetic-tile run (default: the 64 px operating point of
 scripts/operating_points.py), this script exports the detector with
 `riad-tf export` at each precision (TFLite fp32, fp16, int8 calibrated on the
-run's training images; ONNX fp32), scores the test split with the edge runtime
+run's training images; ONNX fp32, and int8 calibrated the same way), scores the test split with the edge runtime
 (`edge.runner.Runner`, no TensorFlow in the loop), and prints image AUROC,
 pixel AUROC, the change against the Keras detector, images/s and effective
 GFLOP/s (the float32 model's FLOPs x images/s). It answers: does a faster
@@ -32,6 +32,7 @@ import magnetic_tile as mt  # noqa: E402  (data loading and tables)
 # name -> (riad-tf export flags, the file it writes)
 EXPORTS = {
     "onnx-fp32": (["--onnx", "--precision", "fp32"], "riad.onnx"),
+    "onnx-int8": (["--onnx", "--precision", "int8"], "riad_int8.onnx"),
     "tflite-fp32": (["--tflite", "--precision", "fp32"], "riad_fp32.tflite"),
     "tflite-fp16": (["--tflite", "--precision", "fp16"], "riad_fp16.tflite"),
     "tflite-int8": (["--tflite", "--precision", "int8"], "riad_int8.tflite"),

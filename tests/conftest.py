@@ -7,6 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+import riad_tf  # noqa: F401  (before any test imports tensorflow: it sets TensorFlow's CPU defaults)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_WIDTHS = (4, 8, 8, 16, 16)
 

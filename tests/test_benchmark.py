@@ -112,3 +112,29 @@ def test_benchmark_rejects_unknown_paths():
     with pytest.raises(ValueError, match="unknown path"):
         run_benchmark(RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS), paths=("keras", "tensorrt"))
     assert "tflite-int8" in PATHS
+
+
+ONEDNN_CHECK = (
+    "import os, platform, riad_tf, tensorflow as tf; "
+    "from tensorflow.python.util import _pywrap_util_port as port; "
+    "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'), port.IsMklEnabled())"
+)
+
+
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_importing_riad_tf_turns_on_onednn_unless_the_user_chose(preset):
+    """TensorFlow leaves oneDNN off on CPUs without AVX-512; riad_tf turns it on (1.5x the detector, docs/benchmark.md)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    result = subprocess.run([sys.executable, "-c", ONEDNN_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    machine, variable, enabled = result.stdout.split()
+    if machine.lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"riad_tf sets oneDNN only on x86-64 CPUs, this is {machine}")
+    assert variable == (preset or "1")
+    assert enabled == str(preset is None)  # what TensorFlow actually runs with

@@ -279,10 +279,12 @@ def test_verdicts_need_thresholds(tmp_path):
 class _FailingXnnpackInterpreter:
     """Stands in for LiteRT's Interpreter: with the default (XNNPACK) resolver the first call fails."""
 
-    def __init__(self, model_path=None, num_threads=None, experimental_op_resolver_type=None, experimental_disable_delegate_clustering=False):
+    def __init__(self, model_path=None, num_threads=None, experimental_op_resolver_type=None,
+                 experimental_disable_delegate_clustering=False, experimental_preserve_all_tensors=False):
         from ai_edge_litert.interpreter import OpResolverType
 
         self.fails = experimental_op_resolver_type == OpResolverType.AUTO
+        self.preserves_tensors = experimental_preserve_all_tensors
 
     def get_signature_list(self):
         return {"serving_default": {"inputs": ["images"], "outputs": ["maps", "scores"]}}
@@ -310,9 +312,11 @@ def test_litert_falls_back_to_builtin_kernels_when_xnnpack_refuses(monkeypatch):
     monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", _FailingXnnpackInterpreter)
     session = LiteRTSession("model.tflite", threads=2)
     assert session.delegate == "xnnpack" and session.input_shape == (None, SIZE, SIZE, 3)
+    assert session._interpreter.preserves_tensors  # XNNPACK only with its own memory per tensor (edge/litert.py)
     with pytest.warns(RuntimeWarning, match="XNNPACK delegate failed .*failed to prepare.*built-in kernels"):
         outputs = session.run(np.zeros((2, SIZE, SIZE, 3), np.float32))
     assert session.delegate == "none" and outputs["maps"].shape == (2, SIZE, SIZE)
+    assert not session._interpreter.preserves_tensors
 
 
 # ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: the mode a plain open() would give new files
 
 
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """Yields a temporary file name beside `path`; renames it to `path` when the block succeeds.

@@ -185,9 +185,9 @@ def export_detector(
         masks_file = _write_masks(detector, out_dir / f"{stem}.masks.npy")
         written["masks"] = masks_file
     common = dict(config=config, spec=spec, thresholds=thresholds, masks_file=masks_file, bare_unet=bare_unet)
+    calibration = _calibration_inputs(representative, detector, bare_unet)
 
     if "tflite" in formats:
-        calibration = _calibration_inputs(representative, detector, bare_unet)
         model, quantization = _convert_tflite(detector, spec, precision, calibration, bare_unet)
         written.update(_write_model(out_dir / f"{stem}_{precision}.tflite", model, precision, quantization, None, common))
     if "onnx" in formats:
@@ -196,10 +196,8 @@ def export_detector(
         if onnx_int8:
             if scope is None and not bare_unet:
                 raise ExportError(f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph", written)
-            calibration = _calibration_inputs(representative, detector, bare_unet)
             model, quantization = _quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
-            int8 = _write_model(out_dir / f"{stem}_int8.onnx", model, "int8", quantization, scope, common)
-            written.update({"onnx_int8": int8["onnx"], "onnx_int8_metadata": int8["onnx_metadata"]})
+            written.update(_write_model(out_dir / f"{stem}_int8.onnx", model, "int8", quantization, scope, common, key="onnx_int8"))
     if verify:
         probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
         for kind in ("tflite", "onnx", "onnx_int8"):
@@ -522,11 +520,15 @@ class _CalibrationFeed:
 # Metadata, verification, TensorRT
 
 
-def _write_model(path: Path, model: bytes, precision, quantization, scope, common: dict) -> dict[str, Path]:
-    """Writes a model file and its metadata, both atomically: `{"tflite": .., "tflite_metadata": ..}`."""
-    kind = path.suffix[1:]
+def _write_model(path: Path, model: bytes, precision, quantization, scope, common: dict, key: str | None = None) -> dict[str, Path]:
+    """Writes a model file and its metadata, both atomically: `{key: .., f"{key}_metadata": ..}`.
+
+    The format is the file's suffix ("tflite", "onnx"); `key` defaults to it.
+    """
+    model_format = path.suffix[1:]
+    key = key or model_format
     atomic_write_bytes(path, model)
-    return {kind: path, f"{kind}_metadata": _write_metadata(path, kind, precision, quantization, scope, **common)}
+    return {key: path, f"{key}_metadata": _write_metadata(path, model_format, precision, quantization, scope, **common)}
 
 
 def _write_metadata(path: Path, model_format, precision, quantization, scope, *, config, spec, thresholds, masks_file, bare_unet):

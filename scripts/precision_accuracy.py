@@ -3,8 +3,9 @@
 For a trained magnetic-tile run (default: the 64 px operating point of
 scripts/operating_points.py), this script exports the detector with
 `riad-tf export` at each precision (TFLite fp32, fp16, int8 calibrated on the
-run's training images; ONNX fp32, and int8 calibrated the same way), scores the test split with the edge runtime
-(`edge.runner.Runner`, no TensorFlow in the loop), and prints image AUROC,
+run's training images; ONNX fp32, and int8 calibrated the same way), scores the
+test split with the edge runtime (`edge.runner.Runner`, no TensorFlow in the
+loop), and prints image AUROC,
 pixel AUROC, the change against the Keras detector, images/s and effective
 GFLOP/s (the float32 model's FLOPs x images/s). It answers: does a faster
 precision cost accuracy?

@@ -123,7 +123,7 @@ ONEDNN_CHECK = (
 
 @pytest.mark.parametrize("preset", [None, "0"])
 def test_importing_riad_tf_turns_on_onednn_unless_the_user_chose(preset):
-    """TensorFlow leaves oneDNN off on CPUs without AVX-512; riad_tf turns it on (1.5x the detector, docs/benchmark.md)."""
+    """TensorFlow leaves oneDNN off on CPUs without AVX-512; riad_tf turns it on (1.5-1.7x the detector, docs/benchmark.md)."""
     import os
     import subprocess
     import sys

@@ -126,8 +126,6 @@ def write_video_report(out_dir, *, names: Sequence[str], scores: Sequence[np.nda
     return index
 
 
-
-
 def _cell(value) -> str:
     if value is None:
         return "n/a"

@@ -30,11 +30,12 @@ def _friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from riad_tf.batchnorm import BatchNormDivergenceError
         from riad_tf.data import DataError
 
         try:
             return command(*args, **kwargs)
-        except (DataError, ValueError, FileNotFoundError) as err:
+        except (DataError, ValueError, FileNotFoundError, BatchNormDivergenceError) as err:
             raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from None
 
     return wrapper
@@ -132,13 +133,13 @@ def main():
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (see configs/).")
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory (re-run to resume).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
+@click.option("--epochs", type=int, help="Training epochs (config 'epochs').")
+@click.option("--batch-size", type=int, help="Images per step and replica (config 'batch_size').")
+@click.option("--learning-rate", type=float, help="Peak Adam learning rate of the schedule (config 'learning_rate').")
 @click.option("--image-size", type=int, help="Square input size (divisible by 16).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.")
-@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, on CPUs bfloat16 with --xla, else float32.")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16 or with --xla, else float32.")
 @click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
 @click.option("--no-progress", is_flag=True)
 @_friendly_errors

@@ -27,6 +27,7 @@ from edge.files import atomic_write_bytes
 STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16", "auto")
 LR_SCALING = ("none", "linear", "sqrt")
+LR_SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +54,15 @@ class RiadConfig:
             network, loss and scoring (no masking): the baseline of Sec. 4.
     Loss (Eq. 7):
         lambda_g, lambda_s: weights of the MSGMS and SSIM terms.
-    Training (Algorithm 2):
-        epochs, batch_size, learning_rate: Adam settings; the rate is divided
-            by 10 after `lr_decay_epoch` epochs (default: 5/6 of `epochs`).
+    Training (Algorithm 2; docs/accuracy.md):
+        epochs, batch_size, learning_rate: Adam settings; `learning_rate` is
+            the peak rate of the schedule.
+        lr_schedule: "cosine" (the default: linear warm-up over
+            `warmup_epochs`, then a cosine decay to 0 at the last step),
+            "step" (the paper's: divided by 10 after `lr_decay_epoch` epochs,
+            default 5/6 of `epochs`; configs/paper.yaml) or "constant".
+        warmup_epochs: length of the cosine schedule's warm-up (may be a fraction).
+        weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out for calibration.
         target_fpr: false-positive rate on held-out good images that sets the
             image and pixel thresholds.
@@ -77,8 +84,10 @@ class RiadConfig:
             each replica's share (N replicas x b then train exactly like one
             device with batch N x b).
         mixed_precision: "off", "mixed_float16" (GPUs; with loss scaling),
-            "mixed_bfloat16" (CPUs with xla, TPUs, recent GPUs) or "auto"
-            (the fastest measured: see riad_tf.distribute.resolve_precision).
+            "mixed_bfloat16" (CPUs with native bfloat16 or with xla, TPUs,
+            recent GPUs) or "auto" (the default: float16 on GPUs, bfloat16 on
+            CPUs with AMX or AVX512-BF16, else float32; see
+            riad_tf.distribute.resolve_precision). The saved model is float32.
         xla: compile the training step with XLA (`jit_compile`).
     """
 
@@ -99,7 +108,10 @@ class RiadConfig:
     lambda_s: float = 1.0
     epochs: int = 300
     batch_size: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
     target_fpr: float = 0.01
@@ -109,7 +121,7 @@ class RiadConfig:
     strategy: str = "default"
     lr_scaling: str = "none"
     sync_batchnorm: bool = False
-    mixed_precision: str = "off"
+    mixed_precision: str = "auto"
     xla: bool = False
 
     def __post_init__(self):
@@ -155,7 +167,16 @@ class RiadConfig:
             raise ValueError(f"temporal_window must be at least 1, got {self.temporal_window}")
         if self.train_frame_stride < 1:
             raise ValueError(f"train_frame_stride must be at least 1, got {self.train_frame_stride}")
-        for name, choices in (("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION), ("lr_scaling", LR_SCALING)):
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise ValueError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}")
+        for name, choices in (
+            ("strategy", STRATEGIES),
+            ("mixed_precision", MIXED_PRECISION),
+            ("lr_scaling", LR_SCALING),
+            ("lr_schedule", LR_SCHEDULES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
 

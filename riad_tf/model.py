@@ -17,9 +17,19 @@ import keras
 from keras import layers
 
 
+# Batch norm keeps moving statistics with PyTorch's defaults, not Keras's
+# (momentum 0.99, epsilon 1e-3). With 0.99 the statistics average over the last
+# ~100 steps; a real category trains ~25 steps per epoch with fast-changing
+# weights, so they lagged far behind and the inference-mode model (every score,
+# threshold and export) was worse than chance on real data. 0.9 follows the
+# weights within ~10 steps (issue #13; docs/accuracy.md).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
 def _conv_bn_relu(x, filters: int, kernel_size: int, strides: int, name: str):
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

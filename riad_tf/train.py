@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -47,8 +48,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.files import atomic_path
+from riad_tf.batchnorm import DIVERGENCE_RATIO, BatchNormDivergenceError, frozen_statistics, reestimate_statistics, statistics_diverged
 from riad_tf.config import RiadConfig, atomic_write_text
-from riad_tf.distribute import assert_workers_agree, is_chief, make_strategy, precision_policy, resolve_precision, scratch_dir
+from riad_tf.distribute import assert_workers_agree, cpu_bf16_support, is_chief, make_strategy, precision_policy, resolve_precision, scratch_dir
 from riad_tf.inpaint import reconstruct
 from riad_tf.losses import riad_loss
 from riad_tf.masks import random_grid_masks
@@ -57,6 +60,7 @@ from riad_tf.run import save_model
 
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
+BEST_WEIGHTS_FILE = "best_weights.npz"
 VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across epochs
 _SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
@@ -186,32 +190,93 @@ def make_train_step(unet, optimizer, config: RiadConfig, strategy: tf.distribute
     return step
 
 
-def validation_loss(unet, images: np.ndarray, config: RiadConfig, batch_size: int) -> float:
-    """Mean Eq. 7 loss on held-out images with fixed partitions."""
+def validation_loss(unet, images: np.ndarray, config: RiadConfig, batch_size: int, training: bool = False) -> float:
+    """Mean Eq. 7 loss on held-out images with fixed partitions.
+
+    Args:
+        training: False (the default) runs batch norm as every score and export
+            does, on its moving statistics; True uses each batch's own
+            statistics, as training does, and leaves the moving ones unchanged.
+    """
     losses = []
-    for start in range(0, len(images), batch_size):
-        batch = tf.convert_to_tensor(images[start : start + batch_size])
-        loss, _ = per_image_loss(unet, batch, config, training=False, seed=VALIDATION_SEED + start)
-        losses.append(loss.numpy())
+    with frozen_statistics(unet) if training else contextlib.nullcontext():
+        for start in range(0, len(images), batch_size):
+            batch = tf.convert_to_tensor(images[start : start + batch_size])
+            loss, _ = per_image_loss(unet, batch, config, training=training, seed=VALIDATION_SEED + start)
+            losses.append(loss.numpy())
     return float(np.concatenate(losses).mean())
 
 
-def learning_rate(config: RiadConfig, epoch: int, replicas: int = 1) -> float:
-    """Adam's rate for a 0-based epoch.
+def batchnorm_check(unet, images: np.ndarray, config: RiadConfig, batch_size: int) -> dict:
+    """The batch-norm guard: Eq. 7 on the same images and masks in both batch-norm modes.
 
-    The base rate `config.learning_rate` is for one replica's batch; it is
+    Returns:
+        `{"val_loss": inference mode, "val_loss_train_mode": training mode,
+        "bn_diverged": riad_tf.batchnorm.statistics_diverged(...)}`.
+    """
+    inference = validation_loss(unet, images, config, batch_size)
+    training_mode = validation_loss(unet, images, config, batch_size, training=True)
+    return {"val_loss": inference, "val_loss_train_mode": training_mode, "bn_diverged": statistics_diverged(inference, training_mode)}
+
+
+def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batches: int = 60) -> int:
+    """Re-estimates the U-Net's batch-norm statistics on masked training batches (Algorithm 2's inputs).
+
+    Returns:
+        The number of batches used (at most `max_batches`, one pass over `images`).
+    """
+    one_epoch = config.with_overrides({"epochs": 1})
+    batches = training_batches(images, one_epoch, config.batch_size).take(max_batches)
+    return reestimate_statistics(unet, batches, lambda batch: per_image_loss(unet, batch[0], config, True, masks=batch[-1] if config.inpainting else None))
+
+
+def learning_rate(config: RiadConfig, epoch: float, replicas: int = 1) -> float:
+    """Adam's rate at a (fractional, 0-based) epoch: `epoch + step / steps_per_epoch`.
+
+    The peak rate `config.learning_rate` is for one replica's batch; it is
     scaled with the replica count by `config.lr_scaling` ("none", "linear":
-    x replicas, "sqrt": x sqrt(replicas)), and divided by 10 from
-    `decay_epoch` on (Sec. 4.3).
+    x replicas, "sqrt": x sqrt(replicas)). Then `config.lr_schedule`:
+
+    - "cosine": linear warm-up from 0 over `warmup_epochs`, then a half cosine
+      from the peak down to 0 at the end of the last epoch;
+    - "step": divided by 10 from `decay_epoch` on (Sec. 4.3, the paper's);
+    - "constant".
 
     Example:
 
-    >>> learning_rate(RiadConfig(learning_rate=1e-4, lr_scaling="linear", epochs=6), 5, replicas=4)
+    >>> cfg = RiadConfig(learning_rate=1e-4, lr_scaling="linear", lr_schedule="step", epochs=6)
+    >>> learning_rate(cfg, 5, replicas=4)
     4e-05
+    >>> cosine = RiadConfig(learning_rate=1e-3, epochs=11, warmup_epochs=1)
+    >>> [round(learning_rate(cosine, e), 6) for e in (0.5, 1, 6, 11)]
+    [0.0005, 0.001, 0.0005, 0.0]
     """
     factor = {"none": 1.0, "linear": float(replicas), "sqrt": math.sqrt(replicas)}[config.lr_scaling]
-    rate = config.learning_rate * factor
-    return rate / 10.0 if epoch >= config.decay_epoch else rate
+    peak = config.learning_rate * factor
+    if config.lr_schedule == "step":
+        return peak / 10.0 if epoch >= config.decay_epoch else peak
+    if config.lr_schedule == "constant":
+        return peak
+    warmup = min(config.warmup_epochs, config.epochs)
+    if epoch < warmup:
+        return peak * epoch / warmup
+    progress = (epoch - warmup) / max(config.epochs - warmup, 1e-9)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def describe_schedule(config: RiadConfig) -> str:
+    """The learning-rate schedule in words, for reports.
+
+    Example:
+
+    >>> describe_schedule(RiadConfig(lr_schedule="step", epochs=300))
+    '/10 after epoch 250'
+    """
+    if config.lr_schedule == "step":
+        return f"/10 after epoch {config.decay_epoch}"
+    if config.lr_schedule == "cosine":
+        return f"peak; {config.warmup_epochs:g} warm-up epoch(s), cosine to 0"
+    return "constant"
 
 
 class _History:
@@ -225,7 +290,51 @@ class _History:
 
     def append(self, record: dict) -> None:
         self.records.append(record)
+        self._write()
+
+    def mark_kept(self, epoch: int, **details) -> None:
+        """Flags the record of the epoch whose weights were saved (`"kept": true`), with `details`."""
+        for record in self.records:
+            record.pop("kept", None)
+            if record["epoch"] == epoch:
+                record.update(kept=True, **details)
+        self._write()
+
+    def _write(self) -> None:
         atomic_write_text(self.path, json.dumps(self.records, indent=1) + "\n")
+
+
+class _BestWeights:
+    """The weights of the epoch with the lowest inference-mode validation loss, in `checkpoints/best_weights.npz`.
+
+    The file names its epoch; after a resume, a file from an epoch past the
+    restored checkpoint (about to be redone) is ignored.
+    """
+
+    def __init__(self, path: Path, records: list[dict]):
+        self.path = path
+        scored = [r for r in records if r.get("val_loss") is not None]
+        best = min(scored, key=lambda r: r["val_loss"], default=None)
+        self.epoch, self.loss = (best["epoch"], best["val_loss"]) if best else (None, math.inf)
+        if self.epoch is not None and not self._file_holds(self.epoch):
+            self.epoch, self.loss = None, math.inf  # no weights on disk for it: start over
+
+    def _file_holds(self, epoch: int) -> bool:
+        if not self.path.is_file():
+            return False
+        with np.load(self.path) as stored:
+            return int(stored["epoch"]) == epoch
+
+    def update(self, epoch: int, val_loss: float, unet) -> None:
+        if val_loss < self.loss:
+            self.epoch, self.loss = epoch, val_loss
+            weights = {f"w{i}": np.asarray(w, np.float32) for i, w in enumerate(unet.get_weights())}
+            with atomic_path(self.path, suffix=".npz") as tmp:
+                np.savez(tmp, epoch=epoch, **weights)
+
+    def load(self) -> list[np.ndarray]:
+        with np.load(self.path) as stored:
+            return [stored[f"w{i}"] for i in range(len(stored.files) - 1)]
 
 
 class _EpochCheckpoints:
@@ -254,7 +363,7 @@ class _EpochCheckpoints:
 
 def _log_epoch(writer, record: dict, unet, preview: np.ndarray | None, config: RiadConfig):
     with writer.as_default(step=record["epoch"]):
-        for key in ("loss", "val_loss", "lr", "images_per_s"):
+        for key in ("loss", "val_loss", "val_loss_train_mode", "lr", "images_per_s"):
             if record.get(key) is not None:
                 tf.summary.scalar(key, record[key])
         if preview is not None:
@@ -279,9 +388,10 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
         for float16) and a counter of finished epochs.
     """
     policy = resolve_precision(config.mixed_precision, config.xla)
-    if policy == "mixed_bfloat16" and not config.xla and not tf.config.list_physical_devices("GPU"):
-        print("note: mixed_bfloat16 without --xla ran 3-10x slower than float32 on CPUs without native bfloat16; "
-              "with --xla about 1.9x faster (docs/distributed.md)")
+    on_cpu = not tf.config.list_physical_devices("GPU")
+    if policy == "mixed_bfloat16" and on_cpu and not config.xla and not cpu_bf16_support():
+        print("note: this CPU has no native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without --xla ran "
+              "3-10x slower than float32 on such CPUs, with --xla about 1.9x faster (docs/distributed.md)")
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():
         with precision_policy(policy):
@@ -290,7 +400,7 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
             for layer in unet.layers:  # read at call time: statistics over the global batch
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
-        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, weight_decay=config.weight_decay or None)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(unet.trainable_variables)
@@ -298,11 +408,11 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
     return unet, optimizer, epoch
 
 
-def _float32_copy(unet, config: RiadConfig):
-    """The trained weights in a plain float32 U-Net outside any strategy: what is saved and returned."""
+def float32_copy(unet, config: RiadConfig, weights: list[np.ndarray] | None = None):
+    """A plain float32 U-Net outside any strategy with `unet`'s weights (or `weights`): what is saved and returned."""
     with precision_policy("float32"):
         copy = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
-    copy.set_weights([np.asarray(w, np.float32) for w in unet.get_weights()])
+    copy.set_weights([np.asarray(w, np.float32) for w in (unet.get_weights() if weights is None else weights)])
     return copy
 
 
@@ -321,15 +431,67 @@ def _batching(config: RiadConfig, replicas: int, num_images: int) -> tuple[int, 
     return global_batch, drop_remainder, steps
 
 
-def _train_epoch(step, batches, steps: int, bar: keras.utils.Progbar) -> tuple[float, float]:
-    """Runs one epoch's steps; returns (mean Eq. 7 loss per image, number of images)."""
+def _train_epoch(step, batches, steps: int, bar: keras.utils.Progbar, set_rate) -> tuple[float, float]:
+    """Runs one epoch's steps, `set_rate(i)` before step i; returns (mean Eq. 7 loss per image, number of images)."""
     loss_sum, count = 0.0, 0.0
     for i in range(steps):
+        set_rate(i)
         step_sum, step_count = step(next(batches))
         loss_sum, count = loss_sum + step_sum, count + step_count  # stays on the device until read
         if bar.verbose:
             bar.update(i + 1, [("loss", float(loss_sum / count))])
     return float(loss_sum / count), float(count)
+
+
+def _guard_images(train_images: np.ndarray, holdout_images: np.ndarray | None, global_batch: int) -> np.ndarray:
+    """The held-out images, or (without any) the first few training batches, for the batch-norm guard."""
+    if holdout_images is not None and len(holdout_images):
+        return holdout_images
+    return train_images[: 4 * global_batch]
+
+
+def _epoch_line(record: dict) -> str:
+    name = "val_loss" if record.get("val_loss") is not None else "loss on training images"
+    line = (
+        f"epoch {record['epoch']}: loss {record['loss']:.4f}, {name} {record['guard_loss']:.4f} "
+        f"(batch norm in training mode: {record['val_loss_train_mode']:.4f}), {record['seconds']:.0f} s, {record['images_per_s']:g} img/s"
+    )
+    if record["bn_diverged"]:
+        line += (
+            f"\nwarning: inference-mode loss {record['guard_loss']:.4f} is more than {DIVERGENCE_RATIO:g}x the training-mode loss "
+            f"{record['val_loss_train_mode']:.4f} on the same images: batch-norm moving statistics lag the weights, so scores, "
+            "thresholds and exports would use a worse model than training measures (docs/accuracy.md)"
+        )
+    return line
+
+
+def _ship_checked(trained, config: RiadConfig, guard_images: np.ndarray, train_images: np.ndarray, batch_size: int, out_dir: Path) -> dict:
+    """Runs the batch-norm guard on the model about to be saved; re-estimates its statistics when it fires.
+
+    Returns:
+        What to record on the kept epoch: the final guard losses, and the
+        number of batches that re-estimated the statistics (when they were).
+
+    Raises:
+        BatchNormDivergenceError: when re-estimating does not bring inference
+            mode near training mode (the model is then not saved).
+    """
+    check = batchnorm_check(trained, guard_images, config, batch_size)
+    if not check["bn_diverged"]:
+        return {"final_val_loss": check["val_loss"]}
+    used = reestimate_batchnorm(trained, train_images, config)
+    after = batchnorm_check(trained, guard_images, config, batch_size)
+    print(
+        f"batch norm: inference-mode loss {check['val_loss']:.4f} against training-mode {check['val_loss_train_mode']:.4f}; "
+        f"re-estimated the moving statistics on {used} masked training batches: now {after['val_loss']:.4f}"
+    )
+    if after["bn_diverged"]:
+        raise BatchNormDivergenceError(
+            f"{out_dir}: inference-mode validation loss {after['val_loss']:.4f} stays above {DIVERGENCE_RATIO:g}x the "
+            f"training-mode loss {after['val_loss_train_mode']:.4f} even after re-estimating batch-norm statistics; "
+            "the model was not saved or calibrated (training state kept in checkpoints/; docs/accuracy.md)"
+        )
+    return {"final_val_loss": after["val_loss"], "bn_reestimated_batches": used}
 
 
 def train(
@@ -339,8 +501,19 @@ def train(
     holdout_images: np.ndarray | None = None,
     strategy: tf.distribute.Strategy | None = None,
     progress: bool = True,
+    on_epoch_end=None,
 ):
     """Trains the inpainting U-Net and writes the run directory (see `riad_tf.run`).
+
+    After every epoch the chief runs the batch-norm guard: Eq. 7 on the
+    held-out images (or, without any, a few training batches) in inference mode
+    and in training mode, with the same masks; it warns when the two diverge
+    (`riad_tf.batchnorm`). The saved model is the epoch with the lowest
+    inference-mode validation loss (the last epoch without held-out images),
+    flagged `"kept": true` in `history.json`; the guard runs once more on it,
+    and when it fires the moving statistics are re-estimated on masked
+    training batches, or training fails with `BatchNormDivergenceError`
+    instead of saving a model that scores differently from what it learned.
 
     Args:
         config: the run's `RiadConfig` (saved as `config.yaml`).
@@ -351,6 +524,8 @@ def train(
         holdout_images: optional held-out good images for the validation loss.
         strategy: a `tf.distribute` strategy; default: `make_strategy(config.strategy)`.
         progress: show a progress bar per epoch (on the chief).
+        on_epoch_end: optional `f(epoch, unet)` called on the chief after
+            each epoch (1-based) with the training U-Net (e.g. to score it).
 
     Returns:
         The trained U-Net, float32 (on the chief also saved as `out_dir/model.keras`).
@@ -360,6 +535,8 @@ def train(
     replicas = strategy.num_replicas_in_sync
     global_batch, drop_remainder, steps_per_epoch = _batching(config, replicas, len(train_images))
     chief = is_chief(strategy)
+    has_holdout = holdout_images is not None and len(holdout_images) > 0
+    guard_images = _guard_images(train_images, holdout_images, global_batch)
 
     unet, optimizer, epoch_var = build_training_state(config, strategy)
     checkpoint = tf.train.Checkpoint(unet=unet, optimizer=optimizer, epoch=epoch_var)
@@ -373,42 +550,59 @@ def train(
             out_dir.mkdir(parents=True, exist_ok=True)
             config.save(out_dir / "config.yaml")
             history = _History(out_dir / HISTORY_FILE, first_epoch)
+            best = _BestWeights(out_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE, history.records)
             writer = tf.summary.create_file_writer(str(out_dir / "logs"))
-        preview = (holdout_images if holdout_images is not None and len(holdout_images) else train_images)[:3]
+        preview = guard_images[:3]
         step = make_train_step(unet, optimizer, config, strategy)
         dataset = training_batches(train_images, config, global_batch, first_epoch, drop_remainder)
         batches = iter(strategy.experimental_distribute_dataset(dataset))
 
         for epoch in range(first_epoch, config.epochs):
-            rate = learning_rate(config, epoch, replicas)
-            optimizer.learning_rate.assign(rate)
             verbose = progress and chief
             bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, stateful_metrics=["loss"])
             if verbose:
-                print(f"epoch {epoch + 1}/{config.epochs} (lr {rate:g}, global batch {global_batch} on {replicas} replica(s))")
+                print(f"epoch {epoch + 1}/{config.epochs} (peak lr {learning_rate(config, epoch + 0.5, replicas):.3g}, "
+                      f"global batch {global_batch} on {replicas} replica(s))")
+
+            def set_rate(i, epoch=epoch):  # the schedule per step, at the middle of the step
+                optimizer.learning_rate.assign(learning_rate(config, epoch + (i + 0.5) / steps_per_epoch, replicas))
+
             started = time.time()
-            loss, count = _train_epoch(step, batches, steps_per_epoch, bar)
+            loss, count = _train_epoch(step, batches, steps_per_epoch, bar, set_rate)
             seconds = time.time() - started
             epoch_var.assign(epoch + 1)
             if chief:
+                check = batchnorm_check(unet, guard_images, config, global_batch)
                 record = {
                     "epoch": epoch + 1,
                     "loss": loss,
-                    "val_loss": validation_loss(unet, holdout_images, config, global_batch)
-                    if holdout_images is not None and len(holdout_images)
-                    else None,
-                    "lr": rate,
+                    "val_loss": check["val_loss"] if has_holdout else None,
+                    "guard_loss": check["val_loss"],
+                    "val_loss_train_mode": check["val_loss_train_mode"],
+                    "bn_diverged": check["bn_diverged"],
+                    "lr": float(optimizer.learning_rate.numpy()),
                     "seconds": round(seconds, 3),
                     "images_per_s": round(count / seconds, 2),
                 }
                 history.append(record)  # before the checkpoint, so a resumed run never misses a record
+                if has_holdout:
+                    best.update(epoch + 1, check["val_loss"], unet)
             checkpoints.save(epoch + 1)
             if chief:
+                print(_epoch_line(record), flush=True)
                 _log_epoch(writer, record, unet, preview, config)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, unet)
 
-        trained = _float32_copy(unet, config)
-        if chief:
-            save_model(out_dir, trained, config)
-        else:
+        trained = float32_copy(unet, config)
+        if not chief:
             save_model(scratch / "model", trained, config)  # the documented pattern: every worker saves
+            return trained
+        kept = best.epoch if best.epoch is not None else config.epochs
+        if kept != config.epochs:
+            trained = float32_copy(unet, config, best.load())
+        details = _ship_checked(trained, config, guard_images, train_images, global_batch, out_dir)
+        history.mark_kept(kept, **details)
+        print(f"kept epoch {kept} of {config.epochs}" + (" (lowest inference-mode validation loss)" if has_holdout else " (the last)"))
+        save_model(out_dir, trained, config)
     return trained

@@ -4,7 +4,7 @@ The public PyTorch re-implementations of RIAD score an image with two nested
 Python loops: for each region size k, for each of the n masks, one U-Net call on
 the masked batch, then the masked parts are pasted together (Eq. 2). This script
 builds the same U-Net (Fig. 4: the widths, kernel sizes and strides of
-`riad_tf.model.build_unet`) in PyTorch, runs that loop, and times it against
+`riad_tf.model.build_unet`) in PyTorch (`reference_torch.UNet`), runs that loop, and times it against
 riad-tf's batched detector (all n x |K| masked copies in one call, scoring
 included) on the paths given. Both get the same threads. The PyTorch side is
 timed WITHOUT the MSGMS scoring, which favours it.
@@ -38,43 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--paths", default="keras,xla,onnx,tflite-fp32", help="riad-tf paths to time (riad_tf.benchmark.PATHS)")
     parser.add_argument("--json", type=str, help="also write the records here")
     return parser.parse_args(argv)
-
-
-def torch_unet(torch, widths, channels: int):
-    """The RIAD U-Net of `riad_tf.model.build_unet` in PyTorch (NCHW), random weights, eval mode."""
-    nn = torch.nn
-
-    def conv_bn_relu(c_in, c_out, kernel, stride):
-        padding = (kernel - stride + 1) // 2  # "same" for 3x3/1 and 4x4/2
-        return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-    class UNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoders = nn.ModuleList()
-            c_in = channels
-            for level, width in enumerate(widths):
-                first = conv_bn_relu(c_in, width, 4, 2) if level else conv_bn_relu(c_in, width, 3, 1)
-                self.encoders.append(nn.Sequential(first, conv_bn_relu(width, width, 3, 1)))
-                c_in = width
-            self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
-            for level in range(len(widths) - 2, -1, -1):
-                width = widths[level]
-                self.ups.append(nn.ConvTranspose2d(c_in, width, 4, 2, 1))
-                self.decoders.append(nn.Sequential(conv_bn_relu(2 * width, width, 3, 1), conv_bn_relu(width, width, 3, 1)))
-                c_in = width
-            self.out = nn.Conv2d(c_in, channels, 3, 1, 1)
-
-        def forward(self, x):
-            features = []
-            for encoder in self.encoders:
-                x = encoder(x)
-                features.append(x)
-            for up, decoder, skip in zip(self.ups, self.decoders, reversed(features[:-1])):
-                x = decoder(torch.cat([up(x), skip], dim=1))
-            return torch.sigmoid(self.out(x))
-
-    return UNet().eval()
 
 
 def per_k_loop(torch, unet, images, masks_per_k):
@@ -114,7 +77,10 @@ def main(argv=None) -> int:
     unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     flops = riad_flops(config, unet)["per_image"]
 
-    net = torch_unet(torch, config.unet_widths, config.channels)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from reference_torch import UNet  # the same network as riad_tf.model.build_unet, in PyTorch
+
+    net = UNet(config.unet_widths, config.channels).eval()
     torch_count = sum(t.numel() for name, t in net.state_dict().items() if not name.endswith("num_batches_tracked"))
     if torch_count != unet.count_params():  # the same layers, so the same FLOPs
         raise SystemExit(f"bench_torch_loop: PyTorch U-Net has {torch_count} values, the Keras one {unet.count_params()}")

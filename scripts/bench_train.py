@@ -33,7 +33,7 @@ import time
 
 import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
 
-WIDTHS = {"default": (64, 128, 256, 512, 512), "reduced": (16, 32, 64, 64, 64)}
+WIDTHS = {"default": (64, 128, 256, 512, 512), "half": (32, 64, 128, 256, 256), "reduced": (16, 32, 64, 64, 64)}
 
 
 def _parse_args(argv=None):

@@ -258,11 +258,13 @@ def _timing(results: list[dict], wall_seconds: float) -> str:
 
 
 def describe_config(config) -> str:
+    from riad_tf.train import describe_schedule
+
     return (
         f"{config.image_size[0]} x {config.image_size[1]} px, {config.channels} channel(s), "
         f"U-Net widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
         f"mean filter {config.smoothing}, batch {config.batch_size}, Adam lr {config.learning_rate:g} "
-        f"(/10 after epoch {config.decay_epoch}), {config.epochs} epochs"
+        f"({describe_schedule(config)}), {config.epochs} epochs"
     )
 
 

@@ -303,7 +303,7 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
 
     cfg = _config(ks=(2, 4, 8))
     train = _textures(48, seed=20)
-    detector = Detector(_train_tiny_unet(cfg, train), cfg)
+    detector = Detector(_train_tiny_unet(cfg, train, steps=80), cfg)
     rng = np.random.default_rng(21)
     good = _textures(24, seed=22)
     defective = np.stack([_with_defect(x, rng) for x in _textures(24, seed=23)])

@@ -103,9 +103,20 @@ def test_bad_input_one_line_error(dataset, tmp_path):
 
 
 def test_learning_rate_divided_after_five_sixths():
-    cfg = RiadConfig(epochs=300)
+    cfg = RiadConfig(epochs=300, learning_rate=1e-4, lr_schedule="step")
     assert learning_rate(cfg, 249) == pytest.approx(1e-4) and learning_rate(cfg, 250) == pytest.approx(1e-5)
     assert RiadConfig(epochs=12).decay_epoch == 10
+    assert RiadConfig.load(Path(__file__).parents[1] / "configs" / "paper.yaml") == cfg.with_overrides({"mixed_precision": "off"})
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = RiadConfig(epochs=10, learning_rate=1e-3, warmup_epochs=2)
+    rates = [learning_rate(cfg, e / 4) for e in range(41)]
+    assert rates[0] == 0 and rates[4] == pytest.approx(5e-4) and rates[8] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(rates[:8], rates[1:9]))  # warm-up rises
+    assert all(a > b for a, b in zip(rates[8:-1], rates[9:]))  # then falls, to 0 at the end
+    assert rates[24] == pytest.approx(5e-4) and rates[-1] == pytest.approx(0, abs=1e-12)
+    assert learning_rate(cfg.with_overrides({"lr_schedule": "constant"}), 9.5) == pytest.approx(1e-3)
 
 
 def test_resume_after_kill(dataset, tmp_path):

@@ -1,0 +1,116 @@
+"""The batch-norm guard, re-estimation, and the kept epoch (issue #13)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_WIDTHS
+from riad_tf import train as train_module
+from riad_tf.config import RiadConfig
+from riad_tf.batchnorm import BatchNormDivergenceError, batchnorm_layers, frozen_statistics, statistics_diverged
+from riad_tf.train import batchnorm_check, float32_copy, reestimate_batchnorm, train
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Smooth waves of random frequency and phase: what a tiny U-Net learns to inpaint in a few epochs."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:32, 0:32] / 32
+    waves = [0.5 + 0.35 * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0.5, 1.5) * y) + rng.uniform(0, 2 * np.pi)) for _ in range(24)]
+    return np.repeat(np.array(waves, np.float32)[..., None], 3, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS, ks=(2, 4, 8), smoothing=5, epochs=6, batch_size=4, learning_rate=1e-2, mixed_precision="off")
+
+
+@pytest.fixture(scope="module")
+def trained(config, images, tmp_path_factory):
+    return train(config, images[:16], tmp_path_factory.mktemp("run"), images[16:], progress=False)
+
+
+def _spoil_statistics(unet):
+    """Moving statistics far from any batch's: what lagging statistics do to inference mode."""
+    for layer in batchnorm_layers(unet):
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, np.float32))
+        layer.moving_variance.assign(np.full(layer.moving_variance.shape, 1e-2, np.float32))
+
+
+def test_guard_fires_on_wrong_statistics_and_not_on_a_good_model(trained, config, images):
+    good = float32_copy(trained, config)
+    reestimate_batchnorm(good, images[:16], config)
+    check = batchnorm_check(good, images[16:], config, 4)
+    assert not check["bn_diverged"], check
+    assert check["val_loss"] < 1.3 * check["val_loss_train_mode"]
+
+    spoiled = float32_copy(good, config)
+    _spoil_statistics(spoiled)
+    check = batchnorm_check(spoiled, images[16:], config, 4)
+    assert check["bn_diverged"], check
+    # Training mode does not read the moving statistics, so it still measures the learned model.
+    assert check["val_loss_train_mode"] == pytest.approx(batchnorm_check(good, images[16:], config, 4)["val_loss_train_mode"], rel=1e-4)
+
+    used = reestimate_batchnorm(spoiled, images[:16], config)
+    assert used == 4  # one pass over 16 images in batches of 4
+    assert not batchnorm_check(spoiled, images[16:], config, 4)["bn_diverged"]
+
+
+def test_training_mode_check_leaves_the_moving_statistics_alone(trained, config, images):
+    unet = float32_copy(trained, config)
+    before = [v.numpy().copy() for layer in batchnorm_layers(unet) for v in (layer.moving_mean, layer.moving_variance)]
+    with frozen_statistics(unet):
+        unet(images[:4], training=True)
+    after = [v.numpy() for layer in batchnorm_layers(unet) for v in (layer.moving_mean, layer.moving_variance)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert statistics_diverged(0.854, 0.146) and not statistics_diverged(0.15, 0.146)
+
+
+def test_spoiled_last_epoch_is_repaired_before_shipping(config, images, tmp_path):
+    """Statistics spoiled after the last epoch: the final guard re-estimates them and says so in history.json."""
+    out = tmp_path / "run"
+
+    def spoil_last(epoch, unet):
+        if epoch == config.epochs:
+            _spoil_statistics(unet)
+
+    train(config, images[:16], out, progress=False, on_epoch_end=spoil_last)  # no held-out images: the last epoch is kept
+    history = json.loads((out / "history.json").read_text())
+    kept = [r for r in history if r.get("kept")]
+    assert [r["epoch"] for r in kept] == [config.epochs]
+    assert kept[0]["bn_reestimated_batches"] > 0
+    assert (out / "model.keras").is_file()
+
+
+def test_unrepairable_statistics_are_never_saved(config, images, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "reestimate_statistics", lambda *args: 0)  # a remedy that does nothing
+
+    def spoil_last(epoch, unet):
+        if epoch == config.epochs:
+            _spoil_statistics(unet)
+
+    with pytest.raises(BatchNormDivergenceError, match="not saved"):
+        train(config, images[:16], out, progress=False, on_epoch_end=spoil_last)
+    assert not (out / "model.keras").exists()
+
+
+def test_the_epoch_with_the_lowest_validation_loss_is_kept(config, images, tmp_path):
+    """A last epoch at a rate that wrecks the weights: the saved model is an earlier, better epoch."""
+    out = tmp_path / "run"
+    snapshots = {}
+
+    def snapshot(epoch, unet):
+        snapshots[epoch] = [np.array(w) for w in unet.trainable_weights]
+
+    train(config, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)
+    wrecked = config.with_overrides({"epochs": config.epochs + 1, "learning_rate": 10.0, "lr_schedule": "constant"})
+    saved = train(wrecked, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)  # resumes: one more epoch
+
+    history = json.loads((out / "history.json").read_text())
+    losses = {r["epoch"]: r["val_loss"] for r in history}
+    kept = [r["epoch"] for r in history if r.get("kept")]
+    assert kept == [min(losses, key=losses.get)] and kept[0] < wrecked.epochs, losses
+    for got, want in zip(saved.trainable_weights, snapshots[kept[0]]):
+        np.testing.assert_allclose(np.array(got), want, rtol=1e-6)

@@ -177,7 +177,12 @@ def run_reference(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path
 
 
 def run_riad(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path:
+    from riad_tf.run import CONFIG_FILE, load_config
+
     run_dir = args.out / f"riad-tf-{epochs}"
+    wanted = riad_config(args).with_overrides({"epochs": epochs})
+    if (run_dir / CONFIG_FILE).is_file() and load_config(run_dir) != wanted:
+        fail(f"{run_dir} holds a run of another configuration than {args.config}; delete it or use another --out")
     if (run_dir / "eval" / "final.npz").is_file():
         print(f"== riad-tf: {run_dir} is done; reusing it", flush=True)
         return run_dir
@@ -310,7 +315,7 @@ def machine_line() -> str:
 
     from riad_tf.distribute import cpu_bf16_support
 
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, native bfloat16: {cpu_bf16_support() or 'none'}"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, native bfloat16: {', '.join(cpu_bf16_support()) or 'none'}"
 
 
 def report(args, command: str, budgets, data) -> str:

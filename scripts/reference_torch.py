@@ -240,6 +240,11 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _save_npz(path: Path, **arrays) -> None:
+    with open(path, "wb") as file:  # a file object: np.savez would add ".npz" to a path
+        np.savez(file, **arrays)
+
+
 def _atomic_save(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
             net.eval()
             maps, scores = zip(*(anomaly_maps(net, nchw(test[s : s + 16], device), masks_by_k, args.smoothing) for s in range(0, len(test), 16)))
             maps, scores = torch.cat(maps).numpy(), torch.cat(scores).numpy()
-            _atomic_save(args.out / "eval" / f"epoch_{epoch:03d}.npz", lambda p: np.savez(open(p, "wb"), maps=maps.astype(np.float16), scores=scores))
+            _atomic_save(args.out / "eval" / f"epoch_{epoch:03d}.npz", lambda p: _save_npz(p, maps=maps.astype(np.float16), scores=scores))
         _atomic_save(args.out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1) + "\n"))
     return 0
 

@@ -88,8 +88,9 @@ def fail(message: str):
 
 
 def _ints(text: str) -> list[int]:
+    """Comma-separated integers, in the order given."""
     try:
-        return sorted({int(v) for v in text.split(",") if v.strip()})
+        return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         fail(f"expected comma-separated integers, got {text!r}")
 
@@ -99,12 +100,8 @@ def riad_config(args):
     from riad_tf.config import RiadConfig
 
     return RiadConfig.load(args.config).with_overrides(
-        {"image_size": (args.image_size,) * 2, "channels": 1, "widths": _ints_ordered(args.widths), "smoothing": args.smoothing, "seed": args.seed}
+        {"image_size": (args.image_size,) * 2, "channels": 1, "widths": _ints(args.widths), "smoothing": args.smoothing, "seed": args.seed}
     )
-
-
-def _ints_ordered(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 # ----------------------------------------------------------------------------
@@ -382,7 +379,7 @@ def main(argv=None) -> int:
         return riad_worker(args)
     started = time.time()
     command = "python3 scripts/compare_reference.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    budgets = _ints(args.epochs)
+    budgets = sorted(set(_ints(args.epochs)))
     along = sorted(set(_ints(args.eval_epochs)) | set(budgets))
     data_path = prepare_data(args)
     run_reference(args, data_path, max(budgets), [e for e in along if e <= max(budgets)])

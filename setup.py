@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("riad_tf/__init__.py").read_text()).group(1)
 
-# What both sides need: the config format and the numpy mask code.
+# What both sides need: numpy and click; PyYAML reads the configs.
 CORE = ["numpy>=2.0,<3", "PyYAML>=6.0", "click>=8.1"]
 
 # Training, evaluation, export. TensorFlow lives here, not in CORE, so that
@@ -43,7 +43,7 @@ setup(
     extras_require={
         "tf": TF,
         "edge": EDGE,
-        "dev": TF + ["pytest>=8.0"],
+        "dev": TF + ["pytest>=8.0", "ruff>=0.17,<0.18"],
     },
     entry_points={
         "console_scripts": [

@@ -13,12 +13,32 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 
-def benchmark(runner, batch_sizes: Sequence[int] = (1,), iters: int = 20, warmup: int = 3, seed: int = 0) -> Iterator[dict]:
+def timed_calls(call: Callable[[], object], warmup: int, iters: int) -> list[float]:
+    """Wall seconds of `iters` calls of `call` (at least one) after `warmup` untimed calls.
+
+    Example:
+
+    >>> len(timed_calls(lambda: sum(range(100)), warmup=1, iters=3))
+    3
+    """
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(max(1, iters)):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def benchmark(
+    runner, batch_sizes: Sequence[int] = (1,), iters: int = 20, warmup: int = 3, seed: int = 0
+) -> Iterator[dict]:
     """Yields one record per batch size.
 
     Returns (per record):
@@ -33,14 +53,7 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1,), iters: int = 20, warmup
             raise ValueError(f"batch sizes must be positive, got {batch}")
         images = rng.random((batch, *runner.image_size, runner.channels), dtype=np.float32)
         images = runner.preprocess(list(images))
-        for _ in range(warmup):
-            runner(images)
-        seconds = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            runner(images)
-            seconds.append(time.perf_counter() - start)
-        seconds = np.array(seconds)
+        seconds = np.array(timed_calls(lambda: runner(images), warmup, iters))
         yield {
             "batch": int(batch),
             "iters": int(iters),

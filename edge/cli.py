@@ -14,7 +14,6 @@ message and exit status 1.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -22,34 +21,20 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.images import IMAGE_EXTENSIONS, ImageError, find_images, load_image, save_map_png, to_model_input
-from edge.metadata import MetadataError, read_metadata
+from edge.cli_options import friendly_errors, int_list
+from edge.images import IMAGE_EXTENSIONS, find_images, load_image, to_model_input
+from edge.metadata import read_metadata
+from edge.predictions import MapNames, prediction_record
 
 
-def _friendly_errors(command):
-    """Turns expected failures into a one-line error and exit status 1."""
+def _device_errors() -> tuple[type[BaseException], ...]:
+    from edge.cuda import CudaError
+    from edge.trt import TensorRTUnavailable
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from edge.cuda import CudaError
-        from edge.trt import TensorRTUnavailable
-
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, ImageError, MetadataError, TensorRTUnavailable, CudaError) as err:
-            raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from None
-
-    return wrapper
+    return (CudaError, TensorRTUnavailable)  # ImageError and MetadataError are ValueErrors
 
 
-def _batch_sizes(value: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of ints") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"{value!r}: give positive batch sizes such as 1,4")
-    return sizes
+_friendly_errors = friendly_errors(_device_errors)
 
 
 _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -92,30 +77,13 @@ def infer(model, images, maps_dir, batch_size, threads, max_batch, memory_mb):
     paths = find_images(images)
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
-    thresholds = runner.thresholds
-    vmax = 2 * thresholds["pixel"] if thresholds and thresholds.get("pixel") is not None else None
-    used_names: set[str] = set()
+    map_names = MapNames(maps_dir, runner.thresholds) if maps_dir is not None else None
     for start in range(0, len(paths), max(1, batch_size)):
         chunk = paths[start : start + max(1, batch_size)]
         maps, scores = runner(runner.preprocess([load_image(p) for p in chunk]))
         for path, anomaly_map, score in zip(chunk, maps, scores):
-            record = {"path": str(path), "score": float(score)}
-            if thresholds and thresholds.get("image") is not None:
-                record["anomalous"] = bool(runner.verdicts(score))
-                record["threshold"] = thresholds["image"]
-            if maps_dir is not None:
-                record["map"] = str(save_map_png(Path(maps_dir) / _map_name(path, used_names), anomaly_map, vmax))
-            click.echo(json.dumps(record))
-
-
-def _map_name(path: Path, used: set[str]) -> str:
-    """`NAME_map.png`, with a counter when two inputs share a name."""
-    name, index = f"{path.stem}_map.png", 1
-    while name in used:
-        index += 1
-        name = f"{path.stem}_{index}_map.png"
-    used.add(name)
-    return name
+            map_file = map_names.write(path, anomaly_map) if map_names else None
+            click.echo(json.dumps(prediction_record(path, score, runner.thresholds, map_file)))
 
 
 @main.command()
@@ -131,7 +99,7 @@ def bench(model, batches, iters, warmup, threads, max_batch, memory_mb):
     from edge.runner import Runner
 
     runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
-    for record in benchmark(runner, _batch_sizes(batches), iters=iters, warmup=warmup):
+    for record in benchmark(runner, int_list(batches, positive=True, what="batch sizes"), iters=iters, warmup=warmup):
         click.echo(json.dumps({"model": Path(model).name, **record}))
 
 
@@ -164,7 +132,7 @@ def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
     Without --fp16 or --int8 the engine is FP32. Needs the tensorrt Python
     package (JetPack's on a Jetson) and an NVIDIA GPU; writes OUT and OUT.json.
     """
-    from edge import trt
+    from edge import trt, trt_build
 
     precision = precision or "fp32"
     metadata = read_metadata(onnx)
@@ -174,7 +142,7 @@ def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
     calibration = _load_calibration(Path(calib), metadata) if calib else None
     if precision != "int8" and calibration is not None:
         raise click.UsageError("--calib is for --int8 only")
-    engine, engine_metadata = trt.build_engine(
+    engine, engine_metadata = trt_build.build_engine(
         onnx, out, precision=precision, calibration=calibration, max_batch=max_batch, workspace_mb=workspace_mb
     )
     click.echo(json.dumps({"engine": str(engine), "metadata": str(engine_metadata)}))
@@ -187,10 +155,9 @@ def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
 @_friendly_errors
 def engine_metadata(engine, onnx, precision):
     """Write ENGINE.json for an engine built with trtexec from an exported ONNX."""
-    from edge.trt import write_engine_metadata
+    from edge.trt_build import write_engine_metadata
 
     click.echo(json.dumps({"metadata": str(write_engine_metadata(engine, onnx, precision))}))
-
 
 
 def _stride(value: str | None) -> tuple[int, int] | None:
@@ -207,30 +174,85 @@ def _stride(value: str | None) -> tuple[int, int] | None:
 
 @main.command()
 @_model_argument
-@click.option("--source", required=True, help="DIR, VIDEO, IMAGE (replayed), raw:-|raw:FILE, tcp://127.0.0.1:PORT or PLUGIN:ARGS.")
+@click.option(
+    "--source", required=True, help="DIR, VIDEO, IMAGE (replayed), raw:-|raw:FILE, tcp://127.0.0.1:PORT or PLUGIN:ARGS."
+)
 @click.option("--frame-height", type=int, default=256, show_default=True, help="Lines per frame.")
 @click.option("--overlap", type=int, default=32, show_default=True, help="Lines shared by consecutive frames.")
 @click.option("--stride", default=None, help="Tile stride ROWS,COLUMNS (default: half a tile).")
-@click.option("--policy", type=click.Choice(["block", "drop"]), default="block", show_default=True, help="When inference falls behind: hold the capture back, or drop frames (counted).")
-@click.option("--queue", "queue_size", type=int, default=8, show_default=True, help="Frames waiting for inference, at most.")
+@click.option(
+    "--policy",
+    type=click.Choice(["block", "drop"]),
+    default="block",
+    show_default=True,
+    help="When inference falls behind: hold the capture back, or drop frames (counted).",
+)
+@click.option(
+    "--queue", "queue_size", type=int, default=8, show_default=True, help="Frames waiting for inference, at most."
+)
 @click.option("--batch-frames", type=int, default=4, show_default=True, help="Frames whose tiles are scored together.")
 @click.option("--pixel-threshold", type=float, default=None, help="Override the metadata's pixel threshold.")
-@click.option("--image-threshold", type=float, default=None, help="Override the metadata's image threshold (frame verdicts).")
+@click.option(
+    "--image-threshold", type=float, default=None, help="Override the metadata's image threshold (frame verdicts)."
+)
 @click.option("--min-pixels", type=int, default=1, show_default=True, help="Smaller regions are not reported.")
-@click.option("--out", default="-", show_default=True, help="JSON lines file (written as OUT.partial, renamed at the end); - for stdout.")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary JSON here.")
-@click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Folder for overlay PNGs of defective frames.")
+@click.option(
+    "--out",
+    default="-",
+    show_default=True,
+    help="JSON lines file (written as OUT.partial, renamed at the end); - for stdout.",
+)
+@click.option(
+    "--summary", "summary_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary JSON here."
+)
+@click.option(
+    "--overlays", type=click.Path(file_okay=False), default=None, help="Folder for overlay PNGs of defective frames."
+)
 @click.option("--width", type=int, default=None, help="Raw sources: pixels per line.")
-@click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint8", show_default=True, help="Raw sources: value type.")
-@click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Raw sources: channels per pixel.")
-@click.option("--line-rate", type=float, default=0.0, show_default=True, help="Replayed image: lines/s (0: as fast as possible).")
-@click.option("--lines-per-block", type=int, default=64, show_default=True, help="Lines read at a time (raw, replayed image).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["uint8", "uint16", "float32"]),
+    default="uint8",
+    show_default=True,
+    help="Raw sources: value type.",
+)
+@click.option(
+    "--channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Raw sources: channels per pixel."
+)
+@click.option(
+    "--line-rate", type=float, default=0.0, show_default=True, help="Replayed image: lines/s (0: as fast as possible)."
+)
+@click.option(
+    "--lines-per-block", type=int, default=64, show_default=True, help="Lines read at a time (raw, replayed image)."
+)
 @click.option("--repeat", type=int, default=1, show_default=True, help="Replayed image: times to replay it.")
 @_with_runtime_options
 @_friendly_errors
-def stream(model, source, frame_height, overlap, stride, policy, queue_size, batch_frames, pixel_threshold, image_threshold,
-           min_pixels, out, summary_path, overlays, width, dtype, channels, line_rate, lines_per_block, repeat,
-           threads, max_batch, memory_mb):
+def stream(
+    model,
+    source,
+    frame_height,
+    overlap,
+    stride,
+    policy,
+    queue_size,
+    batch_frames,
+    pixel_threshold,
+    image_threshold,
+    min_pixels,
+    out,
+    summary_path,
+    overlays,
+    width,
+    dtype,
+    channels,
+    line_rate,
+    lines_per_block,
+    repeat,
+    threads,
+    max_batch,
+    memory_mb,
+):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
     from edge.files import atomic_write_bytes
     from edge.runner import Runner
@@ -238,13 +260,27 @@ def stream(model, source, frame_height, overlap, stride, policy, queue_size, bat
 
     runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
     settings = StreamSettings(
-        frame_height=frame_height, overlap=overlap, stride=_stride(stride), queue_size=queue_size, policy=policy,
-        batch_frames=batch_frames, pixel_threshold=pixel_threshold, image_threshold=image_threshold,
-        min_pixels=min_pixels, overlay_dir=overlays,
+        frame_height=frame_height,
+        overlap=overlap,
+        stride=_stride(stride),
+        queue_size=queue_size,
+        policy=policy,
+        batch_frames=batch_frames,
+        pixel_threshold=pixel_threshold,
+        image_threshold=image_threshold,
+        min_pixels=min_pixels,
+        overlay_dir=overlays,
     )
     pipeline = StreamPipeline(runner, settings)
-    lines = open_source(source, width=width, channels=int(channels), dtype=dtype, line_rate=line_rate,
-                        lines_per_block=lines_per_block, repeat=repeat)
+    lines = open_source(
+        source,
+        width=width,
+        channels=int(channels),
+        dtype=dtype,
+        line_rate=line_rate,
+        lines_per_block=lines_per_block,
+        repeat=repeat,
+    )
     writer = JsonLines(out)
     try:
         summary = pipeline.run(lines, writer)
@@ -257,9 +293,18 @@ def stream(model, source, frame_height, overlap, stride, policy, queue_size, bat
 @main.command("video")
 @_model_argument
 @click.argument("video", type=click.Path(exists=True))
-@click.option("--window", type=click.IntRange(min=1), default=None, help="Frames averaged (default: the model's temporal_window, 3 in the paper).")
-@click.option("--normalise", is_flag=True, help="Add a column of the smoothed scores min-max normalised within the video.")
-@click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True, help="CSV to write (atomically).")
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frames averaged (default: the model's temporal_window, 3 in the paper).",
+)
+@click.option(
+    "--normalise", is_flag=True, help="Add a column of the smoothed scores min-max normalised within the video."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True, help="CSV to write (atomically)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per runner call.")
 @_with_runtime_options
 @_friendly_errors
@@ -279,10 +324,17 @@ def video_command(model, video, window, normalise, out, batch_size, threads, max
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)
     if scores.anomalous is None and (runner.thresholds or {}).get("smoothed_frame") is not None:
-        click.echo(f"{video}: no anomalous column: the smoothed_frame threshold was calibrated for another window", err=True)
+        click.echo(
+            f"{video}: no anomalous column: the smoothed_frame threshold was calibrated for another window", err=True
+        )
     atomic_write_bytes(out, scores.to_csv().encode())
-    summary = {"video": str(video), "frames": len(scores.scores), "frames_per_s": round(scores.frames_per_second, 2),
-               "window": scores.window, "out": str(out)}
+    summary = {
+        "video": str(video),
+        "frames": len(scores.scores),
+        "frames_per_s": round(scores.frames_per_second, 2),
+        "window": scores.window,
+        "out": str(out),
+    }
     if scores.anomalous is not None:
         summary["anomalous_frames"] = int(scores.anomalous.sum())
     click.echo(json.dumps(summary))

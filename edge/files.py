@@ -53,3 +53,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
     return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` (UTF-8) to `path` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode())

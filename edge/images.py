@@ -1,4 +1,4 @@
-"""Images in, model input out: decoding, channels, resizing, dtype (METHOD.md, "Data").
+"""Images in, model input out: decoding, channels, resizing, dtype (docs/method.md, "Images").
 
 This is the one implementation of preprocessing: training and evaluation read
 images through it too (`riad_tf.data.read_image` wraps `load_image` and
@@ -208,8 +208,9 @@ def to_model_input(images: Sequence[np.ndarray], size: tuple[int, int], channels
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders embedded numbers by value: `f2` before `f10`."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-                 for part in re.split(r"(\d+)", name) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part
+    )
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
@@ -217,8 +218,11 @@ def frame_files(folder: str | os.PathLike) -> list[Path]:
 
     One listing for training (`riad_tf.video`) and the device (`riad-edge video`, `stream`).
     """
-    files = [p for p in Path(folder).iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -236,10 +240,26 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def save_map_png(path: str | os.PathLike, anomaly_map: np.ndarray, vmax: float | None = None) -> Path:
     """Writes an anomaly map as an 8-bit grey PNG, atomically: 0 -> 0, `vmax` -> 255 (clipped).
 
-    `vmax` defaults to the map's maximum (an all-zero map stays black).
+    Args:
+        path: the target file; its folder is created.
+        anomaly_map: `(H, W)` map.
+        vmax: the value written as white; default the map's maximum (an
+            all-zero map stays black).
+
+    Returns:
+        The path written.
+
+    Example:
+
+    >>> import tempfile
+    >>> p = save_map_png(Path(tempfile.mkdtemp()) / "m.png", np.eye(4))
+    >>> np.asarray(Image.open(p)).max()
+    np.uint8(255)
     """
     path = Path(path)
     values = np.asarray(anomaly_map, np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"{path}: an anomaly map must be 2-D (H, W), got shape {values.shape}")
     top = float(values.max()) if vmax is None else float(vmax)
     scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
     image = Image.fromarray(np.round(scaled * 255).astype(np.uint8))  # 2-D uint8: mode "L"

@@ -40,7 +40,7 @@ import numpy as np
 
 
 class LiteRTSession:
-    """Runs a `.tflite` model through its serving signature.
+    """Runs a `.tflite` model through its serving signature; implements `edge.session.Session`.
 
     Args:
         path: the model file.
@@ -68,7 +68,7 @@ class LiteRTSession:
         signature = self._interpreter.get_signature_list()
         if len(signature) != 1:
             raise ValueError(f"{path}: expected one serving signature, found {sorted(signature)}")
-        (self._key, names), = signature.items()
+        ((self._key, names),) = signature.items()
         if len(names["inputs"]) != 1:
             raise ValueError(f"{path}: expected one input, found {names['inputs']}")
         self.input_name = names["inputs"][0]

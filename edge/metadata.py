@@ -60,6 +60,17 @@ INPUT_DTYPES = ("float32", "uint8")
 EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
+def scaled_widths(widths, multiplier: float = 1.0) -> tuple[int, ...]:
+    """The U-Net widths built from a config: each width x `multiplier`, rounded, at least 1.
+
+    Example:
+
+    >>> scaled_widths((8, 16, 32, 64, 64), 0.25)
+    (2, 4, 8, 16, 16)
+    """
+    return tuple(max(1, round(w * multiplier)) for w in widths)
+
+
 class MetadataError(ValueError):
     """A missing, unreadable or inconsistent metadata file; the message names the file."""
 
@@ -106,7 +117,7 @@ class ModelMetadata:
         for ok, problem in checks:
             if not ok:
                 raise ValueError(problem)
-        for key in ("image_size", "channels", "ks", "n"):
+        for key in ("image_size", "channels", "ks", "n", "widths"):
             if key not in self.config:
                 raise ValueError(f"config has no {key!r}")
 
@@ -126,6 +137,11 @@ class ModelMetadata:
     @property
     def n(self) -> int:
         return int(self.config["n"])
+
+    @property
+    def unet_widths(self) -> tuple[int, ...]:
+        """The widths of the U-Net in the model file (`RiadConfig.unet_widths`)."""
+        return scaled_widths(self.config["widths"], self.config.get("width_multiplier", 1.0))
 
     @property
     def batch(self) -> int | None:
@@ -200,4 +216,6 @@ def _verify_file(path: Path, expected: str | None, meta_path: Path) -> None:
     if not path.is_file():
         raise MetadataError(f"{path}: file not found (named in {meta_path.name})")
     if expected and file_sha256(path) != expected:
-        raise MetadataError(f"{path}: sha256 differs from {meta_path.name}; the model and its metadata do not belong together")
+        raise MetadataError(
+            f"{path}: sha256 differs from {meta_path.name}; the model and its metadata do not belong together"
+        )

@@ -21,7 +21,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(floa
 
 
 class OnnxSession:
-    """Runs an `.onnx` model.
+    """Runs an `.onnx` model; implements `edge.session.Session`.
 
     Args:
         path: the model file.

@@ -34,11 +34,14 @@ from edge import scoring
 from edge.images import to_model_input
 from edge.inpaint import assemble, check_masks, masked_copies
 from edge.metadata import EXTENSIONS, ModelMetadata, read_metadata
+from edge.session import Session
 
 DEFAULT_MEMORY_MB = 1024
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None):
+def open_session(
+    path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
+) -> Session:
     """The runtime session for a model file, chosen by its extension."""
     path = Path(path)
     kind = EXTENSIONS.get(path.suffix.lower())
@@ -57,17 +60,15 @@ def open_session(path: str | os.PathLike, threads: int | None = None, providers:
     raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected one of {', '.join(EXTENSIONS)})")
 
 
-def activation_bytes_per_input(config: dict) -> int:
+def activation_bytes_per_input(metadata: ModelMetadata) -> int:
     """A rough upper bound of the U-Net's float32 activations for one network input.
 
     About six feature maps of each level's width live at once (encoder block,
     upsampling, skip concatenation, decoder block).
     """
-    height, width = config["image_size"]
-    scale = config.get("width_multiplier", 1.0)
-    widths = [max(1, round(w * scale)) for w in config.get("widths", (64, 128, 256, 512, 512))]  # RiadConfig.unet_widths
-    levels = sum(w / 4**level for level, w in enumerate(widths))
-    return int(4 * height * width * (6 * levels + 2 * config["channels"]))
+    height, width = metadata.image_size
+    levels = sum(w / 4**level for level, w in enumerate(metadata.unet_widths))
+    return int(4 * height * width * (6 * levels + 2 * metadata.channels))
 
 
 class Runner:
@@ -87,7 +88,9 @@ class Runner:
         `(maps (B, H, W), scores (B,))` float32.
     """
 
-    def __init__(self, session, metadata: ModelMetadata, model_dir: Path, *, max_batch=None, memory_mb=DEFAULT_MEMORY_MB):
+    def __init__(
+        self, session, metadata: ModelMetadata, model_dir: Path, *, max_batch=None, memory_mb=DEFAULT_MEMORY_MB
+    ):
         self.session = session
         self.metadata = metadata
         self._check_session()
@@ -95,7 +98,11 @@ class Runner:
         self._masks = None
         if metadata.graph == "unet":
             self._masks = check_masks(
-                np.load(model_dir / metadata.masks_file), metadata.ks, metadata.n, metadata.image_size, metadata.masks_file
+                np.load(model_dir / metadata.masks_file),
+                metadata.ks,
+                metadata.n,
+                metadata.image_size,
+                metadata.masks_file,
             )
         self.max_batch = self._max_batch(max_batch, memory_mb)
 
@@ -147,7 +154,7 @@ class Runner:
         fixed = self.session.input_shape[0]
         if fixed is not None:
             return fixed  # a fixed-batch model is always fed exactly its batch
-        per_input = activation_bytes_per_input(self._config) * getattr(self.session, "activation_memory_factor", 1)
+        per_input = activation_bytes_per_input(self.metadata) * getattr(self.session, "activation_memory_factor", 1)
         if self.metadata.graph == "detector":
             per_input *= self.copies_per_image
         limit = requested or max(1, int(memory_mb) * 2**20 // per_input)

@@ -1,6 +1,6 @@
 """Anomaly maps and scores in numpy: the device's copy of RIAD's scoring (Sec. 3.4).
 
-Used when only the bare U-Net is exported. Every convention is METHOD.md's, so
+Used when only the bare U-Net is exported. Every convention is docs/method.md's, so
 these maps equal `riad_tf.scoring.anomaly_map` (TensorFlow) to float rounding:
 
 - GMS on the grey image (channel mean), Prewitt kernels / 3 applied as

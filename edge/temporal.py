@@ -7,7 +7,7 @@ min-max normalises the scores of each test video before the frame-level AUROC;
 `riad_tf.video` reports both, labelled.
 
 This module imports nothing but numpy. It lives in `edge` so that the device
-(`riad-edge video`) and training/evaluation (`riad_tf.temporal` re-exports it)
+(`riad-edge video`) and training/evaluation (`riad_tf.video`)
 run the very same code.
 
 Example:

@@ -47,8 +47,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.bench import timed_calls as timings
 from riad_tf.config import RiadConfig
 from riad_tf.detector import Detector
+from riad_tf.distribute import cpu_bf16_support
 from riad_tf.inpaint import assemble, mask_images
 from riad_tf.model import build_unet
 
@@ -189,34 +191,13 @@ def blas_peak(size: int = 2048, iters: int = 10, warmup: int = 2, threads: int |
 def machine_peak(size: int = 2048, threads: int | None = None) -> dict:
     """The float32 peak (the best of `tf.matmul` and numpy's BLAS) and the bfloat16 `tf.matmul` peak."""
     tf_fp32, blas = matmul_peak("float32", size), blas_peak(size, threads=threads)
-    return {"float32": max(tf_fp32, blas), "tf_float32": tf_fp32, "blas_float32": blas,
-            "bfloat16": matmul_peak("bfloat16", size), "size": size}
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has native bfloat16 arithmetic (AVX512_BF16 or AMX); Linux only."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# ----------------------------------------------------------------------------
-# Timing
-
-
-def timings(call: Callable[[], object], warmup: int, iters: int) -> list[float]:
-    """Wall seconds of `iters` calls of `call` (at least one) after `warmup` untimed calls."""
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(max(1, iters)):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return {
+        "float32": max(tf_fp32, blas),
+        "tf_float32": tf_fp32,
+        "blas_float32": blas,
+        "bfloat16": matmul_peak("bfloat16", size),
+        "size": size,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -262,7 +243,9 @@ def sequential_maps(detector: Detector, images):
     images = tf.convert_to_tensor(images, tf.float32)
     recs = []
     for masks in detector.masks:  # one k: (n, H, W, 1)
-        outputs = [tf.cast(detector.unet(mask_images(images, mask[None]), training=False), tf.float32) for mask in masks]
+        outputs = [
+            tf.cast(detector.unet(mask_images(images, mask[None]), training=False), tf.float32) for mask in masks
+        ]
         recs.append(sum(assemble(out, mask[None]) for out, mask in zip(outputs, masks)))  # Eq. 2
     return detector._score(images, tf.stack(recs))
 
@@ -282,8 +265,14 @@ def exported_runner(detector: Detector, path_name: str, out_dir, threads: int | 
     kind, precision, key = EXPORTED_PATHS[path_name]
     representative = _images(detector.config, 8, seed=1) if precision == "int8" else None
     written = export_detector(
-        detector, out_dir, formats=(kind,), precision=precision, batch=None,
-        representative_images=representative, name=f"riad_{path_name.replace('-', '_')}", verify=False,
+        detector,
+        out_dir,
+        formats=(kind,),
+        precision=precision,
+        batch=None,
+        representative_images=representative,
+        name=f"riad_{path_name.replace('-', '_')}",
+        verify=False,
     )
     return Runner.open(written[key], threads=threads, max_batch=max_batch)
 
@@ -313,8 +302,21 @@ def bench_inference(detector, paths, batches, flops_per_image, peak, iters, warm
                 _, scores = run(images)
                 seconds = timings(lambda: run(images), max(0, warmup - 1), iters)
                 diff = float(np.max(np.abs(np.asarray(scores) - reference[batch])))
-                delegate = getattr(getattr(run, "session", None), "delegate", "tensorflow")  # after the calls: LiteRT may fall back
-                records.append(_record(name, batch, seconds, flops_per_image, peak, prepare_s=prepare_s, max_score_diff=diff, delegate=delegate))
+                delegate = getattr(
+                    getattr(run, "session", None), "delegate", "tensorflow"
+                )  # after the calls: LiteRT may fall back
+                records.append(
+                    _record(
+                        name,
+                        batch,
+                        seconds,
+                        flops_per_image,
+                        peak,
+                        prepare_s=prepare_s,
+                        max_score_diff=diff,
+                        delegate=delegate,
+                    )
+                )
     return records
 
 
@@ -325,8 +327,20 @@ def bench_sequential(detector, batch, flops_per_image, peak, iters, warmup) -> d
     sequential = tf.function(lambda x: sequential_maps(detector, x), reduce_retracing=True)
     maps_b, scores_b = batched(images)
     maps_s, scores_s = sequential(images)
-    fast = _record("batched", batch, timings(lambda: [t.numpy() for t in batched(images)], max(0, warmup - 1), iters), flops_per_image, peak)
-    slow = _record("sequential", batch, timings(lambda: [t.numpy() for t in sequential(images)], max(0, warmup - 1), iters), flops_per_image, peak)
+    fast = _record(
+        "batched",
+        batch,
+        timings(lambda: [t.numpy() for t in batched(images)], max(0, warmup - 1), iters),
+        flops_per_image,
+        peak,
+    )
+    slow = _record(
+        "sequential",
+        batch,
+        timings(lambda: [t.numpy() for t in sequential(images)], max(0, warmup - 1), iters),
+        flops_per_image,
+        peak,
+    )
     return {
         "batch": int(batch),
         "batched": fast,
@@ -344,21 +358,30 @@ def bench_scaling(config: RiadConfig, batches, sizes, peak, iters, warmup) -> di
     cost is linear in the pixel count.
     """
     out = {"batch": [], "image_size": []}
-    for key, points in (("batch", [(config, b) for b in batches]), ("image_size", [(_resized(config, s), 1) for s in sizes])):
+    for key, points in (
+        ("batch", [(config, b) for b in batches]),
+        ("image_size", [(_resized(config, s), 1) for s in sizes]),
+    ):
         for cfg, batch in points:
             unet = build_unet(cfg.input_shape, cfg.unet_widths, cfg.skip_connections)
             flops = riad_flops(cfg, unet)["per_image"]
             run = keras_runner(Detector(unet, cfg))
             images = _images(cfg, batch)
-            record = _record("keras", batch, timings(lambda: run(images), warmup, iters), flops, peak, image_size=cfg.image_size[0])
-            record["us_per_pixel"] = round(record["latency_ms"] * 1e3 / (batch * cfg.image_size[0] * cfg.image_size[1]), 3)
+            record = _record(
+                "keras", batch, timings(lambda: run(images), warmup, iters), flops, peak, image_size=cfg.image_size[0]
+            )
+            record["us_per_pixel"] = round(
+                record["latency_ms"] * 1e3 / (batch * cfg.image_size[0] * cfg.image_size[1]), 3
+            )
             out[key].append(record)
     return out
 
 
 def _resized(config: RiadConfig, size: int) -> RiadConfig:
     ks = tuple(k for k in config.ks if size % k == 0) or (2,)
-    return config.with_overrides({"image_size": (size, size), "ks": ks, "smoothing": min(config.smoothing, size // 4 * 2 + 1)})
+    return config.with_overrides(
+        {"image_size": (size, size), "ks": ks, "smoothing": min(config.smoothing, size // 4 * 2 + 1)}
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -403,7 +426,7 @@ def machine_info(threads: int | None) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "threads": threads,
-        "bf16_native": cpu_has_bf16(),
+        "bf16_native": bool(cpu_bf16_support()),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),  # riad_tf sets 1 on x86-64
@@ -452,13 +475,28 @@ def run_benchmark(
     detector = Detector(unet, config)
     report = {
         "machine": machine_info(threads),
-        "config": {"image_size": list(config.image_size), "widths": list(config.unet_widths), "ks": list(config.ks), "n": config.n, "iters": iters, "warmup": warmup},
+        "config": {
+            "image_size": list(config.image_size),
+            "widths": list(config.unet_widths),
+            "ks": list(config.ks),
+            "n": config.n,
+            "iters": iters,
+            "warmup": warmup,
+        },
         "flops": flops,
         "peak": peak,
-        "inference": bench_inference(detector, paths, batches, flops["per_image"], peak["float32"], iters, warmup, threads),
-        "sequential": bench_sequential(detector, min(batches), flops["per_image"], peak["float32"], iters, warmup) if sequential else None,
-        "scaling": bench_scaling(config, scaling_batches, scaling_sizes, peak["float32"], iters, warmup) if (scaling_batches or scaling_sizes) else None,
-        "training": bench_training(config, train_batch, ("float32", "mixed_bfloat16"), peak["float32"], iters, warmup) if training else None,
+        "inference": bench_inference(
+            detector, paths, batches, flops["per_image"], peak["float32"], iters, warmup, threads
+        ),
+        "sequential": bench_sequential(detector, min(batches), flops["per_image"], peak["float32"], iters, warmup)
+        if sequential
+        else None,
+        "scaling": bench_scaling(config, scaling_batches, scaling_sizes, peak["float32"], iters, warmup)
+        if (scaling_batches or scaling_sizes)
+        else None,
+        "training": bench_training(config, train_batch, ("float32", "mixed_bfloat16"), peak["float32"], iters, warmup)
+        if training
+        else None,
     }
     return report
 
@@ -470,7 +508,10 @@ def run_benchmark(
 def _table(records: list[dict], columns: Sequence[str]) -> str:
     rows = [[str(r.get(c)) for c in columns] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    line = lambda cells: "| " + " | ".join(cell.rjust(w) for cell, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(cell.rjust(w) for cell, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -488,7 +529,21 @@ def format_report(report: dict) -> str:
         f"numpy BLAS {peak.get('blas_float32')}), bfloat16 tf.matmul {peak['bfloat16']} GFLOP/s",
         "",
         "inference (whole detector):",
-        _table(report["inference"], ("path", "batch", "latency_ms", "images_per_s", "gflops", "peak_share", "max_score_diff", "delegate", "prepare_s", "peak_rss_mb")),
+        _table(
+            report["inference"],
+            (
+                "path",
+                "batch",
+                "latency_ms",
+                "images_per_s",
+                "gflops",
+                "peak_share",
+                "max_score_diff",
+                "delegate",
+                "prepare_s",
+                "peak_rss_mb",
+            ),
+        ),
     ]
     seq = report.get("sequential")
     if seq:
@@ -496,7 +551,10 @@ def format_report(report: dict) -> str:
             "",
             f"batched vs sequential loop (batch {seq['batch']}): speed-up {seq['speedup']}x, "
             f"max map diff {seq['max_map_diff']:.2e}, max score diff {seq['max_score_diff']:.2e}",
-            _table([seq["batched"], seq["sequential"]], ("path", "batch", "latency_ms", "images_per_s", "gflops", "peak_share")),
+            _table(
+                [seq["batched"], seq["sequential"]],
+                ("path", "batch", "latency_ms", "images_per_s", "gflops", "peak_share"),
+            ),
         ]
     scaling = report.get("scaling")
     if scaling:
@@ -505,6 +563,12 @@ def format_report(report: dict) -> str:
             if scaling[key]:
                 parts += ["", f"scaling over {key.replace('_', ' ')} (keras path):", _table(scaling[key], columns)]
     if report.get("training"):
-        parts += ["", "training (one step, forward + backward + Adam; FLOPs = 3 x n forward passes):",
-                  _table(report["training"], ("path", "batch", "latency_ms", "images_per_s", "gflops", "peak_share", "peak_rss_mb"))]
+        parts += [
+            "",
+            "training (one step, forward + backward + Adam; FLOPs = 3 x n forward passes):",
+            _table(
+                report["training"],
+                ("path", "batch", "latency_ms", "images_per_s", "gflops", "peak_share", "peak_rss_mb"),
+            ),
+        ]
     return "\n".join(parts)

@@ -1,13 +1,13 @@
-"""The `riad-tf` command line: train, evaluate, predict, export, demo.
+"""The `riad-tf` command line: train, evaluate, predict, export, demo, benchmark.
 
-Every command reads one `RiadConfig` (a YAML file plus command-line overrides)
-and stores it in the run directory, so export and the edge runtime see the same
-values that training used.
+Each command parses its options and calls one job (`riad_tf.jobs`,
+`riad_tf.export`, `riad_tf.benchmark`); the work happens there. Every command
+reads one `RiadConfig` (a YAML file plus command-line overrides) and the run
+directory stores it, so export and the edge runtime see the values training used.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -20,92 +20,74 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click
 import yaml
 
-from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig, atomic_write_text
+from edge.cli_options import friendly_errors, int_list
+from edge.files import atomic_write_text
+from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
-DATA_FILE = "data.json"
+
+def _training_errors() -> tuple[type[BaseException], ...]:
+    from riad_tf.batchnorm import BatchNormDivergenceError
+
+    return (BatchNormDivergenceError,)  # DataError and ExportError are ValueErrors
 
 
-def _friendly_errors(command):
-    """Turns expected failures (bad data, bad config, missing files) into one-line errors, exit 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from riad_tf.batchnorm import BatchNormDivergenceError
-        from riad_tf.data import DataError
-
-        try:
-            return command(*args, **kwargs)
-        except (DataError, ValueError, FileNotFoundError, BatchNormDivergenceError) as err:
-            raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from None
-
-    return wrapper
+_friendly_errors = friendly_errors(_training_errors)
 
 
 def _data_options(command):
     options = [
-        click.option("--data", "data_path", type=click.Path(exists=True, file_okay=False), help="Data-set folder (MVTec category, magnetic-tile root, or a video data set)."),
-        click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders", "ped2", "avenue", "video"]), default="auto", show_default=True, help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md."),
-        click.option("--normal", multiple=True, type=click.Path(exists=True, file_okay=False), help="Folder of good images (folders layout; repeatable)."),
-        click.option("--abnormal", multiple=True, type=click.Path(exists=True, file_okay=False), help="Folder of defective images (repeatable)."),
-        click.option("--masks", type=click.Path(exists=True, file_okay=False), help="Folder of masks NAME_mask.png or NAME.png (default: beside the images)."),
-        click.option("--test-normal", multiple=True, type=click.Path(exists=True, file_okay=False), help="Folder of good test images (default: a share of --normal)."),
-        click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (and say how many) instead of stopping."),
+        click.option(
+            "--data",
+            "data_path",
+            type=click.Path(exists=True, file_okay=False),
+            help="Data-set folder (MVTec category, magnetic-tile root, or a video data set).",
+        ),
+        click.option(
+            "--layout",
+            type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders", "ped2", "avenue", "video"]),
+            default="auto",
+            show_default=True,
+            help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md.",
+        ),
+        click.option(
+            "--normal",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False),
+            help="Folder of good images (folders layout; repeatable).",
+        ),
+        click.option(
+            "--abnormal",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False),
+            help="Folder of defective images (repeatable).",
+        ),
+        click.option(
+            "--masks",
+            type=click.Path(exists=True, file_okay=False),
+            help="Folder of masks NAME_mask.png or NAME.png (default: beside the images).",
+        ),
+        click.option(
+            "--test-normal",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False),
+            help="Folder of good test images (default: a share of --normal).",
+        ),
+        click.option(
+            "--skip-unreadable", is_flag=True, help="Skip unreadable images (and say how many) instead of stopping."
+        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _data_spec(data_path, layout, normal, abnormal, masks, test_normal) -> dict:
-    return {
-        "path": str(Path(data_path).resolve()) if data_path else None,
-        "layout": layout,
-        "normal": [str(Path(p).resolve()) for p in normal],
-        "abnormal": [str(Path(p).resolve()) for p in abnormal],
-        "masks": str(Path(masks).resolve()) if masks else None,
-        "test_normal": [str(Path(p).resolve()) for p in test_normal],
-    }
+def _data_spec(data_path, layout, normal, abnormal, masks, test_normal) -> dict | None:
+    """The data set the options name, or None when they name none (the run's own is used)."""
+    from riad_tf.data import data_spec
 
-
-def _load_split(spec: dict, skip_unreadable: bool):
-    from riad_tf.data import load_dataset, validate
-    from riad_tf.video import load_video_dataset, resolve_video_layout, validate_videos
-
-    video_layout = resolve_video_layout(spec["path"], spec["layout"])
-    if video_layout:  # a VideoSplit; unreadable frames always stop (skipping one would shift the labels)
-        split = validate_videos(load_video_dataset(spec["path"], video_layout))
-        click.echo(f"data: {split.describe()}", err=True)
-        return split
-
-    split = load_dataset(
-        spec["path"],
-        layout=spec["layout"],
-        normal=spec["normal"],
-        abnormal=spec["abnormal"],
-        masks=spec["masks"],
-        test_normal=spec["test_normal"],
-    )
-    split, skipped = validate(split, skip_unreadable=skip_unreadable)
-    if skipped:
-        click.echo(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}", err=True)
-    click.echo(f"data: {split.describe()}", err=True)
-    return split
-
-
-def _train_function(split):
-    """`train_run` for image data, `train_video_run` for a `VideoSplit` (same signature)."""
-    from riad_tf.video import VideoSplit, train_video_run
-    from riad_tf.workflow import train_run
-
-    return train_video_run if isinstance(split, VideoSplit) else train_run
-
-
-def _evaluate_function(split):
-    """`evaluate_run` for image data, `evaluate_video_run` for a `VideoSplit` (same signature)."""
-    from riad_tf.evaluate import evaluate_run
-    from riad_tf.video import VideoSplit, evaluate_video_run
-
-    return evaluate_video_run if isinstance(split, VideoSplit) else evaluate_run
+    if not (data_path or normal):
+        return None
+    return data_spec(data_path, layout, normal, abnormal, masks, test_normal)
 
 
 def _parse_sets(pairs) -> dict:
@@ -130,22 +112,54 @@ def main():
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (see configs/).")
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (see configs/)."
+)
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory (re-run to resume).")
 @click.option("--epochs", type=int, help="Training epochs (config 'epochs').")
 @click.option("--batch-size", type=int, help="Images per step and replica (config 'batch_size').")
 @click.option("--learning-rate", type=float, help="Peak Adam learning rate of the schedule (config 'learning_rate').")
 @click.option("--image-size", type=int, help="Square input size (divisible by 16).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.")
-@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16 or with --xla, else float32.")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable)."
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.",
+)
+@click.option(
+    "--mixed-precision",
+    type=click.Choice(MIXED_PRECISION),
+    help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16 or with --xla, else float32.",
+)
 @click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
 @click.option("--no-progress", is_flag=True)
 @_friendly_errors
-def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, epochs, batch_size, learning_rate, image_size, sets, strategy, mixed_precision, xla, no_progress):
+def train(
+    config_path,
+    data_path,
+    layout,
+    normal,
+    abnormal,
+    masks,
+    test_normal,
+    skip_unreadable,
+    out,
+    epochs,
+    batch_size,
+    learning_rate,
+    image_size,
+    sets,
+    strategy,
+    mixed_precision,
+    xla,
+    no_progress,
+):
     """Train on good images, then calibrate thresholds on held-out good images."""
-    from riad_tf.distribute import is_chief, make_strategy, task
+    from riad_tf.jobs import train_job
+    from riad_tf.run import MODEL_FILE
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     overrides.update({"strategy": strategy, "mixed_precision": mixed_precision, "xla": xla})
@@ -153,22 +167,14 @@ def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, 
         overrides["image_size"] = (image_size, image_size)
     overrides.update(_parse_sets(sets))
     config = _config_from_options(config_path, overrides)
-    distribution = make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
     spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
-    if not (spec["path"] or spec["normal"]):
-        previous = Path(out) / DATA_FILE
-        if not previous.is_file():
-            raise click.UsageError("give --data or --normal")
-        spec = json.loads(previous.read_text())
-    split = _load_split(spec, skip_unreadable)
-    if is_chief(distribution):
-        atomic_write_text(Path(out) / DATA_FILE, json.dumps(spec, indent=2) + "\n")
-    thresholds = _train_function(split)(config, split, out, progress=not no_progress, strategy=distribution)
-    if not is_chief(distribution):
-        click.echo("{} {} finished; the chief writes {}".format(*task(distribution), out))
-        return
-    click.echo(f"model: {Path(out) / 'model.keras'}")
-    click.echo(f"thresholds (FPR {config.target_fpr:g} on held-out good images): image {thresholds['image']:.5f}, pixel {thresholds['pixel']:.5f}")
+    thresholds = train_job(config, spec, out, progress=not no_progress, skip_unreadable=skip_unreadable)
+    if thresholds is None:
+        return  # a non-chief worker of a multi-worker job
+    click.echo(f"model: {Path(out) / MODEL_FILE}")
+    click.echo(
+        f"thresholds (FPR {config.target_fpr:g} on held-out good images): image {thresholds['image']:.5f}, pixel {thresholds['pixel']:.5f}"
+    )
 
 
 @main.command()
@@ -178,19 +184,18 @@ def train(config_path, data_path, layout, normal, abnormal, masks, test_normal, 
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--no-report", is_flag=True, help="Metrics only, no HTML report.")
 @_friendly_errors
-def evaluate(run_dir, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, batch_size, no_report):
+def evaluate(
+    run_dir, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, batch_size, no_report
+):
     """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type."""
+    from riad_tf.jobs import evaluate_job
+    from riad_tf.run import eval_dir
+
+    out = Path(out or eval_dir(run_dir))
     spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
-    if not (spec["path"] or spec["normal"]):
-        stored = Path(run_dir) / DATA_FILE
-        if not stored.is_file():
-            raise click.UsageError("give --data (the run does not record its data)")
-        spec = json.loads(stored.read_text())
-    split = _load_split(spec, skip_unreadable)
-    if not split.test:
-        raise click.ClickException("no test images in the data set")
-    out = Path(out or Path(run_dir) / "eval")
-    summary = _evaluate_function(split)(run_dir, split.test, out, batch_size=batch_size, report=not no_report)
+    summary = evaluate_job(
+        run_dir, spec, out, batch_size=batch_size, report=not no_report, skip_unreadable=skip_unreadable
+    )
     click.echo((out / "metrics.md").read_text())
     if not no_report:
         click.echo(f"report: {out / 'report' / 'index.html'}")
@@ -205,24 +210,10 @@ def evaluate(run_dir, data_path, layout, normal, abnormal, masks, test_normal, s
 @_friendly_errors
 def predict(run_dir, images, maps_dir, batch_size):
     """Score images: one JSON line per image (score, verdict, map file)."""
-    from riad_tf.evaluate import predict_images
+    from riad_tf.jobs import predict_images
 
     for record in predict_images(run_dir, [Path(p) for p in images], maps_dir, batch_size):
         click.echo(json.dumps(record))
-
-
-def _representative_images(run_dir, limit: int = 128):
-    """Up to `limit` of the run's good training images, for int8 calibration."""
-    from riad_tf.data import load_arrays, split_holdout
-    from riad_tf.run import load_config
-
-    stored = Path(run_dir) / DATA_FILE
-    if not stored.is_file():
-        raise click.ClickException(f"{stored}: int8 export needs the run's training images, and the run does not record its data")
-    config = load_config(run_dir)
-    split = _load_split(json.loads(stored.read_text()), skip_unreadable=True)
-    kept, _ = split_holdout(split.train, config.val_fraction, config.seed)
-    return load_arrays(kept[:limit], config)
 
 
 @main.command()
@@ -239,14 +230,22 @@ def _representative_images(run_dir, limit: int = 128):
 def export(run_dir, out, tflite, onnx, trt, precision, batch, uint8_input, bare_unet):
     """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT)."""
     from riad_tf.export import export_run
+    from riad_tf.run import representative_images
 
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
     if not formats and not trt:
         raise click.UsageError("choose at least one of --tflite, --onnx, --trt")
-    representative = _representative_images(run_dir) if precision == "int8" else None
+    representative = representative_images(run_dir) if precision == "int8" else None
     written = export_run(
-        run_dir, out, formats=formats, precision=precision, batch=batch or None,
-        uint8_input=uint8_input, bare_unet=bare_unet, trt=trt, representative_images=representative,
+        run_dir,
+        out,
+        formats=formats,
+        precision=precision,
+        batch=batch or None,
+        uint8_input=uint8_input,
+        bare_unet=bare_unet,
+        trt=trt,
+        representative_images=representative,
     )
     click.echo(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
 
@@ -258,18 +257,10 @@ def export(run_dir, out, tflite, onnx, trt, precision, batch, uint8_input, bare_
 @_friendly_errors
 def demo(out, epochs, no_progress):
     """Synthetic inspection data -> train a small model -> evaluate -> HTML report."""
-    from riad_tf.workflow import run_demo
+    from riad_tf.jobs import run_demo
 
     paths = run_demo(Path(out), epochs=epochs, progress=not no_progress)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-
-
-
-def _int_list(text: str | None) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip()) if text else ()
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _set_tensorflow_threads(threads: int | None) -> None:
@@ -284,31 +275,71 @@ def _set_tensorflow_threads(threads: int | None) -> None:
     except RuntimeError:
         click.echo("note: TensorFlow is already initialised; its thread settings stay as they are", err=True)
 
+
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (default: the paper's).")
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (default: the paper's)."
+)
 @click.option("--image-size", type=int, help="Square input size (default: the config's, 256).")
 @click.option("--widths", help="U-Net widths, e.g. 64,128,256,512,512 (default: the config's).")
-@click.option("--width-multiplier", type=float, help="Config 'width_multiplier': scales every width (operating points).")
+@click.option(
+    "--width-multiplier", type=float, help="Config 'width_multiplier': scales every width (operating points)."
+)
 @click.option("--batch", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
-@click.option("--paths", default="keras,xla,onnx", show_default=True, help="Any of keras,xla,onnx,onnx-int8,tflite-fp32,tflite-fp16,tflite-int8.")
+@click.option(
+    "--paths",
+    default="keras,xla,onnx",
+    show_default=True,
+    help="Any of keras,xla,onnx,onnx-int8,tflite-fp32,tflite-fp16,tflite-int8.",
+)
 @click.option("--iters", type=int, default=3, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls before timing.")
-@click.option("--threads", type=int, default=os.cpu_count(), show_default=True, help="CPU threads of TensorFlow, ONNX Runtime and LiteRT.")
-@click.option("--sequential/--no-sequential", default=True, show_default=True, help="Compare with the per-k, per-mask loop.")
+@click.option(
+    "--threads",
+    type=int,
+    default=os.cpu_count(),
+    show_default=True,
+    help="CPU threads of TensorFlow, ONNX Runtime and LiteRT.",
+)
+@click.option(
+    "--sequential/--no-sequential", default=True, show_default=True, help="Compare with the per-k, per-mask loop."
+)
 @click.option("--scaling", is_flag=True, help="Scaling tables over batch size and image size (keras path).")
 @click.option("--scaling-batches", default="1,2,4,8,16,32", show_default=True)
 @click.option("--scaling-sizes", default="64,128,256,512", show_default=True)
 @click.option("--training", is_flag=True, help="Training images/s, float32 and mixed bfloat16.")
 @click.option("--train-batch", type=int, default=8, show_default=True)
 @click.option("--peak-size", type=int, default=2048, show_default=True, help="Matrix size of the matmul peak.")
-@click.option("--quick", is_flag=True, help="Short run: 2 timed calls, scaling batch 1,2,4 and sizes 64,128, 1024^2 peak.")
+@click.option(
+    "--quick", is_flag=True, help="Short run: 2 timed calls, scaling batch 1,2,4 and sizes 64,128, 1024^2 peak."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @_friendly_errors
-def benchmark(config_path, image_size, widths, width_multiplier, batches, paths, iters, warmup, threads, sequential, scaling, scaling_batches, scaling_sizes, training, train_batch, peak_size, quick, json_path):
+def benchmark(
+    config_path,
+    image_size,
+    widths,
+    width_multiplier,
+    batches,
+    paths,
+    iters,
+    warmup,
+    threads,
+    sequential,
+    scaling,
+    scaling_batches,
+    scaling_sizes,
+    training,
+    train_batch,
+    peak_size,
+    quick,
+    json_path,
+):
     """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
     _set_tensorflow_threads(threads)  # before anything starts TensorFlow's runtime
     from riad_tf.benchmark import format_report, run_benchmark
-    overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": _int_list(widths) or None}
+
+    overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": int_list(widths) or None}
     config = _config_from_options(config_path, overrides)
     if width_multiplier is not None:
         config = config.with_overrides({"width_multiplier": width_multiplier})
@@ -316,15 +347,24 @@ def benchmark(config_path, image_size, widths, width_multiplier, batches, paths,
         iters, peak_size = min(iters, 2), min(peak_size, 1024)
         scaling_batches, scaling_sizes = "1,2,4", "64,128"
     report = run_benchmark(
-        config, paths=tuple(p.strip() for p in paths.split(",") if p.strip()), batches=_int_list(batches),
-        iters=iters, warmup=warmup, threads=threads, sequential=sequential,
-        scaling_batches=_int_list(scaling_batches) if scaling else (), scaling_sizes=_int_list(scaling_sizes) if scaling else (),
-        training=training, train_batch=train_batch, peak_size=peak_size,
+        config,
+        paths=tuple(p.strip() for p in paths.split(",") if p.strip()),
+        batches=int_list(batches),
+        iters=iters,
+        warmup=warmup,
+        threads=threads,
+        sequential=sequential,
+        scaling_batches=int_list(scaling_batches) if scaling else (),
+        scaling_sizes=int_list(scaling_sizes) if scaling else (),
+        training=training,
+        train_batch=train_batch,
+        peak_size=peak_size,
     )
     click.echo(format_report(report))
     if json_path:
         atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
         click.echo(f"json: {json_path}")
+
 
 if __name__ == "__main__":
     sys.exit(main())

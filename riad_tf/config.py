@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from edge.files import atomic_write_bytes
+from edge.files import atomic_write_text
+from edge.metadata import scaled_widths
 
 # Choices of the scale-out settings (see riad_tf.distribute and docs/distributed.md).
 STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
@@ -32,7 +33,7 @@ LR_SCHEDULES = ("cosine", "step", "constant")
 
 @dataclasses.dataclass(frozen=True)
 class RiadConfig:
-    """Every value RIAD needs, with the paper's defaults (Sec. 4.3, METHOD.md).
+    """Every value RIAD needs, with the paper's defaults (Sec. 4.3, docs/method.md).
 
     Model:
         image_size: (height, width), both divisible by 16 and by every k in `ks`.
@@ -143,9 +144,7 @@ class RiadConfig:
         if len(self.widths) != 5:
             raise ValueError(f"widths must list 5 U-Net levels, got {self.widths}")
         if height % 16 or width % 16:
-            raise ValueError(
-                f"image_size {height}x{width} must be divisible by 16 (four 2x downsamplings)"
-            )
+            raise ValueError(f"image_size {height}x{width} must be divisible by 16 (four 2x downsamplings)")
         for k in self.ks:
             if k <= 0 or height % k or width % k:
                 raise ValueError(f"region size k={k} does not divide image_size {height}x{width}")
@@ -170,7 +169,9 @@ class RiadConfig:
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}")
+            raise ValueError(
+                f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}"
+            )
         for name, choices in (
             ("strategy", STRATEGIES),
             ("mixed_precision", MIXED_PRECISION),
@@ -193,7 +194,7 @@ class RiadConfig:
         >>> RiadConfig(widths=(8, 16, 32, 64, 64), width_multiplier=0.25).unet_widths
         (2, 4, 8, 16, 16)
         """
-        return tuple(max(1, round(w * self.width_multiplier)) for w in self.widths)
+        return scaled_widths(self.widths, self.width_multiplier)
 
     @property
     def decay_epoch(self) -> int:
@@ -246,8 +247,3 @@ class RiadConfig:
         else:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         atomic_write_text(path, text)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` (UTF-8) to a temporary file beside `path`, then renames it into place."""
-    atomic_write_bytes(path, text.encode())

@@ -12,7 +12,8 @@ Three layouts are understood:
 A loader only lists files; `validate` decodes every one of them before training
 starts, so a corrupt file stops the run at once with a one-line `DataError`
 naming the file, not hours later. `load_arrays` then decodes the images into
-float32 arrays in [0, 1] (METHOD.md, "Data").
+float32 arrays in [0, 1] (docs/method.md, "Images"). A run records its data set as
+a `data_spec` (folders and layout, JSON), which `load_split` reads back.
 
 Example:
 
@@ -204,9 +205,7 @@ def load_magnetic_tile(root: PathLike, *, test_fraction: float = 0.2, seed: int 
     if not (root / "MT_Free").is_dir():
         raise DataError(f"{root}: not the magnetic-tile data set (no MT_Free folder)")
     defect_dirs = sorted(d for d in root.glob("MT_*") if d.is_dir() and d.name != "MT_Free")
-    return load_folders(
-        [root / "MT_Free"], defect_dirs, test_fraction=test_fraction, seed=seed
-    )
+    return load_folders([root / "MT_Free"], defect_dirs, test_fraction=test_fraction, seed=seed)
 
 
 def load_dataset(
@@ -253,9 +252,7 @@ def load_dataset(
     if layout == "folders":
         if not normal:
             raise DataError("the folder layout needs at least one folder of good images (normal)")
-        return load_folders(
-            normal, abnormal, masks, test_normal, test_fraction=test_fraction, seed=seed
-        )
+        return load_folders(normal, abnormal, masks, test_normal, test_fraction=test_fraction, seed=seed)
     raise DataError(f"unknown layout {layout!r}: use auto, mvtec, magnetic_tile or folders")
 
 
@@ -278,9 +275,52 @@ def _detect_layout(path: PathLike | None, normal) -> str:
     )
 
 
-def split_holdout(
-    samples: Sequence[Sample], fraction: float = 0.1, seed: int = 0
-) -> tuple[list[Sample], list[Sample]]:
+def data_spec(
+    path: PathLike | None = None,
+    layout: str = "auto",
+    normal: Sequence[PathLike] = (),
+    abnormal: Sequence[PathLike] = (),
+    masks: PathLike | None = None,
+    test_normal: Sequence[PathLike] = (),
+) -> dict:
+    """A data set as absolute folders and a layout, JSON-serialisable (a run's `data.json`).
+
+    The arguments are those of `load_dataset`; a video layout (`riad_tf.video`)
+    uses only `path` and `layout`.
+
+    Example:
+
+    >>> data_spec("data/bottle", "mvtec")["layout"]
+    'mvtec'
+    """
+    return {
+        "path": str(Path(path).resolve()) if path else None,
+        "layout": layout,
+        "normal": [str(Path(p).resolve()) for p in normal],
+        "abnormal": [str(Path(p).resolve()) for p in abnormal],
+        "masks": str(Path(masks).resolve()) if masks else None,
+        "test_normal": [str(Path(p).resolve()) for p in test_normal],
+    }
+
+
+def load_split(spec: dict, skip_unreadable: bool = False) -> tuple[DataSplit, list[tuple[Path, str]]]:
+    """Lists and checks the image data set of a `data_spec`: `validate(load_dataset(...))`.
+
+    Returns:
+        (the `DataSplit`, the skipped unreadable images as (path, reason) pairs).
+    """
+    split = load_dataset(
+        spec["path"],
+        layout=spec["layout"],
+        normal=spec["normal"],
+        abnormal=spec["abnormal"],
+        masks=spec["masks"],
+        test_normal=spec["test_normal"],
+    )
+    return validate(split, skip_unreadable=skip_unreadable)
+
+
+def split_holdout(samples: Sequence[Sample], fraction: float = 0.1, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Holds out a seeded share of (good training) images.
 
     The held-out images calibrate thresholds and give a validation loss.
@@ -358,9 +398,7 @@ def _is_mask_name(name: str, stems: dict[str, list[str]]) -> bool:
     path = Path(name)
     if path.stem.lower().endswith(MASK_SUFFIX):
         return True
-    return path.suffix.lower() == ".png" and any(
-        Path(other).suffix.lower() != ".png" for other in stems[path.stem]
-    )
+    return path.suffix.lower() == ".png" and any(Path(other).suffix.lower() != ".png" for other in stems[path.stem])
 
 
 def _defect_type(path: Path) -> str:
@@ -411,9 +449,7 @@ class _MaskFinder:
 # Reading
 
 
-def read_image(
-    path: PathLike, image_size: int | tuple[int, int] | None, channels: int = 3
-) -> np.ndarray:
+def read_image(path: PathLike, image_size: int | tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """Decodes an image to float32 (H, W, C) in [0, 1], exactly as the edge runtime does.
 
     PNG, JPEG, BMP and TIFF, 8-bit (scaled by 255) or 16-bit (scaled by 65535).
@@ -617,34 +653,3 @@ def load_arrays(samples: Sequence[Sample], config, with_masks: bool = False):
         if with_masks and sample.mask_path is not None:
             masks[i] = read_mask(sample.mask_path, (height, width))
     return (images, masks) if with_masks else images
-
-
-def training_dataset(images: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0):
-    """A `tf.data.Dataset` of float32 image batches: one pass is one epoch.
-
-    The dataset is cached, reshuffled each pass (seeded) and prefetched; it does
-    not repeat, so iterate it once per epoch.
-
-    Args:
-        images: float32 (N, H, W, C) in [0, 1].
-        batch_size: images per batch; the last batch may be smaller.
-        shuffle: shuffle the images each epoch.
-        seed: the shuffle seed.
-
-    Returns:
-        A dataset of (B, H, W, C) float32 tensors.
-
-    Example:
-
-    >>> ds = training_dataset(np.zeros((10, 32, 32, 3), np.float32), 4)
-    >>> [tuple(batch.shape) for batch in ds]
-    [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
-    """
-    import tensorflow as tf
-
-    if len(images) == 0:
-        raise ValueError("no images to train on")
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32)).cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -135,7 +135,9 @@ def cluster_resolver(name: str, k8s_client=None):
         port_base = int(os.environ.get("RIAD_SLURM_PORT", DEFAULT_SLURM_PORT))
         gpus = _gpus_on_node()
         if gpus == 0:  # CPU nodes: the resolver pairs tasks with GPU slots, so give it placeholders, unused
-            resolver = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=_CPU_TASK_SLOTS, gpus_per_task=1, auto_set_gpu=False)
+            resolver = resolvers.SlurmClusterResolver(
+                port_base=port_base, gpus_per_node=_CPU_TASK_SLOTS, gpus_per_task=1, auto_set_gpu=False
+            )
         else:
             resolver = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=gpus)
         resolver.cluster_spec()  # sets the task type and id (and this task's CUDA_VISIBLE_DEVICES)

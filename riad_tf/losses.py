@@ -25,7 +25,7 @@ GMS_C = 0.0026  # Eq. 4, for intensities in [0, 1]
 
 @functools.cache
 def _prewitt_kernels() -> np.ndarray:
-    """h_x and h_y of Eq. 3: Prewitt kernels divided by 3 (METHOD.md), as a conv2d filter `(3, 3, 1, 2)`.
+    """h_x and h_y of Eq. 3: Prewitt kernels divided by 3 (docs/method.md), as a conv2d filter `(3, 3, 1, 2)`.
 
     Built on first use, in numpy: a TensorFlow tensor made at import time would
     start TensorFlow's runtime and freeze its thread settings before

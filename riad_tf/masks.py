@@ -5,8 +5,9 @@ and the permutation is split into n disjoint sets S_1..S_n (sizes differ by at
 most one). Mask M_Si is 1 where pixels are kept and 0 inside the cells of S_i,
 so every pixel is removed in exactly one mask:  sum_i (1 - M_Si) = 1   (Eq. 1).
 
-`grid_masks` and `inference_masks` are plain numpy (the edge side uses them
-too); `random_grid_masks` draws fresh partitions inside a TensorFlow graph for
+`grid_masks` and `inference_masks` are plain numpy (export writes the inference
+masks of a bare-U-Net model into a `.npy` file that the edge runner reads);
+`random_grid_masks` draws fresh partitions inside a TensorFlow graph for
 training (Algorithm 2).
 """
 
@@ -104,7 +105,11 @@ def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n:
     for k in ks:
         _check_divides(height, width, k)
     batch_size = tf.convert_to_tensor(batch_size, tf.int32)
-    seeds = None if seed is None else tf.random.split(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), len(ks) + 1)
+    seeds = (
+        None
+        if seed is None
+        else tf.random.split(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), len(ks) + 1)
+    )
 
     def uniform(shape, i):
         if seeds is None:

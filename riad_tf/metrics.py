@@ -81,8 +81,7 @@ def _check_scores_labels(scores, labels, fn: str) -> tuple[np.ndarray, np.ndarra
     labels = _as_binary(labels, f"{fn}: labels")
     if scores.ndim != 1 or labels.shape != scores.shape:
         raise ValueError(
-            f"{fn}: scores and labels must be 1-D of equal length, "
-            f"got shapes {scores.shape} and {labels.shape}"
+            f"{fn}: scores and labels must be 1-D of equal length, got shapes {scores.shape} and {labels.shape}"
         )
     return scores, labels
 
@@ -92,8 +91,7 @@ def _check_maps_masks(maps, masks, fn: str) -> tuple[np.ndarray, np.ndarray]:
     masks = _as_binary(masks, f"{fn}: masks")
     if maps.ndim != 3 or masks.shape != maps.shape:
         raise ValueError(
-            f"{fn}: maps and masks must both be (N, H, W) with equal shapes, "
-            f"got {maps.shape} and {masks.shape}"
+            f"{fn}: maps and masks must both be (N, H, W) with equal shapes, got {maps.shape} and {masks.shape}"
         )
     return maps, masks
 
@@ -102,9 +100,7 @@ def _require_both_classes(labels: np.ndarray, fn: str, what: str) -> None:
     num_positive = int(labels.sum())
     if num_positive == 0 or num_positive == labels.size:
         present = "anomalous" if num_positive else "good"
-        raise UndefinedMetricError(
-            f"{fn}: only {present} {what} present; ROC AUC needs both good and anomalous {what}"
-        )
+        raise UndefinedMetricError(f"{fn}: only {present} {what} present; ROC AUC needs both good and anomalous {what}")
 
 
 # --------------------------------------------------------------------------- image level
@@ -163,9 +159,7 @@ def f1_max(scores, labels) -> tuple[float, float]:
     # The last (precision 1, recall 0) point has no threshold.
     precision, recall = precision[:-1], recall[:-1]
     denominator = precision + recall
-    f1 = np.divide(
-        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
-    )
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
     best = int(np.argmax(f1))
     return float(f1[best]), float(thresholds[best])
 
@@ -434,9 +428,7 @@ def summarize(
     if maps is not None:
         maps, masks = _check_maps_masks(maps, masks, "summarize")
         if maps.shape[0] != scores.size:
-            raise ValueError(
-                f"summarize: {maps.shape[0]} maps for {scores.size} scores; need one per image"
-            )
+            raise ValueError(f"summarize: {maps.shape[0]} maps for {scores.size} scores; need one per image")
 
     def subset(keep):
         return (
@@ -454,9 +446,7 @@ def summarize(
 
     types = np.asarray(defect_types, dtype=str)
     if types.shape != scores.shape:
-        raise ValueError(
-            f"summarize: {types.size} defect types for {scores.size} images; need one per image"
-        )
+        raise ValueError(f"summarize: {types.size} defect types for {scores.size} images; need one per image")
     is_good = types == "good"
     if np.any(is_good == labels):
         raise ValueError('summarize: labels disagree with defect_types (label 0 iff type "good")')

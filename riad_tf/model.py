@@ -16,7 +16,6 @@ from typing import Sequence
 import keras
 from keras import layers
 
-
 # Batch norm keeps moving statistics with PyTorch's defaults, not Keras's
 # (momentum 0.99, epsilon 1e-3). With 0.99 the statistics average over the last
 # ~100 steps; a real category trains ~25 steps per epoch with fast-changing

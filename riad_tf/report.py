@@ -41,10 +41,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
-from edge.files import atomic_path
-from riad_tf.config import atomic_write_text
+from edge.files import atomic_path, atomic_write_text
 
 MAX_PIXELS_FOR_ROC = 2_000_000
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -79,32 +77,6 @@ def overlay(image, map, alpha: float = 0.5, *, vmin: float = 0.0, vmax: float | 
         raise ValueError(f"overlay: map shape {np.shape(map)} does not match image {np.shape(image)}")
     blended = (1.0 - alpha) * rgb + alpha * heat
     return _to_uint8(blended)
-
-
-def save_map_png(path, map, vmin: float = 0.0, vmax: float | None = None) -> Path:
-    """Writes one anomaly map as an 8-bit greyscale PNG, atomically.
-
-    Args:
-        path: target file.
-        map: `(H, W)` anomaly map.
-        vmin, vmax: values written as 0 and 255 (clipped outside);
-            `vmax` defaults to the map's maximum.
-
-    Returns:
-        The path written.
-
-    Example:
-
-    >>> import tempfile
-    >>> p = save_map_png(Path(tempfile.mkdtemp()) / "m.png", np.eye(4))
-    >>> np.asarray(Image.open(p)).max()
-    np.uint8(255)
-    """
-    map = np.asarray(map, dtype=np.float64)
-    if map.ndim != 2:
-        raise ValueError(f"{path}: an anomaly map must be 2-D (H, W), got shape {map.shape}")
-    grey = Image.fromarray(_to_uint8(_normalise(map, vmin, vmax)), mode="L")
-    return _atomic_save(path, lambda tmp: grey.save(tmp, format="PNG"))
 
 
 def _normalise(map, vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
@@ -229,15 +201,15 @@ def _example_figure(i: int, data: "_Evaluation", map_vmax: float) -> Figure:
         panels.append((title, (data.maps[i] > data.pixel_threshold).astype(float), grey))
     # Fixed margins instead of constrained layout: same look, several times faster.
     fig = Figure(figsize=(2.4 * len(panels), 3.1))
-    axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw=dict(
-        left=0.01, right=0.99, bottom=0.02, top=0.79, wspace=0.06))[0]
+    axes = fig.subplots(
+        1, len(panels), squeeze=False, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.02, top=0.79, wspace=0.06)
+    )[0]
     for ax, (title, array, style) in zip(axes, panels):
         ax.imshow(array, interpolation="nearest", **style)
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
     verdict, correct = data.verdict(i)
-    fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10,
-                 color="black" if correct else "firebrick")
+    fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10, color="black" if correct else "firebrick")
     return fig
 
 
@@ -249,8 +221,7 @@ def _roc_figure(labels, scores, title: str) -> Figure:
     ax = fig.subplots()
     ax.plot(fpr, tpr, lw=2, label=f"AUROC = {roc_auc_score(labels, scores):.4f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set(xlim=(-0.01, 1), ylim=(0, 1.01), xlabel="false-positive rate",
-           ylabel="true-positive rate", title=title)
+    ax.set(xlim=(-0.01, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate", title=title)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return fig
@@ -265,8 +236,7 @@ def _histogram_figure(scores, labels, image_threshold) -> Figure:
         if mask.any():
             ax.hist(scores[mask], bins=bins, alpha=0.6, color=color, label=f"{label} ({mask.sum()})")
     if image_threshold is not None:
-        ax.axvline(image_threshold, color="black", ls="--",
-                   label=f"image threshold {image_threshold:.4g}")
+        ax.axvline(image_threshold, color="black", ls="--", label=f"image threshold {image_threshold:.4g}")
     ax.set(xlabel="image score", ylabel="images", title="Image scores")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
@@ -283,7 +253,7 @@ def _pixel_sample(maps, masks, limit: int = MAX_PIXELS_FOR_ROC):
 
 
 def _shorten(text: str, width: int = 70) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 # ---------------------------------------------------------------------------
@@ -293,8 +263,7 @@ def _shorten(text: str, width: int = 70) -> str:
 class _Evaluation:
     """The checked inputs of `write_report`, with the verdict of each image."""
 
-    def __init__(self, names, images, reconstructions, maps, scores, labels, defect_types,
-                 masks, thresholds):
+    def __init__(self, names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds):
         self.names = [str(n) for n in names]
         self.images = np.asarray(images)
         self.reconstructions = np.asarray(reconstructions)
@@ -310,9 +279,14 @@ class _Evaluation:
 
     def _check(self) -> None:
         n = len(self.names)
-        sized = {"images": self.images, "reconstructions": self.reconstructions,
-                 "maps": self.maps, "scores": self.scores, "labels": self.labels,
-                 "defect_types": self.defect_types}
+        sized = {
+            "images": self.images,
+            "reconstructions": self.reconstructions,
+            "maps": self.maps,
+            "scores": self.scores,
+            "labels": self.labels,
+            "defect_types": self.defect_types,
+        }
         if self.masks is not None:
             sized["masks"] = self.masks
         for field, value in sized.items():
@@ -321,12 +295,12 @@ class _Evaluation:
         if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
             raise ValueError(f"write_report: images must be (N, H, W, 1 or 3), got {self.images.shape}")
         if self.reconstructions.shape != self.images.shape:
-            raise ValueError(f"write_report: reconstructions {self.reconstructions.shape} "
-                             f"do not match images {self.images.shape}")
+            raise ValueError(
+                f"write_report: reconstructions {self.reconstructions.shape} do not match images {self.images.shape}"
+            )
         for field, value in (("maps", self.maps), ("masks", self.masks)):
             if value is not None and value.shape != self.images.shape[:3]:
-                raise ValueError(f"write_report: {field} must be {self.images.shape[:3]}, "
-                                 f"got {value.shape}")
+                raise ValueError(f"write_report: {field} must be {self.images.shape[:3]}, got {value.shape}")
 
     def verdict(self, i: int) -> tuple[str, bool]:
         """A title line for image `i`, and whether the thresholded prediction was right."""
@@ -346,9 +320,21 @@ def _optional_float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def write_report(out_dir, *, names, images, reconstructions, maps, scores, labels,
-                 defect_types, masks=None, thresholds=None, metrics=None,
-                 max_examples: int = 12) -> Path:
+def write_report(
+    out_dir,
+    *,
+    names,
+    images,
+    reconstructions,
+    maps,
+    scores,
+    labels,
+    defect_types,
+    masks=None,
+    thresholds=None,
+    metrics=None,
+    max_examples: int = 12,
+) -> Path:
     """Writes the HTML evaluation report and its figures into `out_dir`.
 
     Args:
@@ -369,8 +355,7 @@ def write_report(out_dir, *, names, images, reconstructions, maps, scores, label
     Returns:
         The path of `index.html`.
     """
-    data = _Evaluation(names, images, reconstructions, maps, scores, labels, defect_types,
-                       masks, thresholds)
+    data = _Evaluation(names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _write_plots(out_dir, data)
@@ -397,8 +382,7 @@ def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
             plots["roc_pixel.png"] = None
         else:
             plots["roc_pixel.png"] = "needs both defect and defect-free pixels"
-    save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold),
-                 out_dir / "score_histogram.png")
+    save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold), out_dir / "score_histogram.png")
     plots["score_histogram.png"] = None
     return plots
 
@@ -438,14 +422,20 @@ def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: 
     body = [
         "<h1>riad-tf evaluation report</h1>",
         _summary_html(data),
-        "<h2>Metrics</h2>", _metrics_html(metrics),
-        "<h2>Thresholds</h2>", _thresholds_html(data.thresholds),
-        "<h2>Plots</h2>", _plots_html(plots),
-        "<h2>Examples</h2>", _examples_html(examples, data),
+        "<h2>Metrics</h2>",
+        _metrics_html(metrics),
+        "<h2>Thresholds</h2>",
+        _thresholds_html(data.thresholds),
+        "<h2>Plots</h2>",
+        _plots_html(plots),
+        "<h2>Examples</h2>",
+        _examples_html(examples, data),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<title>riad-tf evaluation report</title>\n"
-            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        "<title>riad-tf evaluation report</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -461,9 +451,12 @@ def _summary_html(data: _Evaluation) -> str:
     n_bad = int(data.labels.sum())
     types = sorted(set(d for d, bad in zip(data.defect_types, data.labels) if bad))
     breakdown = ", ".join(f"{html.escape(t)} {data.defect_types.count(t)}" for t in types)
-    return (f"<p>{len(data.names)} images: {len(data.names) - n_bad} good, {n_bad} anomalous"
-            + (f" ({breakdown})" if breakdown else "") + ". Anomaly maps are evaluated "
-            f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels.</p>")
+    return (
+        f"<p>{len(data.names)} images: {len(data.names) - n_bad} good, {n_bad} anomalous"
+        + (f" ({breakdown})" if breakdown else "")
+        + ". Anomaly maps are evaluated "
+        f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels.</p>"
+    )
 
 
 _NESTED_METRICS = ("overall", "per_defect", "per_defect_type")
@@ -489,29 +482,30 @@ def _metric_rows(metrics: Mapping) -> tuple[dict, dict]:
 def _metrics_html(metrics: Mapping) -> str:
     """The overall row, one row per defect type, then any other top-level entries."""
     if not metrics:
-        return "<p class=\"note\">No metrics given.</p>"
+        return '<p class="note">No metrics given.</p>'
     rows, others = _metric_rows(metrics)
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
     body = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
-        + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>"
-        for name, row in rows.items())
+        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>"
+        for name, row in rows.items()
+    )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return table + _key_value_table(others) if others else table
 
 
 def _thresholds_html(thresholds: Mapping) -> str:
     if not thresholds:
-        return "<p class=\"note\">No thresholds given: no verdicts or predicted masks.</p>"
-    note = ("<p class=\"note\">An image is called anomalous when its score is above the image "
-            "threshold; a pixel when its map value is above the pixel threshold.</p>")
+        return '<p class="note">No thresholds given: no verdicts or predicted masks.</p>'
+    note = (
+        '<p class="note">An image is called anomalous when its score is above the image '
+        "threshold; a pixel when its map value is above the pixel threshold.</p>"
+    )
     return _key_value_table(thresholds, spec=".6g") + note
 
 
 def _key_value_table(values: Mapping, spec: str = ".4f") -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v, spec)}</td></tr>"
-                   for k, v in values.items())
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v, spec)}</td></tr>" for k, v in values.items())
     return f"<table><tbody>{rows}</tbody></table>"
 
 
@@ -519,10 +513,10 @@ def _plots_html(plots: Mapping) -> str:
     parts = []
     for file, missing in plots.items():
         if missing is None:
-            parts.append(f"<img src=\"{quote(file)}\" alt=\"{html.escape(file)}\">")
+            parts.append(f'<img src="{quote(file)}" alt="{html.escape(file)}">')
         else:
-            parts.append(f"<p class=\"note\">{html.escape(file)} not drawn: {html.escape(missing)}.</p>")
-    return "<div class=\"plots\">" + "\n".join(parts) + "</div>"
+            parts.append(f'<p class="note">{html.escape(file)} not drawn: {html.escape(missing)}.</p>')
+    return '<div class="plots">' + "\n".join(parts) + "</div>"
 
 
 def _examples_html(examples: Mapping, data: _Evaluation) -> str:
@@ -534,7 +528,9 @@ def _examples_html(examples: Mapping, data: _Evaluation) -> str:
         for i, relative in items:
             verdict, correct = data.verdict(i)
             name = html.escape(data.names[i])
-            css = "" if correct else " class=\"wrong\""
-            parts.append(f"<figure><figcaption{css}>{name}: {html.escape(verdict)}</figcaption>"
-                         f"<img src=\"{quote(relative)}\" alt=\"{name}\"></figure>")
-    return "\n".join(parts) or "<p class=\"note\">No examples drawn.</p>"
+            css = "" if correct else ' class="wrong"'
+            parts.append(
+                f"<figure><figcaption{css}>{name}: {html.escape(verdict)}</figcaption>"
+                f'<img src="{quote(relative)}" alt="{name}"></figure>'
+            )
+    return "\n".join(parts) or '<p class="note">No examples drawn.</p>'

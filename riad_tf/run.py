@@ -1,13 +1,16 @@
-"""A run directory: what training writes and what evaluation, prediction and export read.
+"""A run directory: every file training writes and evaluation, prediction and export read.
 
-Layout of `RUN/`:
+Layout of `RUN/` (the names are this module's constants; nothing else spells them):
 
-    config.yaml        the RiadConfig the model was trained with
-    model.keras        the trained inpainting U-Net (Keras format, loads with safe_mode=True)
-    thresholds.json    image and pixel thresholds calibrated on held-out good images
-    history.json       per-epoch losses and learning rate
-    checkpoints/       training state for resuming
-    logs/              TensorBoard event files
+    config.yaml               CONFIG_FILE: the RiadConfig the model was trained with
+    data.json                 DATA_FILE: the data set it was trained on (`save_data_spec`)
+    model.keras               MODEL_FILE: the trained U-Net (Keras format, loads with safe_mode=True)
+    thresholds.json           THRESHOLDS_FILE: image and pixel thresholds from held-out good images
+    history.json              HISTORY_FILE: one record per epoch (losses, learning rate, batch-norm guard)
+    checkpoints/              CHECKPOINT_DIR: training state for resuming
+        best_weights.npz      BEST_WEIGHTS_FILE: the epoch with the lowest validation loss
+    logs/                     LOGS_DIR: TensorBoard event files
+    eval/                     EVAL_DIR: `riad-tf evaluate`'s default output (metrics, report)
 
 Example:
 
@@ -26,23 +29,41 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.files import atomic_path
-from riad_tf.config import RiadConfig, atomic_write_text
+import numpy as np
+
+from edge.files import atomic_path, atomic_write_text
+from riad_tf.config import RiadConfig
 
 CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"
 MODEL_FILE = "model.keras"
 THRESHOLDS_FILE = "thresholds.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+BEST_WEIGHTS_FILE = "best_weights.npz"
+LOGS_DIR = "logs"
+EVAL_DIR = "eval"
+REPRESENTATIVE_IMAGES = 128  # int8 calibration images, at most
+
+
+def eval_dir(run_dir) -> Path:
+    """Where `riad-tf evaluate` writes by default: `RUN/eval`."""
+    return Path(run_dir) / EVAL_DIR
 
 
 def save_model(run_dir, unet, config: RiadConfig) -> Path:
     """Writes `model.keras` and `config.yaml` atomically; returns the model path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)
+    save_config(run_dir, config)
     target = run_dir / MODEL_FILE
     with atomic_path(target, suffix=".keras") as tmp:
         unet.save(tmp)
     return target
+
+
+def save_config(run_dir, config: RiadConfig) -> None:
+    config.save(Path(run_dir) / CONFIG_FILE)
 
 
 def load_config(run_dir) -> RiadConfig:
@@ -77,3 +98,33 @@ def load_thresholds(run_dir) -> dict | None:
     """The calibrated thresholds (`{"image": ..., "pixel": ..., ...}`), or None before calibration."""
     path = Path(run_dir) / THRESHOLDS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_data_spec(run_dir, spec: dict) -> None:
+    """Records the data set a run trains on (`riad_tf.jobs.data_spec`), so later commands need no --data."""
+    atomic_write_text(Path(run_dir) / DATA_FILE, json.dumps(spec, indent=2) + "\n")
+
+
+def load_data_spec(run_dir) -> dict | None:
+    """The data set recorded by `save_data_spec`, or None when the run does not record one."""
+    path = Path(run_dir) / DATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.ndarray:
+    """Up to `limit` of the run's good training images (not the held-out ones), for int8 calibration.
+
+    Raises:
+        FileNotFoundError: the run does not record its data (`data.json`).
+    """
+    from riad_tf.data import load_arrays, load_split, split_holdout
+
+    spec = load_data_spec(run_dir)
+    if spec is None:
+        raise FileNotFoundError(
+            f"{Path(run_dir) / DATA_FILE}: int8 export needs the run's training images, and the run does not record its data"
+        )
+    config = load_config(run_dir)
+    split, _ = load_split(spec, skip_unreadable=True)
+    kept, _ = split_holdout(split.train, config.val_fraction, config.seed)
+    return load_arrays(kept[:limit], config)

@@ -104,12 +104,8 @@ def _write_images(folder, count, size, rng, defect=None, mask_dir=None) -> None:
         if defect is not None:
             mask = _DEFECT_MASKS[defect](size, rng)
             image = _paint(image, mask, defect, rng)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                mask_dir / f"{name}_mask.png", compress_level=1
-            )
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(
-            folder / f"{name}.png", compress_level=1
-        )
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{name}_mask.png", compress_level=1)
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"{name}.png", compress_level=1)
 
 
 def woven_texture(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,7 +177,6 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
             shutil.rmtree(out_dir)
         else:
             raise FileExistsError(
-                f"{out_dir}: exists and is not a synthetic data set written here; "
-                "choose a new or empty folder"
+                f"{out_dir}: exists and is not a synthetic data set written here; choose a new or empty folder"
             )
     os.replace(tmp, out_dir)

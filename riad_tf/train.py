@@ -2,8 +2,12 @@
 
 Every step draws a fresh k from K and a fresh partition for each image
 (`random_grid_masks`), reconstructs it by inpainting (Eq. 2) and minimises
-L = lambda_G L_G + lambda_S L_S + L_2 (Eq. 7) with Adam. The learning rate is
-divided by 10 after `config.decay_epoch` epochs (250 of 300 in the paper).
+L = lambda_G L_G + lambda_S L_S + L_2 (Eq. 7) with Adam. The learning rate
+follows `config.lr_schedule` (`learning_rate`): by default a warm-up and a
+cosine decay, set per step; the paper's division by 10 after
+`config.decay_epoch` epochs is `configs/paper.yaml`. After every epoch the
+batch-norm guard (`batchnorm_check`) compares inference- and training-mode
+losses, and the epoch with the lowest validation loss is the one kept.
 
 Scaling out (docs/distributed.md):
 
@@ -48,19 +52,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge.files import atomic_path
-from riad_tf.batchnorm import DIVERGENCE_RATIO, BatchNormDivergenceError, frozen_statistics, reestimate_statistics, statistics_diverged
-from riad_tf.config import RiadConfig, atomic_write_text
-from riad_tf.distribute import assert_workers_agree, cpu_bf16_support, is_chief, make_strategy, precision_policy, resolve_precision, scratch_dir
+from edge.files import atomic_path, atomic_write_text
+from riad_tf.batchnorm import (
+    DIVERGENCE_RATIO,
+    BatchNormDivergenceError,
+    frozen_statistics,
+    reestimate_statistics,
+    statistics_diverged,
+)
+from riad_tf.config import RiadConfig
+from riad_tf.distribute import (
+    assert_workers_agree,
+    cpu_bf16_support,
+    is_chief,
+    make_strategy,
+    precision_policy,
+    resolve_precision,
+    scratch_dir,
+)
 from riad_tf.inpaint import reconstruct
 from riad_tf.losses import riad_loss
 from riad_tf.masks import random_grid_masks
 from riad_tf.model import build_unet
-from riad_tf.run import save_model
+from riad_tf.run import BEST_WEIGHTS_FILE, CHECKPOINT_DIR, HISTORY_FILE, LOGS_DIR, save_config, save_model
 
-HISTORY_FILE = "history.json"
-CHECKPOINT_DIR = "checkpoints"
-BEST_WEIGHTS_FILE = "best_weights.npz"
 VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across epochs
 _SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
@@ -88,11 +103,20 @@ def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, 
     else:  # the auto-encoder baseline
         reconstructions = tf.cast(unet(images, training=training), tf.float32)
     # The losses run in float32 whatever the network's compute dtype.
-    loss = riad_loss(tf.cast(images, tf.float32), reconstructions, config.lambda_g, config.lambda_s, config.msgms_scales, config.gms_c)
+    loss = riad_loss(
+        tf.cast(images, tf.float32),
+        reconstructions,
+        config.lambda_g,
+        config.lambda_s,
+        config.msgms_scales,
+        config.gms_c,
+    )
     return loss, reconstructions
 
 
-def training_batches(images: np.ndarray, config: RiadConfig, global_batch: int, first_epoch: int = 0, drop_remainder: bool = False):
+def training_batches(
+    images: np.ndarray, config: RiadConfig, global_batch: int, first_epoch: int = 0, drop_remainder: bool = False
+):
     """The input pipeline: `(images, masks)` global batches for epochs `first_epoch .. config.epochs - 1`.
 
     Each epoch is a stateless shuffle keyed by (seed, epoch); each batch's
@@ -216,7 +240,11 @@ def batchnorm_check(unet, images: np.ndarray, config: RiadConfig, batch_size: in
     """
     inference = validation_loss(unet, images, config, batch_size)
     training_mode = validation_loss(unet, images, config, batch_size, training=True)
-    return {"val_loss": inference, "val_loss_train_mode": training_mode, "bn_diverged": statistics_diverged(inference, training_mode)}
+    return {
+        "val_loss": inference,
+        "val_loss_train_mode": training_mode,
+        "bn_diverged": statistics_diverged(inference, training_mode),
+    }
 
 
 def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batches: int = 60) -> int:
@@ -227,7 +255,11 @@ def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batch
     """
     one_epoch = config.with_overrides({"epochs": 1})
     batches = training_batches(images, one_epoch, config.batch_size).take(max_batches)
-    return reestimate_statistics(unet, batches, lambda batch: per_image_loss(unet, batch[0], config, True, masks=batch[-1] if config.inpainting else None))
+    return reestimate_statistics(
+        unet,
+        batches,
+        lambda batch: per_image_loss(unet, batch[0], config, True, masks=batch[-1] if config.inpainting else None),
+    )
 
 
 def learning_rate(config: RiadConfig, epoch: float, replicas: int = 1) -> float:
@@ -347,7 +379,9 @@ class _EpochCheckpoints:
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: Path, chief: bool, scratch: Path):
         self.checkpoint, self.directory, self.chief, self.scratch = checkpoint, directory, chief, scratch
-        self.manager = tf.train.CheckpointManager(checkpoint, directory if chief else scratch / CHECKPOINT_DIR, max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(
+            checkpoint, directory if chief else scratch / CHECKPOINT_DIR, max_to_keep=2
+        )
 
     def restore(self) -> bool:
         latest = tf.train.latest_checkpoint(str(self.directory))
@@ -390,8 +424,10 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
     policy = resolve_precision(config.mixed_precision, config.xla)
     on_cpu = not tf.config.list_physical_devices("GPU")
     if policy == "mixed_bfloat16" and on_cpu and not config.xla and not cpu_bf16_support():
-        print("note: this CPU has no native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without --xla ran "
-              "3-10x slower than float32 on such CPUs, with --xla about 1.9x faster (docs/distributed.md)")
+        print(
+            "note: this CPU has no native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without --xla ran "
+            "3-10x slower than float32 on such CPUs, with --xla about 1.9x faster (docs/distributed.md)"
+        )
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():
         with precision_policy(policy):
@@ -421,12 +457,16 @@ def _batching(config: RiadConfig, replicas: int, num_images: int) -> tuple[int, 
     if num_images == 0:
         raise ValueError("no training images")
     if config.xla and config.sync_batchnorm and replicas > 1:
-        raise ValueError("xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false")
+        raise ValueError(
+            "xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false"
+        )
     global_batch = config.batch_size * replicas
     # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
     drop_remainder = replicas > 1
     if drop_remainder and num_images < global_batch:
-        raise ValueError(f"{num_images} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)")
+        raise ValueError(
+            f"{num_images} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)"
+        )
     steps = num_images // global_batch if drop_remainder else -(-num_images // global_batch)
     return global_batch, drop_remainder, steps
 
@@ -465,7 +505,9 @@ def _epoch_line(record: dict) -> str:
     return line
 
 
-def _ship_checked(trained, config: RiadConfig, guard_images: np.ndarray, train_images: np.ndarray, batch_size: int, out_dir: Path) -> dict:
+def _ship_checked(
+    trained, config: RiadConfig, guard_images: np.ndarray, train_images: np.ndarray, batch_size: int, out_dir: Path
+) -> dict:
     """Runs the batch-norm guard on the model about to be saved; re-estimates its statistics when it fires.
 
     Returns:
@@ -548,10 +590,10 @@ def train(
         assert_workers_agree(strategy, first_epoch, "epoch restored from the checkpoint")
         if chief:
             out_dir.mkdir(parents=True, exist_ok=True)
-            config.save(out_dir / "config.yaml")
+            save_config(out_dir, config)
             history = _History(out_dir / HISTORY_FILE, first_epoch)
             best = _BestWeights(out_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE, history.records)
-            writer = tf.summary.create_file_writer(str(out_dir / "logs"))
+            writer = tf.summary.create_file_writer(str(out_dir / LOGS_DIR))
         preview = guard_images[:3]
         step = make_train_step(unet, optimizer, config, strategy)
         dataset = training_batches(train_images, config, global_batch, first_epoch, drop_remainder)
@@ -561,8 +603,10 @@ def train(
             verbose = progress and chief
             bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, stateful_metrics=["loss"])
             if verbose:
-                print(f"epoch {epoch + 1}/{config.epochs} (peak lr {learning_rate(config, epoch + 0.5, replicas):.3g}, "
-                      f"global batch {global_batch} on {replicas} replica(s))")
+                print(
+                    f"epoch {epoch + 1}/{config.epochs} (peak lr {learning_rate(config, epoch + 0.5, replicas):.3g}, "
+                    f"global batch {global_batch} on {replicas} replica(s))"
+                )
 
             def set_rate(i, epoch=epoch):  # the schedule per step, at the middle of the step
                 optimizer.learning_rate.assign(learning_rate(config, epoch + (i + 0.5) / steps_per_epoch, replicas))
@@ -603,6 +647,9 @@ def train(
             trained = float32_copy(unet, config, best.load())
         details = _ship_checked(trained, config, guard_images, train_images, global_batch, out_dir)
         history.mark_kept(kept, **details)
-        print(f"kept epoch {kept} of {config.epochs}" + (" (lowest inference-mode validation loss)" if has_holdout else " (the last)"))
+        print(
+            f"kept epoch {kept} of {config.epochs}"
+            + (" (lowest inference-mode validation loss)" if has_holdout else " (the last)")
+        )
         save_model(out_dir, trained, config)
     return trained

@@ -38,7 +38,9 @@ def woven_strip(lines: int, width: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     r = np.arange(lines, dtype=np.float32)[:, None]
     c = np.arange(width, dtype=np.float32)[None, :]
-    grey = 0.5 + 0.15 * np.sin(np.pi * c / 2) + 0.15 * np.sin(np.pi * r / 2) + 0.02 * rng.standard_normal((lines, width))
+    grey = (
+        0.5 + 0.15 * np.sin(np.pi * c / 2) + 0.15 * np.sin(np.pi * r / 2) + 0.02 * rng.standard_normal((lines, width))
+    )
     return np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
 
 
@@ -53,7 +55,9 @@ def tiny_export(out_dir: Path, size: int = 32) -> list[Path]:
     keras.utils.set_random_seed(0)
     cfg = RiadConfig(image_size=(size, size), channels=1, widths=(8, 16, 16, 32, 32), ks=(2, 4, 8), smoothing=5)
     detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)
-    written = export_detector(detector, out_dir, formats=("onnx", "tflite"), batch=None, thresholds={"image": 1.0, "pixel": 1.0})
+    written = export_detector(
+        detector, out_dir, formats=("onnx", "tflite"), batch=None, thresholds={"image": 1.0, "pixel": 1.0}
+    )
     return [written["onnx"], written["tflite"]]
 
 
@@ -65,17 +69,27 @@ def bench(model: Path, width: int, lines: int, settings: StreamSettings, threads
     summary = StreamPipeline(runner, settings).run(ImageLineScan(strip, lines_per_block=64), _Discard())
     tile_h, tile_w = runner.image_size
     return {
-        "model": model.name, "backend": summary["backend"], "width": width, "lines": summary["lines"],
-        "tile": [tile_h, tile_w], "widths": runner.metadata.config.get("widths"), "stride": list(pipeline.scorer.stride),
-        "frame_height": settings.frame_height, "overlap": settings.overlap,
-        "lines_per_s": summary["lines_per_s"], "latency_ms": summary["latency"], "seconds": summary["seconds"],
+        "model": model.name,
+        "backend": summary["backend"],
+        "width": width,
+        "lines": summary["lines"],
+        "tile": [tile_h, tile_w],
+        "widths": runner.metadata.config.get("widths"),
+        "stride": list(pipeline.scorer.stride),
+        "frame_height": settings.frame_height,
+        "overlap": settings.overlap,
+        "lines_per_s": summary["lines_per_s"],
+        "latency_ms": summary["latency"],
+        "seconds": summary["seconds"],
     }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
-    parser.add_argument("--tiny-export", type=Path, default=None, help="Export a tiny untrained model here and bench it.")
+    parser.add_argument(
+        "--tiny-export", type=Path, default=None, help="Export a tiny untrained model here and bench it."
+    )
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--lines", type=int, default=1024)
     parser.add_argument("--frame-height", type=int, default=128)
@@ -88,7 +102,13 @@ def main(argv=None) -> None:
     if not models:
         parser.error("give model files, or --tiny-export DIR")
     stride = (args.stride, args.stride) if args.stride else None
-    settings = StreamSettings(frame_height=args.frame_height, overlap=args.overlap, stride=stride, batch_frames=args.batch_frames, pixel_threshold=1e9)
+    settings = StreamSettings(
+        frame_height=args.frame_height,
+        overlap=args.overlap,
+        stride=stride,
+        batch_frames=args.batch_frames,
+        pixel_threshold=1e9,
+    )
     for model in models:
         print(json.dumps(bench(model, args.width, args.lines, settings, args.threads)), flush=True)
 

@@ -34,8 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width-multiplier", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
     parser.add_argument("--iters", type=int, default=3, help="timed calls after one warm-up (median)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks (default: all cores)")
-    parser.add_argument("--paths", default="keras,xla,onnx,tflite-fp32", help="riad-tf paths to time (riad_tf.benchmark.PATHS)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="threads for both frameworks (default: all cores)"
+    )
+    parser.add_argument(
+        "--paths", default="keras,xla,onnx,tflite-fp32", help="riad-tf paths to time (riad_tf.benchmark.PATHS)"
+    )
     parser.add_argument("--json", type=str, help="also write the records here")
     return parser.parse_args(argv)
 
@@ -57,11 +61,15 @@ def main(argv=None) -> int:
     try:
         import torch
     except ImportError:
-        print("bench_torch_loop: PyTorch is not installed; `pip install torch==2.13.0` (CPU build) and re-run", file=sys.stderr)
+        print(
+            "bench_torch_loop: PyTorch is not installed; `pip install torch==2.13.0` (CPU build) and re-run",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
     import tensorflow as tf
+
+    import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -83,27 +91,43 @@ def main(argv=None) -> int:
     net = UNet(config.unet_widths, config.channels).eval()
     torch_count = sum(t.numel() for name, t in net.state_dict().items() if not name.endswith("num_batches_tracked"))
     if torch_count != unet.count_params():  # the same layers, so the same FLOPs
-        raise SystemExit(f"bench_torch_loop: PyTorch U-Net has {torch_count} values, the Keras one {unet.count_params()}")
+        raise SystemExit(
+            f"bench_torch_loop: PyTorch U-Net has {torch_count} values, the Keras one {unet.count_params()}"
+        )
     images = torch.rand(args.batch, config.channels, *config.image_size)
     masks = inference_masks(*config.image_size, config.ks, config.n, config.seed)  # (|K|, n, H, W, 1)
-    masks_per_k = [[torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))[None] for mask in per_k] for per_k in masks]
+    masks_per_k = [
+        [torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))[None] for mask in per_k] for per_k in masks
+    ]
     seconds = float(np.median(timings(lambda: per_k_loop(torch, net, images, masks_per_k), 1, args.iters)))
-    baseline = {"path": f"torch-{torch.__version__}-per-k-loop (no scoring)", "batch": args.batch,
-                "latency_ms": round(seconds * 1e3, 2), "images_per_s": round(args.batch / seconds, 3),
-                "gflops": round(flops * args.batch / seconds / 1e9, 1)}
+    baseline = {
+        "path": f"torch-{torch.__version__}-per-k-loop (no scoring)",
+        "batch": args.batch,
+        "latency_ms": round(seconds * 1e3, 2),
+        "images_per_s": round(args.batch / seconds, 3),
+        "gflops": round(flops * args.batch / seconds / 1e9, 1),
+    }
 
     paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
     records = bench_inference(Detector(unet, config), paths, (args.batch,), flops, None, args.iters, 1, args.threads)
-    print(f"{config.image_size[0]} px, widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
-          f"batch {args.batch}, {args.threads} threads, {flops / 1e9:.1f} GFLOP per image")
+    print(
+        f"{config.image_size[0]} px, widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
+        f"batch {args.batch}, {args.threads} threads, {flops / 1e9:.1f} GFLOP per image"
+    )
     print("| path | latency_ms | images/s | GFLOP/s | x the PyTorch loop |")
     print("|---|---|---|---|---|")
     for record in [baseline, *records]:
         ratio = record["images_per_s"] / baseline["images_per_s"]
-        print(f"| {record['path']} | {record['latency_ms']} | {record['images_per_s']} | {record['gflops']} | {ratio:.2f} |")
+        print(
+            f"| {record['path']} | {record['latency_ms']} | {record['images_per_s']} | {record['gflops']} | {ratio:.2f} |"
+        )
     if args.json:
-        from riad_tf.config import atomic_write_text
-        atomic_write_text(args.json, json.dumps({"config": config.to_dict(), "baseline": baseline, "records": records}, indent=2) + "\n")
+        from edge.files import atomic_write_text
+
+        atomic_write_text(
+            args.json,
+            json.dumps({"config": config.to_dict(), "baseline": baseline, "records": records}, indent=2) + "\n",
+        )
     return 0
 
 

@@ -38,7 +38,9 @@ WIDTHS = {"default": (64, 128, 256, 512, 512), "half": (32, 64, 128, 256, 256), 
 
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["128:default", "256:reduced"], help="SIZE:WIDTHS, WIDTHS one of default, reduced")
+    parser.add_argument(
+        "--cases", nargs="+", default=["128:default", "256:reduced"], help="SIZE:WIDTHS, WIDTHS one of default, reduced"
+    )
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--precisions", nargs="+", default=["off", "mixed_bfloat16"])
     parser.add_argument("--xla", nargs="+", choices=["off", "on"], default=["off", "on"])
@@ -106,7 +108,9 @@ def bench_pipeline(config, global_batch: int, batches: int = 20) -> float:
     from riad_tf.train import training_batches
 
     images = _random_images(4 * global_batch, config.image_size[0])
-    iterator = iter(training_batches(images, config.with_overrides({"epochs": 1_000_000}), global_batch, drop_remainder=True))
+    iterator = iter(
+        training_batches(images, config.with_overrides({"epochs": 1_000_000}), global_batch, drop_remainder=True)
+    )
     next(iterator)
     started = time.perf_counter()
     for _ in range(batches):
@@ -123,14 +127,20 @@ def main(argv=None) -> int:
 
     from riad_tf.config import RiadConfig
 
-    print(f"# riad-tf training throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"devices {devices}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"# riad-tf training throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"devices {devices}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
     print(f"# command: {' '.join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))}")
-    print(f"# {args.batch_size} image(s) per replica per step, {args.warmup} warm-up + {args.steps} timed steps "
-          "(round-robin, median); "
-          "K = {2, 4, 8, 16}, n = 3 (each image is 3 U-Net inputs)")
+    print(
+        f"# {args.batch_size} image(s) per replica per step, {args.warmup} warm-up + {args.steps} timed steps "
+        "(round-robin, median); "
+        "K = {2, 4, 8, 16}, n = 3 (each image is 3 U-Net inputs)"
+    )
     print()
-    print("| size | widths | params | replicas | precision | xla | global batch | step s | images/s | warm-up s | pipeline images/s |")
+    print(
+        "| size | widths | params | replicas | precision | xla | global batch | step s | images/s | warm-up s | pipeline images/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for case in args.cases:
@@ -142,11 +152,19 @@ def main(argv=None) -> int:
             for precision in args.precisions:
                 for xla in args.xla:
                     config = base.with_overrides({"mixed_precision": precision, "xla": xla == "on"})
-                    row = {"size": int(size), "widths": widths, "replicas": replicas, "precision": precision, "xla": xla,
-                           "pipeline_images_per_s": pipeline}
+                    row = {
+                        "size": int(size),
+                        "widths": widths,
+                        "replicas": replicas,
+                        "precision": precision,
+                        "xla": xla,
+                        "pipeline_images_per_s": pipeline,
+                    }
                     try:
                         bench = StepBench(config, _strategy(devices, replicas), args.warmup)
-                        row.update(global_batch=bench.global_batch, params=bench.params, warmup_s=round(bench.warmup_s, 1))
+                        row.update(
+                            global_batch=bench.global_batch, params=bench.params, warmup_s=round(bench.warmup_s, 1)
+                        )
                     except Exception as err:  # report and go on with the other configurations
                         bench = None
                         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -163,15 +181,25 @@ def main(argv=None) -> int:
             if bench is not None:
                 step_s = statistics.median(spent)
                 row.update(step_s=round(step_s, 3), images_per_s=round(bench.global_batch / step_s, 2))
-            cells = [row["size"], widths, row.get("params", "-"), row["replicas"], row["precision"], row["xla"],
-                     row.get("global_batch", "-"), row.get("step_s", "-"), row.get("images_per_s", row.get("error")),
-                     row.get("warmup_s", "-"), pipeline]
+            cells = [
+                row["size"],
+                widths,
+                row.get("params", "-"),
+                row["replicas"],
+                row["precision"],
+                row["xla"],
+                row.get("global_batch", "-"),
+                row.get("step_s", "-"),
+                row.get("images_per_s", row.get("error")),
+                row.get("warmup_s", "-"),
+                pipeline,
+            ]
             print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         results.extend(rows)
         del benches
         keras.backend.clear_session()
     if args.json:
-        from riad_tf.config import atomic_write_text
+        from edge.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0

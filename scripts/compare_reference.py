@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic_tile"
 METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"), ("F1-max", "f1_max"))
 TARGETS = METRICS[:3]
@@ -64,19 +65,39 @@ TARGETS = METRICS[:3]
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="magnetic-tile root (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output folder; re-run to resume (default: %(default)s)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml", help="riad-tf config (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / "compare",
+        help="output folder; re-run to resume (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=REPO / "configs" / "default.yaml", help="riad-tf config (default: %(default)s)"
+    )
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--widths", default="32,64,128,256,256", help="U-Net widths of both sides (default: %(default)s)")
-    parser.add_argument("--smoothing", type=int, default=11, help="mean filter of Eq. 8 (the paper's 21 at 256 px; default: %(default)s)")
+    parser.add_argument(
+        "--widths", default="32,64,128,256,256", help="U-Net widths of both sides (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=int,
+        default=11,
+        help="mean filter of Eq. 8 (the paper's 21 at 256 px; default: %(default)s)",
+    )
     parser.add_argument("--epochs", default="13,40", help="equal-epoch budgets to compare (default: %(default)s)")
-    parser.add_argument("--eval-epochs", default="5,10,20,30", help="extra epochs scored along the longest runs (default: %(default)s)")
+    parser.add_argument(
+        "--eval-epochs", default="5,10,20,30", help="extra epochs scored along the longest runs (default: %(default)s)"
+    )
     parser.add_argument("--train-images", type=int, default=200)
-    parser.add_argument("--holdout", type=int, default=40, help="good images for the validation loss (default: %(default)s)")
+    parser.add_argument(
+        "--holdout", type=int, default=40, help="good images for the validation loss (default: %(default)s)"
+    )
     parser.add_argument("--test-good", type=int, default=80)
     parser.add_argument("--test-defective", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of both sides (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="threads of both sides (default: all cores)"
+    )
     parser.add_argument("--worker", choices=["riad-tf"], help=argparse.SUPPRESS)
     parser.add_argument("--run-epochs", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -100,7 +121,13 @@ def riad_config(args):
     from riad_tf.config import RiadConfig
 
     return RiadConfig.load(args.config).with_overrides(
-        {"image_size": (args.image_size,) * 2, "channels": 1, "widths": _ints(args.widths), "smoothing": args.smoothing, "seed": args.seed}
+        {
+            "image_size": (args.image_size,) * 2,
+            "channels": 1,
+            "widths": _ints(args.widths),
+            "smoothing": args.smoothing,
+            "seed": args.seed,
+        }
     )
 
 
@@ -110,12 +137,13 @@ def riad_config(args):
 
 def prepare_data(args) -> Path:
     """Decodes the seeded train / holdout / test images once into OUT/data.npz (reused when present)."""
-    from riad_tf.config import atomic_write_text
+    from edge.files import atomic_path, atomic_write_text
     from riad_tf.data import DataError, load_arrays, load_magnetic_tile, validate
-    from edge.files import atomic_path
 
     path = args.out / "data.npz"
-    sizes = {k: getattr(args, k) for k in ("image_size", "train_images", "holdout", "test_good", "test_defective", "seed")}
+    sizes = {
+        k: getattr(args, k) for k in ("image_size", "train_images", "holdout", "test_good", "test_defective", "seed")
+    }
     spec_path = args.out / "data.json"
     if path.is_file() and spec_path.is_file() and json.loads(spec_path.read_text()).get("sizes") == sizes:
         return path
@@ -135,7 +163,10 @@ def prepare_data(args) -> Path:
     test = [test_good[i] for i in sorted(rng.permutation(len(test_good))[: args.test_good])]
     test += [defective[i] for i in sorted(rng.permutation(len(defective))[: args.test_defective])]
     config = riad_config(args)
-    arrays = {"train": load_arrays(good[: args.train_images], config), "holdout": load_arrays(good[args.train_images : args.train_images + args.holdout], config)}
+    arrays = {
+        "train": load_arrays(good[: args.train_images], config),
+        "holdout": load_arrays(good[args.train_images : args.train_images + args.holdout], config),
+    }
     arrays["test"], arrays["test_masks"] = load_arrays(test, config, with_masks=True)
     arrays["labels"] = np.array([s.label for s in test], np.int64)
     arrays["defect_types"] = np.array(["good" if s.label == 0 else s.defect_type for s in test])
@@ -162,9 +193,24 @@ def run_reference(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path
         print(f"== reference: {run_dir} is done; reusing it", flush=True)
         return run_dir
     command = [
-        sys.executable, str(REPO / "scripts" / "reference_torch.py"), "--data", str(data), "--out", str(run_dir),
-        "--epochs", str(epochs), "--eval-epochs", ",".join(map(str, eval_epochs)), "--widths", args.widths,
-        "--smoothing", str(args.smoothing), "--seed", str(args.seed), "--threads", str(args.threads),
+        sys.executable,
+        str(REPO / "scripts" / "reference_torch.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        str(epochs),
+        "--eval-epochs",
+        ",".join(map(str, eval_epochs)),
+        "--widths",
+        args.widths,
+        "--smoothing",
+        str(args.smoothing),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
     ]
     config = riad_config(args)
     command += ["--ks", ",".join(map(str, config.ks)), "--n", str(config.n), "--batch-size", str(config.batch_size)]
@@ -183,8 +229,21 @@ def run_riad(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path:
     if (run_dir / "eval" / "final.npz").is_file():
         print(f"== riad-tf: {run_dir} is done; reusing it", flush=True)
         return run_dir
-    command = [sys.executable, __file__, "--worker", "riad-tf", "--run-epochs", str(epochs), "--eval-epochs", ",".join(map(str, eval_epochs))]
-    command += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "run_epochs", "eval_epochs", "epochs")]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "riad-tf",
+        "--run-epochs",
+        str(epochs),
+        "--eval-epochs",
+        ",".join(map(str, eval_epochs)),
+    ]
+    command += [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("worker", "run_epochs", "eval_epochs", "epochs")
+    ]
     print(f"== riad-tf: training {epochs} epochs in {run_dir}", flush=True)
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return run_dir
@@ -192,9 +251,9 @@ def run_riad(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path:
 
 def riad_worker(args) -> int:
     """Trains one riad-tf run (in its own process, so TensorFlow and PyTorch never share one)."""
-    import riad_tf  # noqa: F401  (before TensorFlow: CPU defaults)
     import tensorflow as tf
 
+    import riad_tf  # noqa: F401  (before TensorFlow: CPU defaults)
     from edge.files import atomic_path
     from riad_tf.detector import Detector
     from riad_tf.run import load_unet
@@ -236,9 +295,19 @@ def scored_points(run_dir: Path, data) -> list[dict]:
         final = path.stem == "final"
         epoch = len(history) if final else int(path.stem.split("_")[1])
         scores = np.load(path)
-        summary = metrics.summarize(scores["scores"], data["labels"], scores["maps"].astype(np.float32), data["test_masks"])
+        summary = metrics.summarize(
+            scores["scores"], data["labels"], scores["maps"].astype(np.float32), data["test_masks"]
+        )
         kept = next((r["epoch"] for r in history if r.get("kept")), epoch) if final else epoch
-        points.append({"epoch": epoch, "kept_epoch": kept, "final": final, "train_seconds": float(cumulative[epoch - 1]), **{k: summary[k] for _, k in METRICS}})
+        points.append(
+            {
+                "epoch": epoch,
+                "kept_epoch": kept,
+                "final": final,
+                "train_seconds": float(cumulative[epoch - 1]),
+                **{k: summary[k] for _, k in METRICS},
+            }
+        )
     return points
 
 
@@ -255,15 +324,30 @@ def equal_epoch_rows(budgets, reference, riad, histories) -> list[list[str]]:
     for epochs in budgets:
         ref = next(p for p in reference if p["epoch"] == epochs and not p["final"])
         ours = next(p for p in riad[epochs] if p["final"])
-        for name, point, history in (("reference (PyTorch)", ref, histories["reference"][:epochs]), ("riad-tf", ours, histories[epochs])):
+        for name, point, history in (
+            ("reference (PyTorch)", ref, histories["reference"][:epochs]),
+            ("riad-tf", ours, histories[epochs]),
+        ):
             per_epoch = np.mean([r["seconds"] for r in history])
             kept = f" (kept epoch {point['kept_epoch']})" if name == "riad-tf" else ""
-            rows.append([epochs, name + kept] + [_cell(point[k]) for _, k in METRICS] + [f"{per_epoch:.1f}", f"{point['train_seconds'] / 60:.1f} min"])
+            rows.append(
+                [epochs, name + kept]
+                + [_cell(point[k]) for _, k in METRICS]
+                + [f"{per_epoch:.1f}", f"{point['train_seconds'] / 60:.1f} min"]
+            )
     return rows
 
 
 def curve_rows(name: str, points) -> list[list[str]]:
-    return [[name, p["epoch"] if not p["final"] else f"{p['epoch']} (kept {p['kept_epoch']})", f"{p['train_seconds'] / 60:.1f}"] + [_cell(p[k]) for _, k in METRICS] for p in points]
+    return [
+        [
+            name,
+            p["epoch"] if not p["final"] else f"{p['epoch']} (kept {p['kept_epoch']})",
+            f"{p['train_seconds'] / 60:.1f}",
+        ]
+        + [_cell(p[k]) for _, k in METRICS]
+        for p in points
+    ]
 
 
 def time_to(points, key: str, target: float) -> float | None:
@@ -277,8 +361,15 @@ def time_to_accuracy_rows(reference, riad_points) -> list[list[str]]:
     rows = []
     for label, key in TARGETS:
         ref_s, ours_s = time_to(reference, key, final[key]), time_to(riad_points, key, final[key])
-        ours_cells = ["not reached", "-"] if ours_s is None else [f"{ours_s / 60:.1f} min", f"{ours_s / final['train_seconds']:.2f}"]
-        rows.append([f"{label} {final[key]:.3f}", f"{final['train_seconds'] / 60:.1f} min", f"{ref_s / 60:.1f} min"] + ours_cells)
+        ours_cells = (
+            ["not reached", "-"]
+            if ours_s is None
+            else [f"{ours_s / 60:.1f} min", f"{ours_s / final['train_seconds']:.2f}"]
+        )
+        rows.append(
+            [f"{label} {final[key]:.3f}", f"{final['train_seconds'] / 60:.1f} min", f"{ref_s / 60:.1f} min"]
+            + ours_cells
+        )
     return rows
 
 
@@ -291,7 +382,9 @@ def plot(out: Path, reference, riad: dict) -> Path:
     from edge.files import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    curves = [("reference (PyTorch)", reference, "o-")] + [(f"riad-tf, {e}-epoch run", points, "s-" if e == max(riad) else "D") for e, points in riad.items()]
+    curves = [("reference (PyTorch)", reference, "o-")] + [
+        (f"riad-tf, {e}-epoch run", points, "s-" if e == max(riad) else "D") for e, points in riad.items()
+    ]
     for ax, (label, key) in zip(axes, TARGETS):
         for name, points, style in curves:
             points = sorted((p for p in points if p[key] is not None), key=lambda p: p["train_seconds"])
@@ -312,13 +405,18 @@ def machine_line() -> str:
 
     from riad_tf.distribute import cpu_bf16_support
 
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, native bfloat16: {', '.join(cpu_bf16_support()) or 'none'}"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, native bfloat16: {', '.join(cpu_bf16_support()) or 'none'}"
+    )
 
 
 def report(args, command: str, budgets, data) -> str:
     reference = scored_points(args.out / "reference", data)
     riad = {e: scored_points(args.out / f"riad-tf-{e}", data) for e in budgets}
-    histories = {"reference": _history(args.out / "reference"), **{e: _history(args.out / f"riad-tf-{e}") for e in budgets}}
+    histories = {
+        "reference": _history(args.out / "reference"),
+        **{e: _history(args.out / f"riad-tf-{e}") for e in budgets},
+    }
     # riad-tf's curve: every scored state of every run, each at its own run's training time.
     riad_points = [p for e in budgets for p in riad[e]]
     config = riad_config(args)
@@ -340,21 +438,33 @@ def report(args, command: str, budgets, data) -> str:
         "",
         "## Equal epochs",
         "",
-        markdown_table(["epochs", "model"] + metric_names + ["s / epoch", "training time"], equal_epoch_rows(budgets, reference, riad, histories)),
+        markdown_table(
+            ["epochs", "model"] + metric_names + ["s / epoch", "training time"],
+            equal_epoch_rows(budgets, reference, riad, histories),
+        ),
         "",
         "## Time to the reference's final accuracy",
         "",
         f"Targets: the reference's values after its {max(budgets)} epochs. Times are training wall time, at the scored epochs only.",
         "",
         markdown_table(
-            ["target", f"reference, {max(budgets)} epochs", "reference first reached it", "riad-tf first reached it", "riad-tf / reference's run"],
+            [
+                "target",
+                f"reference, {max(budgets)} epochs",
+                "reference first reached it",
+                "riad-tf first reached it",
+                "riad-tf / reference's run",
+            ],
             time_to_accuracy_rows(reference, riad_points),
         ),
         "",
         "## Accuracy against training time",
         "",
-        markdown_table(["model", "epoch", "training min"] + metric_names,
-                       curve_rows("reference", reference) + [r for e in budgets for r in curve_rows(f"riad-tf {e}-epoch run", riad[e])]),
+        markdown_table(
+            ["model", "epoch", "training min"] + metric_names,
+            curve_rows("reference", reference)
+            + [r for e in budgets for r in curve_rows(f"riad-tf {e}-epoch run", riad[e])],
+        ),
         "",
         "F1-max is tuned on the test data itself. Training time counts the training steps only (not scoring).",
         "",
@@ -378,19 +488,23 @@ def main(argv=None) -> int:
     if args.worker:
         return riad_worker(args)
     started = time.time()
-    command = "python3 scripts/compare_reference.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python3 scripts/compare_reference.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     budgets = sorted(set(_ints(args.epochs)))
     along = sorted(set(_ints(args.eval_epochs)) | set(budgets))
     data_path = prepare_data(args)
     run_reference(args, data_path, max(budgets), [e for e in along if e <= max(budgets)])
     for epochs in budgets:
         run_riad(args, data_path, epochs, [e for e in along if e < epochs] if epochs == max(budgets) else [])
-    from riad_tf.config import atomic_write_text
+    from edge.files import atomic_write_text
 
     text = report(args, command.strip(), budgets, np.load(data_path))
     atomic_write_text(args.out / "results.md", text)
     print("\n" + text)
-    print(f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}, plot in {args.out / 'curve.png'}")
+    print(
+        f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}, plot in {args.out / 'curve.png'}"
+    )
     return 0
 
 

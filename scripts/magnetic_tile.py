@@ -7,8 +7,8 @@ auto-encoder baseline, `inpainting: false`), evaluates both on the same test spl
 and prints image AUROC, pixel AUROC, AUPRO and F1-max, overall and per defect type.
 The tables are also written to `OUT/results.md` (and `OUT/results.json`).
 
-The library does the work: `riad_tf.workflow.train_run` trains and calibrates,
-`riad_tf.evaluate.evaluate_run` evaluates. Re-running the same command resumes an
+The library does the work: `riad_tf.jobs.train_run` trains and calibrates,
+`riad_tf.jobs.evaluate_run` evaluates. Re-running the same command resumes an
 interrupted training from its last checkpoint; finished runs and their metrics are
 reused, not recomputed.
 
@@ -48,19 +48,43 @@ AUTOENCODER = ("auto-encoder", "autoencoder", False)
 # more epochs continue a finished run from its checkpoint.
 RESUMABLE_KEYS = frozenset({"epochs", "lr_decay_epoch"})
 
-METRIC_COLUMNS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"), ("F1-max", "f1_max"))
+METRIC_COLUMNS = (
+    ("image AUROC", "image_auroc"),
+    ("pixel AUROC", "pixel_auroc"),
+    ("AUPRO", "aupro"),
+    ("F1-max", "f1_max"),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train and evaluate RIAD and an equal-budget auto-encoder on the magnetic-tile data set.",
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="magnetic-tile root holding MT_Free/, MT_Blowhole/, ... (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; re-run to resume (default: %(default)s)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="RIAD config; the baseline uses it with inpainting off (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="magnetic-tile root holding MT_Free/, MT_Blowhole/, ... (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder; re-run to resume (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="RIAD config; the baseline uses it with inpainting off (default: %(default)s)",
+    )
     parser.add_argument("--epochs", type=int, help="override the config's epochs (both models)")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True, help="also train the auto-encoder baseline (default: on)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="per-step progress bars (default: on)")
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the auto-encoder baseline (default: on)",
+    )
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="per-step progress bars (default: on)"
+    )
     return parser.parse_args(argv)
 
 
@@ -115,9 +139,9 @@ def load_split(data_dir: Path):
 
 
 def _stored_config(run_dir: Path):
-    from riad_tf.run import load_config
+    from riad_tf.run import CONFIG_FILE, load_config
 
-    return load_config(run_dir) if (run_dir / "config.yaml").is_file() else None
+    return load_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
 
 
 def _check_compatible(run_dir: Path, config) -> None:
@@ -133,15 +157,19 @@ def _check_compatible(run_dir: Path, config) -> None:
 
 
 def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.json"
+    from riad_tf.run import HISTORY_FILE
+
+    path = run_dir / HISTORY_FILE
     return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _is_trained(run_dir: Path, config) -> bool:
     """True when `run_dir` holds a finished, calibrated run of exactly `config`."""
+    from riad_tf.run import MODEL_FILE, THRESHOLDS_FILE
+
     return (
-        (run_dir / "model.keras").is_file()
-        and (run_dir / "thresholds.json").is_file()
+        (run_dir / MODEL_FILE).is_file()
+        and (run_dir / THRESHOLDS_FILE).is_file()
         and len(_history(run_dir)) >= config.epochs
         and _stored_config(run_dir) == config
     )
@@ -149,7 +177,9 @@ def _is_trained(run_dir: Path, config) -> bool:
 
 def _stored_metrics(run_dir: Path) -> dict | None:
     """The metrics of the current model, if an earlier evaluation of it is on disk."""
-    metrics, model = run_dir / "eval" / "metrics.json", run_dir / "model.keras"
+    from riad_tf.run import MODEL_FILE, eval_dir
+
+    metrics, model = eval_dir(run_dir) / "metrics.json", run_dir / MODEL_FILE
     if metrics.is_file() and model.is_file() and metrics.stat().st_mtime >= model.stat().st_mtime:
         return json.loads(metrics.read_text())
     return None
@@ -157,10 +187,17 @@ def _stored_metrics(run_dir: Path) -> dict | None:
 
 def _record_data(run_dir: Path, data_dir: Path) -> None:
     """Writes the data spec the CLI stores, so `riad-tf evaluate RUN` finds the data."""
+    from edge.files import atomic_write_text
     from riad_tf.cli import DATA_FILE
-    from riad_tf.config import atomic_write_text
 
-    spec = {"path": str(data_dir.resolve()), "layout": "magnetic_tile", "normal": [], "abnormal": [], "masks": None, "test_normal": []}
+    spec = {
+        "path": str(data_dir.resolve()),
+        "layout": "magnetic_tile",
+        "normal": [],
+        "abnormal": [],
+        "masks": None,
+        "test_normal": [],
+    }
     atomic_write_text(run_dir / DATA_FILE, json.dumps(spec, indent=2) + "\n")
 
 
@@ -173,8 +210,8 @@ def run_model(label: str, run_dir: Path, config, split, data_dir: Path, progress
         every epoch once), evaluation seconds (None when an earlier evaluation
         was reused), epochs trained, and `reused` (nothing was computed).
     """
-    from riad_tf.evaluate import evaluate_run
-    from riad_tf.workflow import train_run
+    from riad_tf.jobs import evaluate_run, train_run
+    from riad_tf.run import eval_dir
 
     _check_compatible(run_dir, config)
     trained = _is_trained(run_dir, config)
@@ -190,7 +227,7 @@ def run_model(label: str, run_dir: Path, config, split, data_dir: Path, progress
     if summary is None:
         print(f"== {label}: evaluating on {len(split.test)} test images", flush=True)
         started = time.time()
-        summary = evaluate_run(run_dir, split.test, run_dir / "eval")
+        summary = evaluate_run(run_dir, split.test, eval_dir(run_dir))
         eval_seconds = time.time() - started
         print(f"== {label}: evaluated in {eval_seconds:.0f} s", flush=True)
     history = _history(run_dir)
@@ -220,7 +257,9 @@ def _minutes(seconds: float) -> str:
 def overall_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["model"] + [name for name, _ in METRIC_COLUMNS] + ["train time", "epochs"]
     rows = [
-        [r["model"]] + [_cell(r["metrics"][key]) for _, key in METRIC_COLUMNS] + [_minutes(r["train_seconds"]), str(r["epochs"])]
+        [r["model"]]
+        + [_cell(r["metrics"][key]) for _, key in METRIC_COLUMNS]
+        + [_minutes(r["train_seconds"]), str(r["epochs"])]
         for r in results
     ]
     return header, rows
@@ -250,7 +289,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _timing(results: list[dict], wall_seconds: float) -> str:
-    evals = ", ".join(f"{r['model']} {_minutes(r['eval_seconds'])}" for r in results if r.get("eval_seconds") is not None)
+    evals = ", ".join(
+        f"{r['model']} {_minutes(r['eval_seconds'])}" for r in results if r.get("eval_seconds") is not None
+    )
     return (
         f"Wall time of the whole command: {_minutes(wall_seconds)} (data checks, training, calibration, "
         f"evaluation and reports)" + (f"; evaluation alone: {evals}." if evals else ".")
@@ -323,10 +364,16 @@ def carry_over(out_dir: Path, results: list[dict], command: str, wall_seconds: f
 
 
 def write_results(out_dir: Path, results: list[dict], config, split, command: str, wall_seconds: float) -> None:
-    from riad_tf.config import atomic_write_text
+    from edge.files import atomic_write_text
 
     atomic_write_text(out_dir / "results.md", results_markdown(results, config, split, command, wall_seconds))
-    atomic_write_text(out_dir / "results.json", json.dumps({"command": command, "wall_seconds": wall_seconds, "config": config.to_dict(), "results": results}, indent=2) + "\n")
+    atomic_write_text(
+        out_dir / "results.json",
+        json.dumps(
+            {"command": command, "wall_seconds": wall_seconds, "config": config.to_dict(), "results": results}, indent=2
+        )
+        + "\n",
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -335,7 +382,9 @@ def write_results(out_dir: Path, results: list[dict], config, split, command: st
 def main(argv=None) -> int:
     started = time.time()
     args = parse_args(argv)
-    command = "python3 scripts/magnetic_tile.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python3 scripts/magnetic_tile.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     config = load_config(args)
     split = load_split(args.data)
     print(f"data: {split.describe()}", flush=True)

@@ -43,7 +43,7 @@ EDGE_PATHS = ("onnx", "tflite-fp32")
 
 
 def parse_point(text: str) -> tuple[int, float]:
-    """"SIZExMULTIPLIER" (e.g. "128x0.5") -> (128, 0.5)."""
+    """ "SIZExMULTIPLIER" (e.g. "128x0.5") -> (128, 0.5)."""
     try:
         size, multiplier = text.lower().split("x")
         return int(size), float(multiplier)
@@ -54,12 +54,24 @@ def parse_point(text: str) -> tuple[int, float]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=mt.DEFAULT_DATA, help="magnetic-tile root (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="one run folder per point; re-run to resume (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="one run folder per point; re-run to resume (default: %(default)s)",
+    )
     parser.add_argument("--config", type=Path, default=mt.DEFAULT_CONFIG, help="base config (default: %(default)s)")
-    parser.add_argument("--points", type=parse_point, nargs="+", default=[(64, 1.0), (64, 0.5), (128, 0.5)],
-                        help="SIZExWIDTH_MULTIPLIER, relative to the config's widths (default: 64x1.0 64x0.5 128x0.5)")
+    parser.add_argument(
+        "--points",
+        type=parse_point,
+        nargs="+",
+        default=[(64, 1.0), (64, 0.5), (128, 0.5)],
+        help="SIZExWIDTH_MULTIPLIER, relative to the config's widths (default: 64x1.0 64x0.5 128x0.5)",
+    )
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
-    parser.add_argument("--line-width", type=int, default=4096, help="line-scan camera width in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--line-width", type=int, default=4096, help="line-scan camera width in pixels (default: %(default)s)"
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per edge call when timing (default: %(default)s)")
     parser.add_argument("--iters", type=int, default=3, help="timed calls per path (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="edge runtime threads (default: all cores)")
@@ -92,7 +104,12 @@ def edge_speed(run_dir: Path, batch: int, iters: int, threads) -> dict:
     flops = riad_flops(detector.config, detector.unet)["per_image"]
     records = bench_inference(detector, EDGE_PATHS, (batch,), flops, None, iters, 1, threads)
     best = max(records, key=lambda r: r["images_per_s"])
-    return {"gflop_per_image": flops / 1e9, "paths": records, "best_path": best["path"], "images_per_s": best["images_per_s"]}
+    return {
+        "gflop_per_image": flops / 1e9,
+        "paths": records,
+        "best_path": best["path"],
+        "images_per_s": best["images_per_s"],
+    }
 
 
 def measure_point(args, base, split, size: int, multiplier: float) -> dict:
@@ -106,19 +123,43 @@ def measure_point(args, base, split, size: int, multiplier: float) -> dict:
     if speed.get("settings") != settings or speed_file.stat().st_mtime < (run_dir / "model.keras").stat().st_mtime:
         print(f"== {name}: timing {', '.join(EDGE_PATHS)} at batch {args.batch}", flush=True)
         speed = {**edge_speed(run_dir, args.batch, args.iters, args.threads), "settings": settings}
-        from riad_tf.config import atomic_write_text
+        from edge.files import atomic_write_text
+
         atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
-    return {**row, "size": size, "width_multiplier": multiplier, "widths": list(config.unet_widths), **speed,
-            "lines_per_s": lines_per_second(speed["images_per_s"], size, args.line_width)}
+    return {
+        **row,
+        "size": size,
+        "width_multiplier": multiplier,
+        "widths": list(config.unet_widths),
+        **speed,
+        "lines_per_s": lines_per_second(speed["images_per_s"], size, args.line_width),
+    }
 
 
 def table(rows: list[dict], line_width: int) -> tuple[list[str], list[list[str]]]:
-    header = ["size", "widths", "GFLOP/image", "image AUROC", "pixel AUROC", "AUPRO", "images/s (path)", f"lines/s at {line_width} px", "train time"]
-    body = [[
-        f"{r['size']} px", "-".join(map(str, r["widths"])), f"{r['gflop_per_image']:.2f}",
-        *(mt._cell(r["metrics"][key]) for key in ("image_auroc", "pixel_auroc", "aupro")),
-        f"{r['images_per_s']:.1f} ({r['best_path']})", f"{r['lines_per_s']:.0f}", mt._minutes(r["train_seconds"]),
-    ] for r in rows]
+    header = [
+        "size",
+        "widths",
+        "GFLOP/image",
+        "image AUROC",
+        "pixel AUROC",
+        "AUPRO",
+        "images/s (path)",
+        f"lines/s at {line_width} px",
+        "train time",
+    ]
+    body = [
+        [
+            f"{r['size']} px",
+            "-".join(map(str, r["widths"])),
+            f"{r['gflop_per_image']:.2f}",
+            *(mt._cell(r["metrics"][key]) for key in ("image_auroc", "pixel_auroc", "aupro")),
+            f"{r['images_per_s']:.1f} ({r['best_path']})",
+            f"{r['lines_per_s']:.0f}",
+            mt._minutes(r["train_seconds"]),
+        ]
+        for r in rows
+    ]
     return header, body
 
 
@@ -132,17 +173,31 @@ def main(argv=None) -> int:
     rows = [measure_point(args, base, split, size, multiplier) for size, multiplier in args.points]
     header, body = table(rows, args.line_width)
     print(mt.text_table(header, body))
-    command = "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    text = "\n".join([
-        "# Operating points on magnetic tile", "", f"Command: `{command}`", "",
-        f"Base configuration: {mt.describe_config(base)}; each row sets the image size and width multiplier. "
-        f"images/s: the whole {base.n} x {len(base.ks)}-pass detector, batch {args.batch}, fastest of {', '.join(EDGE_PATHS)}. "
-        "lines/s: square tiles side by side, no overlap.", "",
-        mt.markdown_table(header, body), "", f"Wall time: {mt._minutes(time.time() - started)}.", "",
-    ])
-    from riad_tf.config import atomic_write_text
+    command = "python3 " + " ".join(
+        shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    )
+    text = "\n".join(
+        [
+            "# Operating points on magnetic tile",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Base configuration: {mt.describe_config(base)}; each row sets the image size and width multiplier. "
+            f"images/s: the whole {base.n} x {len(base.ks)}-pass detector, batch {args.batch}, fastest of {', '.join(EDGE_PATHS)}. "
+            "lines/s: square tiles side by side, no overlap.",
+            "",
+            mt.markdown_table(header, body),
+            "",
+            f"Wall time: {mt._minutes(time.time() - started)}.",
+            "",
+        ]
+    )
+    from edge.files import atomic_write_text
+
     atomic_write_text(args.out / "operating_points.md", text)
-    atomic_write_text(args.out / "operating_points.json", json.dumps({"command": command, "rows": rows}, indent=2, default=str) + "\n")
+    atomic_write_text(
+        args.out / "operating_points.json", json.dumps({"command": command, "rows": rows}, indent=2, default=str) + "\n"
+    )
     return 0
 
 

@@ -42,7 +42,9 @@ EXPORTS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/operating_points/64px_x1"), help="trained run (default: %(default)s)")
+    parser.add_argument(
+        "--run", type=Path, default=Path("runs/operating_points/64px_x1"), help="trained run (default: %(default)s)"
+    )
     parser.add_argument("--data", type=Path, default=mt.DEFAULT_DATA, help="magnetic-tile root (default: %(default)s)")
     parser.add_argument("--formats", default=",".join(EXPORTS), help="comma-separated, from: " + ", ".join(EXPORTS))
     parser.add_argument("--batch", type=int, default=8, help="images per runtime call (default: %(default)s)")
@@ -56,7 +58,18 @@ def export(run_dir: Path, name: str) -> Path:
     out = run_dir / "exports" / name
     model = out / filename
     if not model.is_file() or model.stat().st_mtime < (run_dir / "model.keras").stat().st_mtime:
-        command = [sys.executable, "-m", "riad_tf.cli", "export", str(run_dir), *flags, "--batch", "0", "--out", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "riad_tf.cli",
+            "export",
+            str(run_dir),
+            *flags,
+            "--batch",
+            "0",
+            "--out",
+            str(out),
+        ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return model
 
@@ -98,16 +111,36 @@ def main(argv=None) -> int:
     reference = metrics.image_auroc(results["keras"][1], labels)
     for name, (maps, scores, images_per_s) in results.items():
         auroc = metrics.image_auroc(scores, labels)
-        rows.append({"path": name, "image_auroc": auroc, "delta_points": 100 * (auroc - reference),
-                     "pixel_auroc": metrics.pixel_auroc(maps, masks), "images_per_s": images_per_s,
-                     "gflops": flops * images_per_s / 1e9,
-                     "max_score_diff": float(np.max(np.abs(scores - results["keras"][1])))})
+        rows.append(
+            {
+                "path": name,
+                "image_auroc": auroc,
+                "delta_points": 100 * (auroc - reference),
+                "pixel_auroc": metrics.pixel_auroc(maps, masks),
+                "images_per_s": images_per_s,
+                "gflops": flops * images_per_s / 1e9,
+                "max_score_diff": float(np.max(np.abs(scores - results["keras"][1]))),
+            }
+        )
     header = ["path", "image AUROC", "change (points)", "pixel AUROC", "images/s", "GFLOP/s", "max score diff"]
-    body = [[r["path"], f"{r['image_auroc']:.4f}", f"{r['delta_points']:+.2f}", f"{r['pixel_auroc']:.4f}",
-             f"{r['images_per_s']:.1f}", f"{r['gflops']:.1f}", f"{r['max_score_diff']:.2e}"] for r in rows]
-    print(f"{args.run}: {len(images)} test images, batch {args.batch}, {flops / 1e9:.2f} GFLOP per image (float32 count)")
+    body = [
+        [
+            r["path"],
+            f"{r['image_auroc']:.4f}",
+            f"{r['delta_points']:+.2f}",
+            f"{r['pixel_auroc']:.4f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['gflops']:.1f}",
+            f"{r['max_score_diff']:.2e}",
+        ]
+        for r in rows
+    ]
+    print(
+        f"{args.run}: {len(images)} test images, batch {args.batch}, {flops / 1e9:.2f} GFLOP per image (float32 count)"
+    )
     print(mt.markdown_table(header, body))
-    from riad_tf.config import atomic_write_text
+    from edge.files import atomic_write_text
+
     atomic_write_text(args.run / "precision_accuracy.json", json.dumps(rows, indent=2) + "\n")
     return 0
 

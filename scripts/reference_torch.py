@@ -57,7 +57,9 @@ except ImportError:  # pragma: no cover - the message is the point
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
     padding = (kernel - stride + 1) // 2  # "same" for 3x3 stride 1 and 4x4 stride 2
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class UNet(nn.Module):
@@ -220,7 +222,9 @@ def validation_loss(net, images: np.ndarray, ks, n: int, batch: int, device) -> 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="data.npz from compare_reference.py (train, holdout, test)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="data.npz from compare_reference.py (train, holdout, test)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (history.json, eval/epoch_NNN.npz)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eval-epochs", default="", help="comma-separated epochs after which the test set is scored")
@@ -267,7 +271,9 @@ def main(argv=None) -> int:
     (args.out / "eval").mkdir(parents=True, exist_ok=True)
     history = []
     steps = math.ceil(len(train_images) / args.batch_size)
-    print(f"reference: {len(train_images)} training images, {steps} steps per epoch, {args.threads} threads", flush=True)
+    print(
+        f"reference: {len(train_images)} training images, {steps} steps per epoch, {args.threads} threads", flush=True
+    )
     for epoch in range(1, args.epochs + 1):
         net.train()
         started, loss_sum = time.time(), 0.0
@@ -290,12 +296,23 @@ def main(argv=None) -> int:
             "images_per_s": round(len(train_images) / seconds, 2),
         }
         history.append(record)
-        print(f"reference epoch {epoch}/{args.epochs}: loss {record['loss']:.4f}, val {record['val_loss']:.4f}, {seconds:.0f} s", flush=True)
+        print(
+            f"reference epoch {epoch}/{args.epochs}: loss {record['loss']:.4f}, val {record['val_loss']:.4f}, {seconds:.0f} s",
+            flush=True,
+        )
         if epoch in eval_epochs:
             net.eval()
-            maps, scores = zip(*(anomaly_maps(net, nchw(test[s : s + 16], device), masks_by_k, args.smoothing) for s in range(0, len(test), 16)))
+            maps, scores = zip(
+                *(
+                    anomaly_maps(net, nchw(test[s : s + 16], device), masks_by_k, args.smoothing)
+                    for s in range(0, len(test), 16)
+                )
+            )
             maps, scores = torch.cat(maps).numpy(), torch.cat(scores).numpy()
-            _atomic_save(args.out / "eval" / f"epoch_{epoch:03d}.npz", lambda p: _save_npz(p, maps=maps.astype(np.float16), scores=scores))
+            _atomic_save(
+                args.out / "eval" / f"epoch_{epoch:03d}.npz",
+                lambda p: _save_npz(p, maps=maps.astype(np.float16), scores=scores),
+            )
         _atomic_save(args.out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1) + "\n"))
     return 0
 

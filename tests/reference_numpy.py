@@ -74,7 +74,9 @@ def msgms_loss(x, y, scales=4):
 def mean_filter(maps, size):
     """Mean over the in-image pixels of each size x size window (padding not counted)."""
     pad = size // 2
-    sums = sliding_window_view(np.pad(maps, ((0, 0), (pad, pad), (pad, pad))), (size, size), axis=(1, 2)).sum(axis=(-2, -1))
+    sums = sliding_window_view(np.pad(maps, ((0, 0), (pad, pad), (pad, pad))), (size, size), axis=(1, 2)).sum(
+        axis=(-2, -1)
+    )
     ones = np.pad(np.ones(maps.shape[1:]), pad)
     counts = sliding_window_view(ones, (size, size)).sum(axis=(-2, -1))
     return sums / counts

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY_WIDTHS
+
 from riad_tf import train as train_module
-from riad_tf.config import RiadConfig
 from riad_tf.batchnorm import BatchNormDivergenceError, batchnorm_layers, frozen_statistics, statistics_diverged
+from riad_tf.config import RiadConfig
 from riad_tf.train import batchnorm_check, float32_copy, reestimate_batchnorm, train
 
 
@@ -17,13 +17,26 @@ def images():
     """Smooth waves of random frequency and phase: what a tiny U-Net learns to inpaint in a few epochs."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:32, 0:32] / 32
-    waves = [0.5 + 0.35 * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0.5, 1.5) * y) + rng.uniform(0, 2 * np.pi)) for _ in range(24)]
+    waves = [
+        0.5
+        + 0.35 * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0.5, 1.5) * y) + rng.uniform(0, 2 * np.pi))
+        for _ in range(24)
+    ]
     return np.repeat(np.array(waves, np.float32)[..., None], 3, axis=-1)
 
 
 @pytest.fixture(scope="module")
 def config():
-    return RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS, ks=(2, 4, 8), smoothing=5, epochs=6, batch_size=4, learning_rate=1e-2, mixed_precision="off")
+    return RiadConfig(
+        image_size=(32, 32),
+        widths=TINY_WIDTHS,
+        ks=(2, 4, 8),
+        smoothing=5,
+        epochs=6,
+        batch_size=4,
+        learning_rate=1e-2,
+        mixed_precision="off",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +63,9 @@ def test_guard_fires_on_wrong_statistics_and_not_on_a_good_model(trained, config
     check = batchnorm_check(spoiled, images[16:], config, 4)
     assert check["bn_diverged"], check
     # Training mode does not read the moving statistics, so it still measures the learned model.
-    assert check["val_loss_train_mode"] == pytest.approx(batchnorm_check(good, images[16:], config, 4)["val_loss_train_mode"], rel=1e-4)
+    assert check["val_loss_train_mode"] == pytest.approx(
+        batchnorm_check(good, images[16:], config, 4)["val_loss_train_mode"], rel=1e-4
+    )
 
     used = reestimate_batchnorm(spoiled, images[:16], config)
     assert used == 4  # one pass over 16 images in batches of 4
@@ -75,7 +90,9 @@ def test_spoiled_last_epoch_is_repaired_before_shipping(config, images, tmp_path
         if epoch == config.epochs:
             _spoil_statistics(unet)
 
-    train(config, images[:16], out, progress=False, on_epoch_end=spoil_last)  # no held-out images: the last epoch is kept
+    train(
+        config, images[:16], out, progress=False, on_epoch_end=spoil_last
+    )  # no held-out images: the last epoch is kept
     history = json.loads((out / "history.json").read_text())
     kept = [r for r in history if r.get("kept")]
     assert [r["epoch"] for r in kept] == [config.epochs]
@@ -106,7 +123,9 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(config, images, tmp_p
 
     train(config, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)
     wrecked = config.with_overrides({"epochs": config.epochs + 1, "learning_rate": 10.0, "lr_schedule": "constant"})
-    saved = train(wrecked, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)  # resumes: one more epoch
+    saved = train(
+        wrecked, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot
+    )  # resumes: one more epoch
 
     history = json.loads((out / "history.json").read_text())
     losses = {r["epoch"]: r["val_loss"] for r in history}

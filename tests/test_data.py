@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,17 @@ from riad_tf.data import (
     DataError,
     DataSplit,
     Sample,
+    data_spec,
     has_pixel_masks,
     load_arrays,
     load_dataset,
     load_folders,
     load_magnetic_tile,
     load_mvtec,
+    load_split,
     read_image,
     read_mask,
     split_holdout,
-    training_dataset,
     validate,
 )
 from riad_tf.synthetic import DEFECT_TYPES, make_synthetic_dataset
@@ -142,9 +144,7 @@ def test_load_folders_masks_and_defect_types(folders):
     names = ["c0.jpg", "c1.jpg", "c2.jpg", "h0.png", "h1.png", "h2.png"]
     assert [s.path.name for s in bad] == names
     assert [s.defect_type for s in bad] == ["crack"] * 3 + ["hole"] * 3
-    assert [s.mask_path.name for s in bad] == [f"c{i}.png" for i in range(3)] + [
-        f"h{i}_mask.png" for i in range(3)
-    ]
+    assert [s.mask_path.name for s in bad] == [f"c{i}.png" for i in range(3)] + [f"h{i}_mask.png" for i in range(3)]
     assert all(s.mask_path.parent == s.path.parent for s in bad)
     # A 20 % seeded share of the good images is tested, the rest trains.
     good_test = [s for s in split.test if s.label == 0]
@@ -397,18 +397,15 @@ def test_split_holdout_deterministic_and_disjoint():
         split_holdout(samples, 1.0)
 
 
-def test_training_dataset_batches():
-    images = np.tile(np.arange(10, dtype=np.float32).reshape(-1, 1, 1, 1), (1, 32, 32, 3))
-    dataset = training_dataset(images, batch_size=4, seed=0)
-    epochs = [[batch.numpy() for batch in dataset] for _ in range(2)]
-    for batches in epochs:
-        assert [b.shape for b in batches] == [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
-        assert all(b.dtype == np.float32 for b in batches)
-        assert sorted(np.concatenate(batches)[:, 0, 0, 0]) == list(range(10))  # each image once
-    order = [np.concatenate(batches)[:, 0, 0, 0].tolist() for batches in epochs]
-    assert order[0] != order[1] or order[0] != list(range(10))  # shuffled
-    unshuffled = np.concatenate([b.numpy() for b in training_dataset(images, 4, shuffle=False)])
-    assert unshuffled[:, 0, 0, 0].tolist() == list(range(10))
+def test_data_spec_round_trips_through_json(tmp_path, monkeypatch):
+    data_dir = make_synthetic_dataset(tmp_path / "data", image_size=32, n_train=4, n_test_good=2, n_test_defect=2)
+    monkeypatch.chdir(tmp_path)
+    spec = json.loads(json.dumps(data_spec("data", "mvtec")))  # relative paths become absolute
+    assert spec["path"] == str(data_dir.resolve())
+    split, skipped = load_split(spec)
+    assert (len(split.train), len(split.test), skipped) == (4, 2 + 2 * 2, [])  # 2 defects per defect type
+    with pytest.raises(DataError, match="unknown layout"):
+        load_split({**spec, "layout": "nonsense"})
 
 
 # ----------------------------------------------------------------------------

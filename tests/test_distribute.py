@@ -20,7 +20,14 @@ import pytest
 import tensorflow as tf
 
 from riad_tf.config import RiadConfig
-from riad_tf.distribute import cluster_resolver, cpu_bf16_support, is_chief, make_strategy, num_workers, resolve_precision
+from riad_tf.distribute import (
+    cluster_resolver,
+    cpu_bf16_support,
+    is_chief,
+    make_strategy,
+    num_workers,
+    resolve_precision,
+)
 from riad_tf.train import learning_rate, train, training_batches
 
 TINY = dict(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4, 8), smoothing=5)
@@ -238,9 +245,21 @@ def test_mirrored_two_replicas_follow_one_device():
     """Same global batch (8 = 2 x 4) and seed: the same masks reach the same images, and with
     batch norm synchronised the loss trajectory matches one device up to float rounding."""
     # float32 and a constant rate: the comparison is about summation order, not bfloat16 rounding.
-    config = dict(TINY, epochs=2, batch_size=8, learning_rate=1e-3, lr_schedule="constant", mixed_precision="off", sync_batchnorm=True)
+    config = dict(
+        TINY,
+        epochs=2,
+        batch_size=8,
+        learning_rate=1e-3,
+        lr_schedule="constant",
+        mixed_precision="off",
+        sync_batchnorm=True,
+    )
     done = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(config)], capture_output=True, text=True, env=QUIET, timeout=400
+        [sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        env=QUIET,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
@@ -265,19 +284,41 @@ def test_mirrored_two_replicas_follow_one_device():
 def dataset(tmp_path_factory):
     from riad_tf.synthetic import make_synthetic_dataset
 
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiles", image_size=32, n_train=12, n_test_good=2, n_test_defect=2)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "tiles", image_size=32, n_train=12, n_test_good=2, n_test_defect=2
+    )
 
 
 def _start_workers(dataset, outs, epochs, scratch, logs):
     ports = _free_ports(len(outs))
     procs = []
     for index, out in enumerate(outs):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
         env = dict(QUIET, TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch[index]))
         command = [
-            sys.executable, "-m", "riad_tf.cli", "train", "--data", str(dataset), "--out", str(out),
-            "--epochs", str(epochs), "--batch-size", "2", "--image-size", "32", "--no-progress",
-            "--strategy", "multi_worker", "--mixed-precision", "mixed_float16", *TINY_SETS,
+            sys.executable,
+            "-m",
+            "riad_tf.cli",
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "2",
+            "--image-size",
+            "32",
+            "--no-progress",
+            "--strategy",
+            "multi_worker",
+            "--mixed-precision",
+            "mixed_float16",
+            *TINY_SETS,
         ]
         procs.append(subprocess.Popen(command, stdout=logs[index].open("w"), stderr=subprocess.STDOUT, env=env))
     return procs
@@ -299,7 +340,9 @@ def test_multi_worker_killed_and_resumed(dataset, tmp_path):
         deadline = time.time() + 300
         while not (run / "checkpoints" / "ckpt-2.index").exists():
             assert time.time() < deadline, "no checkpoint after 300 s:\n" + logs[0].read_text()[-3000:]
-            assert all(p.poll() is None for p in procs), "a worker ended early:\n" + logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+            assert all(p.poll() is None for p in procs), (
+                "a worker ended early:\n" + logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+            )
             time.sleep(0.05)
         procs[1].kill()  # the non-chief dies mid-run ...
         time.sleep(1.0)

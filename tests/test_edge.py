@@ -97,7 +97,9 @@ def test_inpainting_matches_tensorflow_and_checks_the_partition():
         np.testing.assert_allclose(recs[k], expected, atol=1e-6)
     uint8 = edge_inpaint.masked_copies(np.round(images * 255).astype(np.uint8), masks.astype(np.uint8))
     assert uint8.dtype == np.uint8
-    np.testing.assert_array_equal(edge_inpaint.check_masks(masks.astype(np.uint8), cfg.ks, cfg.n, cfg.image_size), masks)
+    np.testing.assert_array_equal(
+        edge_inpaint.check_masks(masks.astype(np.uint8), cfg.ks, cfg.n, cfg.image_size), masks
+    )
     broken = masks.copy()
     broken[0, 0, 0, 0, 0] = 1 - broken[0, 0, 0, 0, 0]
     with pytest.raises(ValueError, match="Eq. 1"):
@@ -183,10 +185,21 @@ def _write_toy_unet(folder: Path, batch=None, thresholds=THRESHOLDS, name="toy")
     masks = folder / f"{name}.masks.npy"
     np.save(masks, inference_masks(SIZE, SIZE, cfg.ks, cfg.n, cfg.seed).astype(np.uint8))
     metadata = ModelMetadata(
-        format="onnx", graph="unet", precision="fp32", quantization="none", model_file=path.name,
-        sha256=file_sha256(path), input_name="images", input_shape=(batch, SIZE, SIZE, 3), input_dtype="float32",
-        output_names=("reconstruction",), config=cfg.to_dict(), thresholds=thresholds,
-        masks_file=masks.name, masks_sha256=file_sha256(masks), riad_tf_version="test",
+        format="onnx",
+        graph="unet",
+        precision="fp32",
+        quantization="none",
+        model_file=path.name,
+        sha256=file_sha256(path),
+        input_name="images",
+        input_shape=(batch, SIZE, SIZE, 3),
+        input_dtype="float32",
+        output_names=("reconstruction",),
+        config=cfg.to_dict(),
+        thresholds=thresholds,
+        masks_file=masks.name,
+        masks_sha256=file_sha256(masks),
+        riad_tf_version="test",
     )
     write_metadata(path, metadata)
     return path
@@ -279,8 +292,14 @@ def test_verdicts_need_thresholds(tmp_path):
 class _FailingXnnpackInterpreter:
     """Stands in for LiteRT's Interpreter: with the default (XNNPACK) resolver the first call fails."""
 
-    def __init__(self, model_path=None, num_threads=None, experimental_op_resolver_type=None,
-                 experimental_disable_delegate_clustering=False, experimental_preserve_all_tensors=False):
+    def __init__(
+        self,
+        model_path=None,
+        num_threads=None,
+        experimental_op_resolver_type=None,
+        experimental_disable_delegate_clustering=False,
+        experimental_preserve_all_tensors=False,
+    ):
         from ai_edge_litert.interpreter import OpResolverType
 
         self.fails = experimental_op_resolver_type == OpResolverType.AUTO
@@ -298,7 +317,9 @@ class _FailingXnnpackInterpreter:
 
             def __call__(self, images):
                 if interpreter.fails:
-                    raise RuntimeError("tensorflow/lite/delegates/xnnpack: Node number 3 (TfLiteXNNPackDelegate) failed to prepare.")
+                    raise RuntimeError(
+                        "tensorflow/lite/delegates/xnnpack: Node number 3 (TfLiteXNNPackDelegate) failed to prepare."
+                    )
                 return {"maps": np.zeros((len(images), SIZE, SIZE)), "scores": np.zeros(len(images))}
 
         return Runner()
@@ -319,6 +340,20 @@ def test_litert_falls_back_to_builtin_kernels_when_xnnpack_refuses(monkeypatch):
     assert not session._interpreter.preserves_tensors
 
 
+def test_litert_and_onnx_sessions_implement_the_session_protocol(toy_unet, tmp_path):
+    from edge.runner import open_session
+    from edge.session import Session
+    from riad_tf.export import export_detector
+
+    tflite = export_detector(_toy_detector(), tmp_path, formats=("tflite",), bare_unet=True, verify=False)["tflite"]
+    for path, backend in ((tflite, "litert"), (toy_unet, "onnxruntime")):
+        session = open_session(path, threads=1)
+        assert isinstance(session, Session) and session.backend == backend
+        outputs = session.run(np.zeros((6, SIZE, SIZE, 3), np.float32))  # one image's 6 masked copies
+        assert set(outputs) == set(session.output_names) == {"reconstruction"}
+    assert not isinstance(object(), Session)
+
+
 # ----------------------------------------------------------------------------
 # The command line
 
@@ -331,7 +366,17 @@ def test_cli_infer_writes_one_json_line_and_a_map_per_image(tmp_path, toy_unet):
     for i, (image, size) in enumerate(zip(images, sizes)):
         Image.fromarray(np.round(image * 255).astype(np.uint8)).resize(size[::-1]).save(tmp_path / f"part{i}.png")
     result = CliRunner().invoke(
-        main, ["infer", str(toy_unet), str(tmp_path / "part0.png"), str(tmp_path), "--maps-dir", str(tmp_path / "maps"), "--batch", "2"]
+        main,
+        [
+            "infer",
+            str(toy_unet),
+            str(tmp_path / "part0.png"),
+            str(tmp_path),
+            "--maps-dir",
+            str(tmp_path / "maps"),
+            "--batch",
+            "2",
+        ],
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.output.splitlines()]
@@ -352,7 +397,9 @@ def test_cli_infer_writes_one_json_line_and_a_map_per_image(tmp_path, toy_unet):
 def test_cli_bench_reports_latency_per_batch_size(toy_unet):
     from edge.cli import main
 
-    result = CliRunner().invoke(main, ["bench", str(toy_unet), "--batch", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"])
+    result = CliRunner().invoke(
+        main, ["bench", str(toy_unet), "--batch", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["batch"] for r in rows] == [1, 2]
@@ -379,12 +426,14 @@ def test_cli_errors_are_one_line(tmp_path, toy_unet):
 
 
 def test_build_engine_without_tensorrt_exits_non_zero_with_the_reason(toy_unet, tmp_path):
-    from edge import trt
+    from edge import trt, trt_build
     from edge.cli import main
 
     reason = trt.unavailable_reason()
     if reason is None:  # a machine with TensorRT and a GPU builds the engine instead
-        result = CliRunner().invoke(main, ["build-engine", str(toy_unet), "--fp16", "--out", str(tmp_path / "toy.engine")])
+        result = CliRunner().invoke(
+            main, ["build-engine", str(toy_unet), "--fp16", "--out", str(tmp_path / "toy.engine")]
+        )
         assert result.exit_code == 0, result.output
         return
     result = CliRunner().invoke(main, ["build-engine", str(toy_unet), "--fp16", "--out", str(tmp_path / "toy.engine")])
@@ -392,20 +441,22 @@ def test_build_engine_without_tensorrt_exits_non_zero_with_the_reason(toy_unet, 
     assert "cannot build a TensorRT engine here" in result.output and reason.split(" (")[0] in result.output
     assert not (tmp_path / "toy.engine").exists()
     with pytest.raises(trt.TensorRTUnavailable):
-        trt.build_engine(toy_unet, tmp_path / "toy.engine")
+        trt_build.build_engine(toy_unet, tmp_path / "toy.engine")
 
 
 def test_build_commands_for_the_device(toy_unet):
-    from edge import trt
+    from edge import trt_build
 
-    commands = trt.build_commands(toy_unet, "int8", "toy_calibration")
-    assert commands["riad-edge"] == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --out toy_int8.engine"
+    commands = trt_build.build_commands(toy_unet, "int8", "toy_calibration")
+    assert (
+        commands["riad-edge"] == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --out toy_int8.engine"
+    )
     trtexec = commands["trtexec"]
-    assert trtexec.startswith(f"{trt.TRTEXEC} --onnx=toy.onnx --saveEngine=toy_int8.engine --int8")
+    assert trtexec.startswith(f"{trt_build.TRTEXEC} --onnx=toy.onnx --saveEngine=toy_int8.engine --int8")
     assert "--calib=toy_int8.engine.calib.cache" in trtexec
     assert f"--maxShapes=images:{8 * 6}x32x32x3" in trtexec  # dynamic batch: 8 images' masked copies
     assert commands["trtexec-metadata"] == "riad-edge engine-metadata toy_int8.engine --onnx toy.onnx --precision int8"
-    assert "--fp16" in trt.build_commands(toy_unet, "fp16")["riad-edge"]
+    assert "--fp16" in trt_build.build_commands(toy_unet, "fp16")["riad-edge"]
 
 
 def test_engine_metadata_describes_a_trtexec_engine(toy_unet, tmp_path):
@@ -426,20 +477,26 @@ def test_engine_metadata_describes_a_trtexec_engine(toy_unet, tmp_path):
 
 
 def test_edge_modules_never_import_tensorflow(toy_unet):
+    """Every module of the edge package (found by walking it, so a new one is covered) imports and runs without TF."""
     script = f"""
-import sys
-import edge.bench, edge.cli, edge.cuda, edge.images, edge.inpaint, edge.litert, edge.metadata
-import edge.onnxrt, edge.runner, edge.scoring, edge.trt
+import importlib, pkgutil, sys
+import edge
+modules = sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "edge."))
+for name in modules:
+    importlib.import_module(name)
 import numpy as np
 runner = edge.runner.Runner.open({str(toy_unet)!r})
 maps, scores = runner(np.zeros((1, {SIZE}, {SIZE}, 3), np.float32))
 assert maps.shape == (1, {SIZE}, {SIZE}) and np.isfinite(maps).all()
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx'))
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx', 'riad_tf'))
 assert not heavy, heavy
-print('ok')
+print(len(modules), 'ok')
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    walked = int(result.stdout.split()[-2])
+    on_disk = len([p for p in (REPO / "edge").rglob("*.py") if p != REPO / "edge" / "__init__.py"])
+    assert walked == on_disk  # every module file was imported, subpackages (stream/) included
 
 
 def _setup_requirements() -> dict[str, list[str]]:

@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_video import FRAME_SHAPE, moving_texture
 
 from edge.cli import main
+from edge.images import prepare_image
 from edge.metadata import ModelMetadata, read_metadata, write_metadata
-from test_video import FRAME_SHAPE, moving_texture
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -95,14 +96,17 @@ def column(rows, name) -> np.ndarray:
 
 def causal_means(scores, window):
     """The brief's definition, written out: mean of the last `window` scores (fewer at the start)."""
-    return [sum(scores[max(0, t - window + 1) : t + 1]) / len(scores[max(0, t - window + 1) : t + 1]) for t in range(len(scores))]
+    return [
+        sum(scores[max(0, t - window + 1) : t + 1]) / len(scores[max(0, t - window + 1) : t + 1])
+        for t in range(len(scores))
+    ]
 
 
 # ----------------------------------------------------------------------------
 
 
 def test_video_scores_match_keras_and_are_smoothed_over_three_frames(onnx_model, detector, video_file, tmp_path):
-    from riad_tf.video.frames import decode_video, frame_to_input
+    from riad_tf.video.frames import decode_video
 
     assert read_metadata(onnx_model).config["temporal_window"] == 3  # the run's window reaches the device
     out = tmp_path / "out" / "scores.csv"
@@ -119,7 +123,7 @@ def test_video_scores_match_keras_and_are_smoothed_over_three_frames(onnx_model,
     assert column(rows, "smoothed").tolist() == causal_means(scores.tolist(), 3)  # exactly
 
     # The training side's decoding and preprocessing, scored by the Keras detector.
-    inputs = np.stack([frame_to_input(f, (SIZE, SIZE), 3) for f in decode_video(video_file)])
+    inputs = np.stack([prepare_image(f, (SIZE, SIZE), 3) for f in decode_video(video_file)])
     np.testing.assert_allclose(scores, detector.score(inputs)[1], atol=1e-5, rtol=0)
 
 
@@ -211,7 +215,7 @@ def test_the_video_command_imports_no_tensorflow(onnx_model, video_file, tmp_pat
 import sys
 from click.testing import CliRunner
 import edge.cli, edge.temporal, edge.video
-result = CliRunner().invoke(edge.cli.main, ["video", {str(onnx_model)!r}, {str(video_file)!r}, "--out", {str(tmp_path / 's.csv')!r}])
+result = CliRunner().invoke(edge.cli.main, ["video", {str(onnx_model)!r}, {str(video_file)!r}, "--out", {str(tmp_path / "s.csv")!r}])
 assert result.exit_code == 0, result.output
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx'))
 assert not heavy, heavy

@@ -21,11 +21,58 @@ THRESHOLDS = {"image": 0.25, "pixel": 0.3}
 
 # TensorRT's ONNX parser: operators it supports (onnx-tensorrt's operators.md), the ones a RIAD graph may use.
 TENSORRT_ONNX_OPERATORS = {
-    "Conv", "ConvTranspose", "BatchNormalization", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Sqrt",
-    "Max", "Min", "Sum", "AveragePool", "Resize", "Reshape", "Transpose", "Concat", "Tile", "ReduceMean",
-    "ReduceMax", "ReduceSum", "Cast", "Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Pad", "Identity",
-    "Constant", "Expand", "Flatten", "Pow", "Neg", "Abs", "Exp", "Clip", "MatMul", "Gemm", "Range", "Floor",
-    "Ceil", "Not", "Equal", "Greater", "Less", "Where", "ConstantOfShape", "ReduceMin", "ReduceProd", "Softmax",
+    "Conv",
+    "ConvTranspose",
+    "BatchNormalization",
+    "Relu",
+    "Sigmoid",
+    "Add",
+    "Mul",
+    "Sub",
+    "Div",
+    "Sqrt",
+    "Max",
+    "Min",
+    "Sum",
+    "AveragePool",
+    "Resize",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Tile",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceSum",
+    "Cast",
+    "Shape",
+    "Gather",
+    "Slice",
+    "Unsqueeze",
+    "Squeeze",
+    "Pad",
+    "Identity",
+    "Constant",
+    "Expand",
+    "Flatten",
+    "Pow",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Clip",
+    "MatMul",
+    "Gemm",
+    "Range",
+    "Floor",
+    "Ceil",
+    "Not",
+    "Equal",
+    "Greater",
+    "Less",
+    "Where",
+    "ConstantOfShape",
+    "ReduceMin",
+    "ReduceProd",
+    "Softmax",
 }
 
 
@@ -71,8 +118,12 @@ def fp32_export(detector, tmp_path_factory):
     from riad_tf.export import export_detector
 
     return export_detector(
-        detector, tmp_path_factory.mktemp("fp32"), formats=("tflite", "onnx"), batch=None,
-        thresholds=THRESHOLDS, representative_images=_textures(4, seed=12),
+        detector,
+        tmp_path_factory.mktemp("fp32"),
+        formats=("tflite", "onnx"),
+        batch=None,
+        thresholds=THRESHOLDS,
+        representative_images=_textures(4, seed=12),
     )
 
 
@@ -85,7 +136,9 @@ def fp16_run_export(detector, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     save_model(run_dir, detector.unet, detector.config)
     save_thresholds(run_dir, THRESHOLDS)
-    return export_run(run_dir, tmp_path_factory.mktemp("fp16"), formats=("tflite",), precision="fp16", batch=2, uint8_input=True)
+    return export_run(
+        run_dir, tmp_path_factory.mktemp("fp16"), formats=("tflite",), precision="fp16", batch=2, uint8_input=True
+    )
 
 
 NO_TENSORRT = "the tensorrt Python package is not installed (test)"
@@ -100,8 +153,15 @@ def bare_trt_export(detector, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, pytest.raises(ExportError) as caught:
         patch.setattr(trt, "unavailable_reason", lambda: NO_TENSORRT)  # the same on machines that have TensorRT
         export_detector(
-            detector, tmp_path_factory.mktemp("bare"), formats=("onnx",), batch=1, bare_unet=True, trt=True,
-            precision="int8", representative_images=_textures(5, seed=13), thresholds=THRESHOLDS,
+            detector,
+            tmp_path_factory.mktemp("bare"),
+            formats=("onnx",),
+            batch=1,
+            bare_unet=True,
+            trt=True,
+            precision="int8",
+            representative_images=_textures(5, seed=13),
+            thresholds=THRESHOLDS,
         )
     return caught.value
 
@@ -161,14 +221,27 @@ def test_litert_repeated_calls_give_the_same_answer(tmp_path):
     batches = np.random.default_rng(0).random((2, 8, SIZE, SIZE, 1), dtype=np.float32)
     np.save(tmp_path / "batches.npy", batches)
     result = subprocess.run(
-        [sys.executable, "-c", REPEATED_CALLS, str(written["tflite"]), str(tmp_path / "batches.npy"),
-         str(tmp_path / "answers.npy")], capture_output=True, text=True, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            REPEATED_CALLS,
+            str(written["tflite"]),
+            str(tmp_path / "batches.npy"),
+            str(tmp_path / "answers.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     answers = np.load(tmp_path / "answers.npy")  # (session, call, image)
     expected = np.concatenate([detector.score(batch)[1] for batch in batches])
     wrong = np.abs(answers - expected).max(axis=2) > 1e-4
     changed = [not np.array_equal(first, again) for first, again in answers]
-    print(f"LiteRT sessions with a wrong answer in call 1, call 2: {wrong.sum(axis=0).tolist()} of 12; changed: {sum(changed)}")
+    print(
+        f"LiteRT sessions with a wrong answer in call 1, call 2: {wrong.sum(axis=0).tolist()} of 12; changed: {sum(changed)}"
+    )
     assert not wrong.any(), f"wrong scores (session, call): {np.argwhere(wrong).tolist()}"
     assert not any(changed), f"{sum(changed)} of 12 LiteRT sessions changed their answer"
 
@@ -193,7 +266,10 @@ def test_bare_unet_and_numpy_runner_match_the_whole_graph(bare_trt_export, fp32_
     maps, scores = bare(images)
     whole_maps, whole_scores = Runner.open(fp32_export["onnx"])(images)
     diffs = (np.abs(maps - whole_maps).max(), np.abs(maps - expected[0]).max(), np.abs(scores - expected[1]).max())
-    print("bare U-Net + numpy scoring: max |maps - whole graph| = %.2e, |maps - Keras| = %.2e, |scores - Keras| = %.2e" % diffs)
+    print(
+        "bare U-Net + numpy scoring: max |maps - whole graph| = %.2e, |maps - Keras| = %.2e, |scores - Keras| = %.2e"
+        % diffs
+    )
     assert max(diffs) <= 1e-3
     masks = np.load(written["masks"])
     assert masks.dtype == np.uint8 and masks.shape == (2, 3, SIZE, SIZE, 1)
@@ -238,7 +314,10 @@ def test_onnx_graph_uses_only_tensorrt_operators(fp32_export, bare_trt_export):
                 assert attributes["coordinate_transformation_mode"] == b"half_pixel" and attributes["mode"] == b"linear"
     whole = onnx.load(fp32_export["onnx"])
     assert "AveragePool" in {n.op_type for n in whole.graph.node}  # the scoring really is in the graph
-    assert [i.name for i in whole.graph.input] == ["images"] and [o.name for o in whole.graph.output] == ["maps", "scores"]
+    assert [i.name for i in whole.graph.input] == ["images"] and [o.name for o in whole.graph.output] == [
+        "maps",
+        "scores",
+    ]
 
 
 def _tflite_ops(path):
@@ -309,8 +388,9 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
     defective = np.stack([_with_defect(x, rng) for x in _textures(24, seed=23)])
     held_out, labels = np.concatenate([good, defective]), np.r_[np.zeros(24), np.ones(24)]
 
-    written = export_detector(detector, tmp_path, formats=("tflite", "onnx"), precision="int8", batch=None,
-                              representative_images=train[:32])
+    written = export_detector(
+        detector, tmp_path, formats=("tflite", "onnx"), precision="int8", batch=None, representative_images=train[:32]
+    )
     fp32_maps, fp32_scores = detector.score(held_out, 16)
     auroc_fp32 = roc_auc_score(labels, fp32_scores)
     assert auroc_fp32 > 0.6  # the tiny model does detect the defects
@@ -331,7 +411,11 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
     assert {dtype for name, dtype in ops if name in scoring_ops} == {"float32"}  # ... the scoring is not
     assert len({name for name, _ in ops} & scoring_ops) == len(scoring_ops)
     quantized, float_convolutions = _onnx_convolutions(written["onnx_int8"])
-    unet_layers = [layer for layer in detector.unet.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+    unet_layers = [
+        layer
+        for layer in detector.unet.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+    ]
     assert quantized == len(unet_layers)  # every U-Net convolution has int8 weights ...
     assert float_convolutions == 8  # ... and none of MSGMS's: 4 scales x (Prewitt on the image, on the reconstruction)
 
@@ -363,17 +447,23 @@ def test_int8_without_representative_images_is_dynamic_range(detector, images, e
 
 
 def test_trt_export_without_tensorrt_writes_the_device_commands(bare_trt_export):
-    from edge import trt
+    from edge import trt_build
 
     error, written = bare_trt_export, bare_trt_export.written
     message = str(error)
-    assert "no TensorRT engine built here" in message and NO_TENSORRT in message and str(written["trt_instructions"]) in message
+    assert (
+        "no TensorRT engine built here" in message
+        and NO_TENSORRT in message
+        and str(written["trt_instructions"]) in message
+    )
     assert "\n" not in message
     calibration = np.load(written["calibration"])
     assert calibration.shape == (5, SIZE, SIZE, 3) and calibration.dtype == np.float32
     text = written["trt_instructions"].read_text()
-    assert "riad-edge build-engine riad_unet.onnx --int8 --calib riad_unet_calibration --out riad_unet_int8.engine" in text
-    assert f"{trt.TRTEXEC} --onnx=riad_unet.onnx --saveEngine=riad_unet_int8.engine --int8" in text
+    assert (
+        "riad-edge build-engine riad_unet.onnx --int8 --calib riad_unet_calibration --out riad_unet_int8.engine" in text
+    )
+    assert f"{trt_build.TRTEXEC} --onnx=riad_unet.onnx --saveEngine=riad_unet_int8.engine --int8" in text
     assert "riad_unet.masks.npy" in text and NO_TENSORRT in text  # the device needs the masks too
     assert "engine" not in written
 
@@ -408,7 +498,7 @@ def test_edge_runs_the_exports_without_tensorflow(fp32_export, bare_trt_export, 
 import sys
 import numpy as np
 import edge.runner, edge.cli
-images = np.load({str(tmp_path / 'images.npy')!r})
+images = np.load({str(tmp_path / "images.npy")!r})
 for i, path in enumerate({models!r}):
     maps, scores = edge.runner.Runner.open(path, threads=1)(images)
     np.save({str(tmp_path)!r} + f'/scores{{i}}.npy', scores)

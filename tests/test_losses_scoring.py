@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_numpy as ref
 import tensorflow as tf
 
-import reference_numpy as ref
 from riad_tf.losses import gms_map, msgms_loss, msgms_map, riad_loss, ssim_loss
 from riad_tf.scoring import anomaly_map, mean_filter, ssim_map
 
 REPO = Path(__file__).resolve().parents[1]
+
 
 def _pair(shape=(3, 48, 64, 3), seed=0):
     rng = np.random.default_rng(seed)
@@ -82,7 +83,9 @@ def test_riad_loss_weights_eq7():
     x, y = _pair((2, 32, 32, 3))
     l_g, l_s, l_2 = ref.msgms_loss(x, y), 1 - ref.ssim_mean(x, y), ((x - y) ** 2).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(riad_loss(x, y).numpy(), l_g + l_s + l_2, atol=1e-5)
-    np.testing.assert_allclose(riad_loss(x, y, lambda_g=2.0, lambda_s=0.5).numpy(), 2 * l_g + 0.5 * l_s + l_2, atol=1e-5)
+    np.testing.assert_allclose(
+        riad_loss(x, y, lambda_g=2.0, lambda_s=0.5).numpy(), 2 * l_g + 0.5 * l_s + l_2, atol=1e-5
+    )
     assert np.all(riad_loss(x, y).numpy() > riad_loss(x, (x + y) / 2).numpy())
 
 

@@ -48,9 +48,7 @@ def _brute_force_aupro(maps, masks, fpr_limit):
     """Loops over every distinct threshold with full passes; integrates segment by segment."""
     maps, masks = np.asarray(maps, np.float64), np.asarray(masks, bool)
     regions = [
-        np.array([maps[i][p] for p in pixels])
-        for i in range(len(maps))
-        for pixels in _regions_8_connected(masks[i])
+        np.array([maps[i][p] for p in pixels]) for i in range(len(maps)) for pixels in _regions_8_connected(masks[i])
     ]
     good = maps[~masks]
     points = [(0.0, 0.0)]
@@ -383,8 +381,7 @@ def test_summarize_never_crashes_on_undefined_metrics():
     scores, labels, maps, masks, types = _summary_example()
     # No good image at all: image AUROC is undefined everywhere.
     anomalous = slice(2, 5)
-    summary = summarize(scores[anomalous], labels[anomalous], maps[anomalous], masks[anomalous],
-                        types[anomalous])
+    summary = summarize(scores[anomalous], labels[anomalous], maps[anomalous], masks[anomalous], types[anomalous])
     assert summary["image_auroc"] is None
     assert summary["per_defect_type"]["crack"]["image_auroc"] is None
     assert summary["per_defect_type"]["hole"]["aupro"] is None

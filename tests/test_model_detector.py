@@ -1,17 +1,16 @@
 import keras
 import numpy as np
 import pytest
+import reference_numpy as ref
 import tensorflow as tf
-
 from conftest import TINY_WIDTHS
+
 from riad_tf.config import RiadConfig
 from riad_tf.detector import Detector
 from riad_tf.inpaint import reconstruct
 from riad_tf.masks import grid_masks
 from riad_tf.model import build_unet
 from riad_tf.train import make_train_step, per_image_loss
-
-import reference_numpy as ref
 
 
 def test_unet_shapes_range_and_default_size():
@@ -30,8 +29,8 @@ def test_unet_one_channel():
 def test_skip_connections_flag_removes_them():
     with_skips = build_unet((32, 32, 3), TINY_WIDTHS, skip_connections=True)
     without = build_unet((32, 32, 3), TINY_WIDTHS, skip_connections=False)
-    assert sum(isinstance(l, keras.layers.Concatenate) for l in with_skips.layers) == 4
-    assert not any(isinstance(l, keras.layers.Concatenate) for l in without.layers)
+    assert sum(isinstance(layer, keras.layers.Concatenate) for layer in with_skips.layers) == 4
+    assert not any(isinstance(layer, keras.layers.Concatenate) for layer in without.layers)
     assert without.count_params() < with_skips.count_params()
     assert without.output_shape == (None, 32, 32, 3)
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge.images import save_map_png
+from riad_tf import report
 from riad_tf.report import (
     overlay,
     safe_file_stems,
-    save_map_png,
     select_examples,
     write_report,
 )
-from riad_tf import report
 
 SIZE = 32
 
@@ -44,10 +44,11 @@ def fake_evaluation(seed=0, names=None):
 def fake_metrics(seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "overall": {"image_auroc": rng.random(), "pixel_auroc": rng.random(), "aupro": None,
-                    "f1_max": rng.random()},
-        "per_defect": {"scratch": {"image_auroc": rng.random()},
-                       "hole": {"image_auroc": rng.random(), "pixel_auroc": None}},
+        "overall": {"image_auroc": rng.random(), "pixel_auroc": rng.random(), "aupro": None, "f1_max": rng.random()},
+        "per_defect": {
+            "scratch": {"image_auroc": rng.random()},
+            "hole": {"image_auroc": rng.random(), "pixel_auroc": None},
+        },
     }
 
 
@@ -59,8 +60,14 @@ def linked_files(index: Path) -> list[str]:
 def full_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     # Slashes, a name that climbs out of the folder and names that collide once sanitized.
-    names = ["bottle/test/good/000.png", "bottle_test_good_000.png", "BOTTLE/test/good/000.png",
-             "../../scratch/003.png", "hole/004.png", "scratch/005.png"]
+    names = [
+        "bottle/test/good/000.png",
+        "bottle_test_good_000.png",
+        "BOTTLE/test/good/000.png",
+        "../../scratch/003.png",
+        "hole/004.png",
+        "scratch/005.png",
+    ]
     data, metrics = fake_evaluation(names=names), fake_metrics()
     thresholds = {"image": 0.3, "pixel": 0.25}
     index = write_report(out, **data, thresholds=thresholds, metrics=metrics)
@@ -106,8 +113,12 @@ def test_metrics_and_thresholds_are_shown(full_report):
 
 def test_flat_summarize_layout_is_read(tmp_path):
     rng = np.random.default_rng(4)
-    flat = {"num_images": 6, "image_auroc": rng.random(), "aupro": None,
-            "per_defect_type": {"scratch": {"image_auroc": rng.random()}}}
+    flat = {
+        "num_images": 6,
+        "image_auroc": rng.random(),
+        "aupro": None,
+        "per_defect_type": {"scratch": {"image_auroc": rng.random()}},
+    }
     text = write_report(tmp_path, **fake_evaluation(), metrics=flat, max_examples=0).read_text()
     assert f"{flat['image_auroc']:.4f}" in text
     assert f"{flat['per_defect_type']['scratch']['image_auroc']:.4f}" in text
@@ -170,7 +181,7 @@ def test_report_without_masks_or_thresholds(tmp_path, full_report):
     assert len(examples) == 2
     # 3 panels instead of the 5 of the full report: a narrower figure.
     with Image.open(tmp_path / examples[0]) as small:
-        full_example = next(l for l in linked_files(full_report[0]) if l.startswith("examples/"))
+        full_example = next(name for name in linked_files(full_report[0]) if name.startswith("examples/"))
         with Image.open(full_report[0].parent / full_example) as wide:
             assert small.width < 0.75 * wide.width
     assert "No thresholds given" in index.read_text()

@@ -62,8 +62,11 @@ class Records:
         return [r for r in self.records if r["type"] == kind]
 
     def boxes(self):
-        return [tuple(b["lines"][:1] + b["columns"][:1] + b["lines"][1:] + b["columns"][1:])
-                for r in self.records for b in r.get("boxes", [])]
+        return [
+            tuple(b["lines"][:1] + b["columns"][:1] + b["lines"][1:] + b["columns"][1:])
+            for r in self.records
+            for b in r.get("boxes", [])
+        ]
 
 
 class DeviationRunner:
@@ -182,7 +185,9 @@ def test_defects_across_tile_and_frame_borders_get_their_strip_boxes(frame_heigh
     assert sorted(out.boxes()) == sorted(truth)  # the map is exact, so the boxes are too
     assert summary["defects"] == len(truth) and summary["lines"] == summary["lines_inspected"] == 260
     clean = Records()
-    assert StreamPipeline(DeviationRunner(), settings).run(ImageLineScan(_flat_strip(260, 160, 3)), clean)["defects"] == 0
+    assert (
+        StreamPipeline(DeviationRunner(), settings).run(ImageLineScan(_flat_strip(260, 160, 3)), clean)["defects"] == 0
+    )
     assert all(r["verdict"] == "ok" for r in clean.of("frame"))
 
 
@@ -190,12 +195,16 @@ def test_corrupt_short_and_wrong_size_frames_are_counted_and_skipped(tmp_path):
     truth = [(20, 30, 29, 45), (7 * 40 + 15, 70, 7 * 40 + 24, 90)]  # in frame 0 and in frame 7, after the faults
     strip = _plant(_flat_strip(10 * 40, 128), truth)
     for i in range(10):
-        Image.fromarray(np.round(strip[i * 40 : (i + 1) * 40, :, 0] * 255).astype(np.uint8)).save(tmp_path / f"f{i}.png")
+        Image.fromarray(np.round(strip[i * 40 : (i + 1) * 40, :, 0] * 255).astype(np.uint8)).save(
+            tmp_path / f"f{i}.png"
+        )
     (tmp_path / "f3.png").write_bytes(b"\x89PNG broken")  # corrupt
     Image.fromarray(np.zeros((40, 100), np.uint8)).save(tmp_path / "f4.png")  # wrong width
     Image.fromarray(np.zeros((12, 128), np.uint8)).save(tmp_path / "f5.png")  # short frame
     out = Records()
-    summary = StreamPipeline(DeviationRunner(), StreamSettings(frame_height=40, overlap=8)).run(open_source(str(tmp_path)), out)
+    summary = StreamPipeline(DeviationRunner(), StreamSettings(frame_height=40, overlap=8)).run(
+        open_source(str(tmp_path)), out
+    )
     faults = [r["reason"] for r in out.of("fault")]
     assert summary["bad_blocks"] == 3 and len(faults) == 3
     assert "f3.png" in faults[0] and "width 100" in faults[1] and "12 lines, expected 40" in faults[2]
@@ -220,7 +229,9 @@ def test_soak_keeps_resident_memory_flat():
 
     def soak(repeat):
         out = Records()
-        summary = StreamPipeline(DeviationRunner(), settings).run(ImageLineScan(tile, lines_per_block=16, repeat=repeat), out)
+        summary = StreamPipeline(DeviationRunner(), settings).run(
+            ImageLineScan(tile, lines_per_block=16, repeat=repeat), out
+        )
         return summary, len(out.of("frame"))
 
     soak(5)  # warm-up: allocators, thread stacks
@@ -354,7 +365,9 @@ def trained_onnx(tmp_path_factory):
     for _ in range(40):
         rows, cols = rng.integers(0, 256 - TILE, (2, 8))
         step(tf.constant(np.stack([train[r : r + TILE, c : c + TILE] for r, c in zip(rows, cols)])))
-    written = export_detector(Detector(unet, cfg), tmp_path_factory.mktemp("model"), formats=("onnx",), batch=None, verify=False)
+    written = export_detector(
+        Detector(unet, cfg), tmp_path_factory.mktemp("model"), formats=("onnx",), batch=None, verify=False
+    )
 
     runner = Runner.open(written["onnx"])
     calibration = _woven_strip(160, 160, seed=1)
@@ -378,7 +391,9 @@ def test_trained_model_finds_planted_defects_in_strip_coordinates(trained_onnx):
     summary = StreamPipeline(runner, settings).run(ImageLineScan(strip, lines_per_block=32), out)
     found = out.boxes()
     ious = _matched(found, truth)
-    print(f"trained model: boxes {found}, IoU with the truth {np.round(ious, 2).tolist()}, {summary['lines_per_s']} lines/s")
+    print(
+        f"trained model: boxes {found}, IoU with the truth {np.round(ious, 2).tolist()}, {summary['lines_per_s']} lines/s"
+    )
     assert min(ious) > 0.3 and len(found) == len(truth)
     clean = StreamPipeline(runner, settings).run(ImageLineScan(_woven_strip(240, 192, seed=3)), Records())
     assert clean["defects"] == 0 and clean["defective_frames"] == 0
@@ -391,11 +406,31 @@ def test_cli_stream_writes_records_overlays_and_summary(trained_onnx, tmp_path):
     strip = _plant(_woven_strip(128, 96, seed=4), [truth])
     Image.fromarray(np.round(strip[..., 0] * 255).astype(np.uint8)).save(tmp_path / "strip.png")
     out, summary_path, overlays = tmp_path / "out.jsonl", tmp_path / "summary.json", tmp_path / "overlays"
-    result = CliRunner().invoke(main, [
-        "stream", str(trained_onnx), "--source", str(tmp_path / "strip.png"), "--frame-height", "48", "--overlap", "8",
-        "--stride", "16", "--out", str(out), "--summary", str(summary_path), "--overlays", str(overlays),
-        "--line-rate", "5000", "--lines-per-block", "16",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "stream",
+            str(trained_onnx),
+            "--source",
+            str(tmp_path / "strip.png"),
+            "--frame-height",
+            "48",
+            "--overlap",
+            "8",
+            "--stride",
+            "16",
+            "--out",
+            str(out),
+            "--summary",
+            str(summary_path),
+            "--overlays",
+            str(overlays),
+            "--line-rate",
+            "5000",
+            "--lines-per-block",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     frames = [r for r in records if r["type"] == "frame"]
@@ -442,5 +477,11 @@ heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'kera
 assert not heavy, heavy
 print('ok')
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -33,7 +33,21 @@ def trained_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(dataset), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--no-progress", *TINY_SETS],
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--no-progress",
+            *TINY_SETS,
+        ],
     )
     assert result.exit_code == 0, result.output
     return out
@@ -93,12 +107,16 @@ def test_bad_input_one_line_error(dataset, tmp_path):
         (bad / "test" / "good" / src.name).write_bytes(src.read_bytes())
     truncated = bad / "train" / "good" / "broken.png"
     truncated.write_bytes(src.read_bytes()[:100])
-    result = CliRunner().invoke(main, ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--image-size", "32", *TINY_SETS])
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--image-size", "32", *TINY_SETS]
+    )
     assert result.exit_code != 0
     assert "broken.png" in result.output and len(result.output.strip().splitlines()) <= 3
     assert not (tmp_path / "run" / "model.keras").exists()
 
-    result = CliRunner().invoke(main, ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--set", "nonsense=1"])
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--set", "nonsense=1"]
+    )
     assert result.exit_code != 0 and "nonsense" in result.output
 
 
@@ -106,7 +124,9 @@ def test_learning_rate_divided_after_five_sixths():
     cfg = RiadConfig(epochs=300, learning_rate=1e-4, lr_schedule="step")
     assert learning_rate(cfg, 249) == pytest.approx(1e-4) and learning_rate(cfg, 250) == pytest.approx(1e-5)
     assert RiadConfig(epochs=12).decay_epoch == 10
-    assert RiadConfig.load(Path(__file__).parents[1] / "configs" / "paper.yaml") == cfg.with_overrides({"mixed_precision": "off"})
+    assert RiadConfig.load(Path(__file__).parents[1] / "configs" / "paper.yaml") == cfg.with_overrides(
+        {"mixed_precision": "off"}
+    )
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -123,8 +143,22 @@ def test_resume_after_kill(dataset, tmp_path):
     """kill -9 mid-run, then the same command continues from the last checkpoint."""
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "riad_tf.cli", "train", "--data", str(dataset), "--out", str(out),
-        "--epochs", "10", "--batch-size", "4", "--image-size", "32", "--no-progress", *TINY_SETS,
+        sys.executable,
+        "-m",
+        "riad_tf.cli",
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--epochs",
+        "10",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--no-progress",
+        *TINY_SETS,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

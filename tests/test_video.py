@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from edge.images import prepare_image
+from edge.temporal import minmax_normalise, temporal_smoothing
 from riad_tf.config import RiadConfig
 from riad_tf.data import DataError
-from riad_tf.temporal import minmax_normalise, temporal_smoothing
 from riad_tf.video import (
     Video,
     exclude_videos,
-    frame_to_input,
     holdout_clips,
     list_videos,
     load_video_dataset,
@@ -178,7 +178,7 @@ def test_each_layout_loads_the_synthetic_video(datasets, layout):
     # Frames come out in order, as the model sees them (lossless codec: exact up to float rounding).
     config = tiny_config()
     seed = 20 + list(expected).index(split.test[0].name)
-    truth = np.stack([frame_to_input(f, config.image_size, 1) for f in moving_texture(seed, TEST_SPANS[0])])
+    truth = np.stack([prepare_image(f, config.image_size, 1) for f in moving_texture(seed, TEST_SPANS[0])])
     frames = split.test[0].read(config)
     assert frames.shape == (NUM_FRAMES, 32, 32, 1) and frames.dtype == np.float32
     np.testing.assert_allclose(frames, truth, atol=1e-6)
@@ -212,8 +212,8 @@ def test_frame_folders_are_read_in_natural_order(tmp_path):
 
 def test_grey_frames_repeat_to_three_channels_and_resize(tmp_path):
     frame = moving_texture(0)[0]
-    rgb = frame_to_input(frame, (32, 32), 3)
-    grey = frame_to_input(frame, (32, 32), 1)
+    rgb = prepare_image(frame, (32, 32), 3)
+    grey = prepare_image(frame, (32, 32), 1)
     assert rgb.shape == (32, 32, 3) and grey.shape == (32, 32, 1)
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
     np.testing.assert_allclose(rgb[..., :1], grey, atol=1e-6)
@@ -222,8 +222,10 @@ def test_grey_frames_repeat_to_three_channels_and_resize(tmp_path):
 
 def test_ped2_ground_truth_parser(tmp_path):
     m = tmp_path / "UCSDped2.m"
-    m.write_text("TestDataset = {};\n% a comment [1:2]\nTestDataset.gt{1} = [61:180];\n"
-                 "TestDataset.gt{2} = [5:90, 140:200];\nTestDataset.gt{3} = [7];\n")
+    m.write_text(
+        "TestDataset = {};\n% a comment [1:2]\nTestDataset.gt{1} = [61:180];\n"
+        "TestDataset.gt{2} = [5:90, 140:200];\nTestDataset.gt{3} = [7];\n"
+    )
     assert read_ped2_ground_truth(m) == [[(61, 180)], [(5, 90), (140, 200)], [(7, 7)]]
     m.write_text("TestDataset.gt{1} = [1:4];\nTestDataset.gt{3} = [2:3];\n")
     with pytest.raises(DataError, match=r"UCSDped2\.m: no entry gt\{2\}"):
@@ -236,17 +238,21 @@ def test_ped2_ground_truth_parser(tmp_path):
 def test_ped2_spans_past_the_last_frame_are_an_error(tmp_path):
     make_ped2(tmp_path)
     (tmp_path / "Test" / "UCSDped2.m").write_text(
-        f"TestDataset.gt{{1}} = [2:{NUM_FRAMES + 5}];\nTestDataset.gt{{2}} = [1:2];\nTestDataset.gt{{3}} = [];\n")
+        f"TestDataset.gt{{1}} = [2:{NUM_FRAMES + 5}];\nTestDataset.gt{{2}} = [1:2];\nTestDataset.gt{{3}} = [];\n"
+    )
     with pytest.raises(DataError, match=r"gt\{1\} \(Test001\).*passes the last frame"):
         load_video_dataset(tmp_path, "ped2")
 
 
-@pytest.mark.parametrize("rows, problem", [
-    ([("a", 1, 0), ("a", 3, 1)], "no row for frame 2"),
-    ([("a", 1, 0), ("a", 1, 1)], "listed twice"),
-    ([("a", 0, 0), ("a", 1, 1)], "1-based"),
-    ([("a", 1, 2)], "label 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "rows, problem",
+    [
+        ([("a", 1, 0), ("a", 3, 1)], "no row for frame 2"),
+        ([("a", 1, 0), ("a", 1, 1)], "listed twice"),
+        ([("a", 0, 0), ("a", 1, 1)], "1-based"),
+        ([("a", 1, 2)], "label 0 or 1"),
+    ],
+)
 def test_label_csv_errors_name_the_file(tmp_path, rows, problem):
     path = tmp_path / "labels.csv"
     path.write_text("video,frame,label\n" + "".join(f"{v},{f},{y}\n" for v, f, y in rows))
@@ -328,7 +334,9 @@ def test_frame_auroc_matches_sklearn_on_the_same_scores():
     normalised = [(s - s.min()) / (s.max() - s.min()) for s in smoothed]
     assert summary["frame_auroc"] == pytest.approx(roc_auc_score(truth, np.concatenate(smoothed)), abs=1e-12)
     assert summary["frame_auroc_raw"] == pytest.approx(roc_auc_score(truth, np.concatenate(scores)), abs=1e-12)
-    assert summary["frame_auroc_normalised"] == pytest.approx(roc_auc_score(truth, np.concatenate(normalised)), abs=1e-12)
+    assert summary["frame_auroc_normalised"] == pytest.approx(
+        roc_auc_score(truth, np.concatenate(normalised)), abs=1e-12
+    )
     # The per-video offsets make normalisation matter here.
     assert summary["frame_auroc_normalised"] != pytest.approx(summary["frame_auroc"])
     for name, s, y in zip("abc", smoothed, labels):
@@ -350,12 +358,35 @@ def test_cli_trains_and_evaluates_a_tiny_video_config(datasets, tmp_path):
     root, expected = datasets["video"]
     run = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(main, [
-        "train", "--config", str(CONFIGS / "ped2.yaml"), "--data", str(root), "--layout", "video",
-        "--out", str(run), "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--no-progress",
-        "--set", "widths=[4,8,8,16,16]", "--set", "smoothing=5", "--set", "val_fraction=0.5",
-        "--set", "exclude_test_videos=[clip2]",
-    ])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(CONFIGS / "ped2.yaml"),
+            "--data",
+            str(root),
+            "--layout",
+            "video",
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--no-progress",
+            "--set",
+            "widths=[4,8,8,16,16]",
+            "--set",
+            "smoothing=5",
+            "--set",
+            "val_fraction=0.5",
+            "--set",
+            "exclude_test_videos=[clip2]",
+        ],
+    )
     assert result.exit_code == 0, result.output
     thresholds = json.loads((run / "thresholds.json").read_text())
     assert thresholds["temporal_window"] == 3 and "smoothed_frame" in thresholds

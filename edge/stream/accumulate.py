@@ -153,7 +153,9 @@ class FrameAccumulator:
 
     def _emit(self, now: float, partial: bool = False) -> Frame:
         step = self.height - self.overlap if not partial else self._filled
-        frame = Frame(self._frames, self._first_line, self._buffer[: self._filled].copy(), self._first_line + step, now, partial)
+        frame = Frame(
+            self._frames, self._first_line, self._buffer[: self._filled].copy(), self._first_line + step, now, partial
+        )
         self._frames += 1
         self._fresh = 0
         return frame

@@ -56,7 +56,10 @@ class LatencyStats:
         if not self._values:
             return {"p50_ms": None, "p99_ms": None, "max_ms": None}
         values = np.fromiter(self._values, np.float64) * 1e3
-        return {key: round(float(np.percentile(values, q)), 3) for key, q in (("p50_ms", 50), ("p99_ms", 99), ("max_ms", 100))}
+        return {
+            key: round(float(np.percentile(values, q)), 3)
+            for key, q in (("p50_ms", 50), ("p99_ms", 99), ("max_ms", 100))
+        }
 
 
 class JsonLines:
@@ -81,7 +84,9 @@ class JsonLines:
             os.replace(self._partial, self.path)
 
 
-def write_overlay(path: str | os.PathLike, image: np.ndarray, anomalous: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Path:
+def write_overlay(
+    path: str | os.PathLike, image: np.ndarray, anomalous: np.ndarray, boxes: list[tuple[int, int, int, int]]
+) -> Path:
     """Writes a frame with its anomalous pixels tinted red and region boxes outlined, atomically.
 
     Args:

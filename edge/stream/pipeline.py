@@ -31,7 +31,6 @@ import threading
 import time
 from collections import deque
 
-
 from edge.stream.accumulate import FrameAccumulator
 from edge.stream.output import LatencyStats, write_overlay
 from edge.stream.regions import RegionTracker
@@ -190,8 +189,10 @@ class StreamPipeline:
         self.accumulator = FrameAccumulator(self.settings.frame_height, self.settings.overlap, fixed_block_height=fixed)
         state = _OutputState(self)
         started = time.perf_counter()
-        threads = [threading.Thread(target=self._capture, args=(source,), daemon=True, name="capture"),
-                   threading.Thread(target=self._infer, daemon=True, name="inference")]
+        threads = [
+            threading.Thread(target=self._capture, args=(source,), daemon=True, name="capture"),
+            threading.Thread(target=self._infer, daemon=True, name="inference"),
+        ]
         for thread in threads:
             thread.start()
         interrupted = False
@@ -257,10 +258,15 @@ class _OutputState:
         verdict = "defect" if regions or over_image else "ok"
         row, col = scored.worst_tile
         record = {
-            "type": "frame", "frame": frame.index, "time": round(time.time(), 6),
-            "lines": [frame.first_line, frame.last_line], "score": round(scored.score, 6),
-            "tile": {"line": frame.first_line + row, "column": col}, "verdict": verdict,
-            "boxes": [r.to_dict() for r in regions], "partial": frame.partial,
+            "type": "frame",
+            "frame": frame.index,
+            "time": round(time.time(), 6),
+            "lines": [frame.first_line, frame.last_line],
+            "score": round(scored.score, 6),
+            "tile": {"line": frame.first_line + row, "column": col},
+            "verdict": verdict,
+            "boxes": [r.to_dict() for r in regions],
+            "partial": frame.partial,
         }
         if verdict == "defect":
             self.defective_frames += 1
@@ -311,5 +317,7 @@ class _OutputState:
             "policy": self.settings.policy,
             "backend": getattr(session, "backend", None),
             "interrupted": interrupted,
-            "error": str(pipeline._errors[0]).splitlines()[0] if pipeline._errors and str(pipeline._errors[0]) else None,
+            "error": str(pipeline._errors[0]).splitlines()[0]
+            if pipeline._errors and str(pipeline._errors[0])
+            else None,
         }

@@ -41,7 +41,12 @@ class Region:
         return (self.top, self.left, self.bottom, self.right)
 
     def to_dict(self) -> dict:
-        record = {"lines": [self.top, self.bottom], "columns": [self.left, self.right], "peak": round(self.peak, 6), "pixels": self.pixels}
+        record = {
+            "lines": [self.top, self.bottom],
+            "columns": [self.left, self.right],
+            "peak": round(self.peak, 6),
+            "pixels": self.pixels,
+        }
         if self.truncated:
             record["truncated"] = True
         return record
@@ -56,7 +61,9 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / float(area(a) + area(b) - inter)
 
 
-def connected_regions(values: np.ndarray, threshold: float, first_row: int = 0, min_pixels: int = 1) -> tuple[list[Region], np.ndarray]:
+def connected_regions(
+    values: np.ndarray, threshold: float, first_row: int = 0, min_pixels: int = 1
+) -> tuple[list[Region], np.ndarray]:
     """8-connected regions of `values > threshold`.
 
     Returns:
@@ -75,7 +82,9 @@ def connected_regions(values: np.ndarray, threshold: float, first_row: int = 0, 
         left, top, width, height, area = (int(v) for v in stats[label])
         if area < min_pixels:
             continue
-        regions.append(Region(first_row + top, left, first_row + top + height - 1, left + width - 1, float(peaks[label]), area))
+        regions.append(
+            Region(first_row + top, left, first_row + top + height - 1, left + width - 1, float(peaks[label]), area)
+        )
         kept[label] = len(regions)
     return regions, kept[labels]
 

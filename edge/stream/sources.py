@@ -41,8 +41,8 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from edge.images import IMAGE_EXTENSIONS, ImageError, frame_files, load_image
+from edge.video_files import VIDEO_EXTENSIONS, decode_video
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm")
 RAW_DTYPES = ("uint8", "uint16", "float32")
 ENTRY_POINT_GROUP = "riad_edge.sources"
 
@@ -119,34 +119,20 @@ class FrameFolder:
 
 
 class VideoFile:
-    """A video file decoded frame by frame with OpenCV (BGR turned to RGB); a failed decode ends it."""
+    """A video file decoded frame by frame (`edge.video_files`); a frame that does not decode is an error."""
 
     fixed_block_height = True
 
     def __init__(self, path: str | os.PathLike):
-        import cv2
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such video file")
-        self._capture = cv2.VideoCapture(str(self.path))
-        if not self._capture.isOpened():
-            raise ValueError(f"{self.path}: OpenCV cannot open this video")
+        self._frames = decode_video(self.path)
 
     def __iter__(self):
-        import cv2
-
-        index = 0
-        while True:
-            ok, frame = self._capture.read()
-            if not ok:
-                return
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame
-            yield LineBlock(rgb, f"{self.path}#{index}")
-            index += 1
+        for index, frame in enumerate(self._frames):
+            yield LineBlock(frame, f"{self.path}#{index}")
 
     def close(self) -> None:
-        self._capture.release()
+        self._frames.close()
 
 
 # ----------------------------------------------------------------------------
@@ -204,7 +190,16 @@ class RawLines:
     A short read at the end (part of a line) becomes a `BadBlock`.
     """
 
-    def __init__(self, stream, width: int, channels: int = 1, dtype: str = "uint8", lines_per_block: int = 64, name: str = "stream", closer=None):
+    def __init__(
+        self,
+        stream,
+        width: int,
+        channels: int = 1,
+        dtype: str = "uint8",
+        lines_per_block: int = 64,
+        name: str = "stream",
+        closer=None,
+    ):
         if dtype not in RAW_DTYPES:
             raise ValueError(f"{name}: raw dtype must be one of {', '.join(RAW_DTYPES)}, got {dtype!r}")
         if width < 1 or channels not in (1, 3) or lines_per_block < 1:
@@ -226,7 +221,11 @@ class RawLines:
                 lines = np.frombuffer(data[:whole], self.dtype).reshape(-1, self.width, self.channels)
                 yield LineBlock(lines, f"{self.name}@{offset}")
             if whole < len(data):
-                yield BadBlock(f"{self.name}: short line at byte {offset + whole} ({len(data) - whole} of {self.line_bytes} bytes)", 1, self.name)
+                yield BadBlock(
+                    f"{self.name}: short line at byte {offset + whole} ({len(data) - whole} of {self.line_bytes} bytes)",
+                    1,
+                    self.name,
+                )
                 return
             offset += len(data)
 
@@ -296,7 +295,16 @@ def _plugin(scheme: str):
     return None
 
 
-def open_source(spec: str, *, width=None, channels: int = 1, dtype: str = "uint8", line_rate: float = 0.0, lines_per_block: int = 64, repeat: int = 1) -> LineSource:
+def open_source(
+    spec: str,
+    *,
+    width=None,
+    channels: int = 1,
+    dtype: str = "uint8",
+    line_rate: float = 0.0,
+    lines_per_block: int = 64,
+    repeat: int = 1,
+) -> LineSource:
     """Opens a source from its specification (see the module docstring).
 
     Raises:
@@ -306,12 +314,20 @@ def open_source(spec: str, *, width=None, channels: int = 1, dtype: str = "uint8
     if spec.startswith("tcp://") or (sep and scheme == "raw"):
         if not width:
             raise ValueError(f"{spec}: raw lines need --width (and --dtype, --channels)")
-        return open_raw(spec if spec.startswith("tcp://") else rest, width=width, channels=channels, dtype=dtype, lines_per_block=lines_per_block)
+        return open_raw(
+            spec if spec.startswith("tcp://") else rest,
+            width=width,
+            channels=channels,
+            dtype=dtype,
+            lines_per_block=lines_per_block,
+        )
     if sep and len(scheme) > 1 and not Path(spec).exists():
         factory = _plugin(scheme)
         if factory is None:
             raise ValueError(f"{spec}: no source plug-in registered for {scheme!r}")
-        return factory(rest, width=width, channels=channels, dtype=dtype, line_rate=line_rate, lines_per_block=lines_per_block)
+        return factory(
+            rest, width=width, channels=channels, dtype=dtype, line_rate=line_rate, lines_per_block=lines_per_block
+        )
     path = Path(spec)
     if path.is_dir():
         return FrameFolder(path)

@@ -4,11 +4,11 @@
   video files or frame folders with frame labels; checking them.
 - `riad_tf.video.frames`: decoding frames in order (OpenCV for video files)
   into model inputs.
-- `riad_tf.video.workflow`: training on normal videos, calibration, and
-  frame-level AUROC with temporal smoothing, overall and per video.
+- `riad_tf.video.jobs`: training on normal videos, calibration, and
+  frame-level AUROC with temporal smoothing, overall and per video (the video
+  counterparts of `riad_tf.jobs`).
 - `riad_tf.video.report`: the HTML report with a score plot per video.
-- `riad_tf.temporal` (outside this package, numpy only): the smoothing itself,
-  shared with the edge runtime.
+- `edge.temporal` (numpy only): the smoothing itself, shared with the device.
 
 Importing this package does not import TensorFlow or OpenCV.
 
@@ -19,8 +19,16 @@ Example:
 >>> evaluate_video_run("runs/ped2", split.test)["frame_auroc"]             # doctest: +SKIP
 """
 
-from riad_tf.temporal import minmax_normalise, temporal_smoothing
-from riad_tf.video.frames import decode_video, frame_to_input
+from edge.temporal import minmax_normalise, temporal_smoothing
+from riad_tf.video.frames import decode_video
+from riad_tf.video.jobs import (
+    calibrate_video_run,
+    evaluate_video_run,
+    frame_auroc,
+    holdout_clips,
+    summarize_videos,
+    train_video_run,
+)
 from riad_tf.video.layouts import (
     VIDEO_LAYOUTS,
     Video,
@@ -37,19 +45,29 @@ from riad_tf.video.layouts import (
     resolve_video_layout,
     validate_videos,
 )
-from riad_tf.video.workflow import (
-    calibrate_video_run,
-    evaluate_video_run,
-    frame_auroc,
-    holdout_clips,
-    summarize_videos,
-    train_video_run,
-)
 
 __all__ = [
-    "VIDEO_LAYOUTS", "Video", "VideoSplit", "calibrate_video_run", "decode_video", "evaluate_video_run",
-    "exclude_videos", "frame_auroc", "frame_to_input", "holdout_clips", "list_videos", "load_avenue",
-    "load_ped2", "load_video_dataset", "load_video_folders", "minmax_normalise", "read_avenue_label_masks",
-    "read_label_csv", "read_ped2_ground_truth", "resolve_video_layout", "summarize_videos",
-    "temporal_smoothing", "train_video_run", "validate_videos",
+    "VIDEO_LAYOUTS",
+    "Video",
+    "VideoSplit",
+    "calibrate_video_run",
+    "decode_video",
+    "evaluate_video_run",
+    "exclude_videos",
+    "frame_auroc",
+    "holdout_clips",
+    "list_videos",
+    "load_avenue",
+    "load_ped2",
+    "load_video_dataset",
+    "load_video_folders",
+    "minmax_normalise",
+    "read_avenue_label_masks",
+    "read_label_csv",
+    "read_ped2_ground_truth",
+    "resolve_video_layout",
+    "summarize_videos",
+    "temporal_smoothing",
+    "train_video_run",
+    "validate_videos",
 ]

@@ -44,8 +44,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from riad_tf.data import DataError, image_size_of
 from edge.images import frame_files, natural_key
+from riad_tf.data import DataError, image_size_of
 from riad_tf.video.frames import count_video_frames, is_video_file, iter_frames, stack_frames
 
 VIDEO_LAYOUTS = ("ped2", "avenue", "video")
@@ -97,13 +97,16 @@ class VideoSplit:
 
     def describe(self) -> str:
         """One line such as `16 train videos (2550 frames); 12 test videos (2010 frames, 1652 anomalous)`."""
+
         def frames(videos):
             counts = [v.num_frames for v in videos]
             return "?" if None in counts else str(sum(counts))
 
         anomalous = sum(int(v.labels.sum()) for v in self.test if v.labels is not None)
-        return (f"{len(self.train)} train videos ({frames(self.train)} frames); "
-                f"{len(self.test)} test videos ({frames(self.test)} frames, {anomalous} anomalous)")
+        return (
+            f"{len(self.train)} train videos ({frames(self.train)} frames); "
+            f"{len(self.test)} test videos ({frames(self.test)} frames, {anomalous} anomalous)"
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -184,15 +187,19 @@ def read_label_csv(path: Path) -> dict[str, np.ndarray]:
             reader = csv.DictReader(f)
             missing = set(LABEL_COLUMNS) - set(reader.fieldnames or ())
             if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                                f"expected a header {','.join(LABEL_COLUMNS)}")
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(sorted(missing))}; "
+                    f"expected a header {','.join(LABEL_COLUMNS)}"
+                )
             frames: dict[str, dict[int, int]] = {}
             for row in reader:
                 line = reader.line_num
                 video, frame, label = (str(row[c] or "").strip() for c in LABEL_COLUMNS)
                 if not video or not frame.isdigit() or int(frame) < 1 or label not in ("0", "1"):
-                    raise DataError(f"{path}: line {line}: expected a video name, a frame number >= 1 "
-                                    f"(1-based) and a label 0 or 1, got {video!r}, {frame!r}, {label!r}")
+                    raise DataError(
+                        f"{path}: line {line}: expected a video name, a frame number >= 1 "
+                        f"(1-based) and a label 0 or 1, got {video!r}, {frame!r}, {label!r}"
+                    )
                 per_video = frames.setdefault(video, {})
                 if int(frame) in per_video:
                     raise DataError(f"{path}: line {line}: frame {frame} of video {video!r} listed twice")
@@ -379,8 +386,9 @@ def load_avenue(root) -> VideoSplit:
     for folder in (root / "ground_truth_demo" / "testing_label_mask", root / "testing_label_mask"):
         if folder.is_dir():
             return VideoSplit(train, _with_labels(test, read_avenue_label_masks(folder), folder))
-    raise DataError(f"{root}: no frame labels: expected {LABELS_CSV} or "
-                    "ground_truth_demo/testing_label_mask/N_label.mat")
+    raise DataError(
+        f"{root}: no frame labels: expected {LABELS_CSV} or ground_truth_demo/testing_label_mask/N_label.mat"
+    )
 
 
 def load_video_folders(root) -> VideoSplit:
@@ -406,12 +414,14 @@ def _first_dir(root: Path, names: Sequence[str]) -> Path:
 
 
 def detect_video_layout(root) -> str | None:
-    """"ped2", "avenue" or "video" when `root` looks like that layout, else None."""
+    """ "ped2", "avenue" or "video" when `root` looks like that layout, else None."""
     root = Path(root)
     if (root / "Train").is_dir() and (root / "Test").is_dir() and not (root / "train" / "good").is_dir():
         return "ped2"
-    if any((root / a).is_dir() and (root / b).is_dir()
-           for a, b in (("training_videos", "testing_videos"), ("training/frames", "testing/frames"))):
+    if any(
+        (root / a).is_dir() and (root / b).is_dir()
+        for a, b in (("training_videos", "testing_videos"), ("training/frames", "testing/frames"))
+    ):
         return "avenue"
     if (root / "train").is_dir() and (root / "test").is_dir() and (root / LABELS_CSV).is_file():
         return "video"
@@ -450,8 +460,10 @@ def load_video_dataset(root, layout: str = "auto") -> VideoSplit:
         layout = detect_video_layout(root) or ""
     loaders = {"ped2": load_ped2, "avenue": load_avenue, "video": load_video_folders}
     if layout not in loaders:
-        raise DataError(f"{root}: not a known video layout: expected Train/ and Test/ (ped2), "
-                        "training_videos/ and testing_videos/ (avenue), or train/, test/ and labels.csv (video)")
+        raise DataError(
+            f"{root}: not a known video layout: expected Train/ and Test/ (ped2), "
+            "training_videos/ and testing_videos/ (avenue), or train/, test/ and labels.csv (video)"
+        )
     return loaders[layout](root)
 
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
-from riad_tf.config import atomic_write_text
+from edge.files import atomic_write_text
 from riad_tf.report import safe_file_stems, save_figure
 
 _CSS = """
@@ -65,8 +65,9 @@ def anomalous_spans(labels) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def score_figure(name: str, scores, smoothed, labels, threshold: float | None = None,
-                 window: int | None = None) -> Figure:
+def score_figure(
+    name: str, scores, smoothed, labels, threshold: float | None = None, window: int | None = None
+) -> Figure:
     """Score against frame number (1-based) for one video, anomalous spans shaded.
 
     Args:
@@ -81,11 +82,22 @@ def score_figure(name: str, scores, smoothed, labels, threshold: float | None = 
     ax = fig.subplots()
     frames = np.arange(1, len(scores) + 1)
     for i, (start, stop) in enumerate(anomalous_spans(labels)):
-        ax.axvspan(start + 0.5, stop + 0.5, color="tab:red", alpha=0.18, lw=0,
-                   label="anomalous (ground truth)" if i == 0 else None)
+        ax.axvspan(
+            start + 0.5,
+            stop + 0.5,
+            color="tab:red",
+            alpha=0.18,
+            lw=0,
+            label="anomalous (ground truth)" if i == 0 else None,
+        )
     ax.plot(frames, scores, color="0.6", lw=0.8, label="frame score")
-    ax.plot(frames, smoothed, color="tab:blue", lw=1.5,
-            label=f"mean of last {window} frames" if window else "smoothed score")
+    ax.plot(
+        frames,
+        smoothed,
+        color="tab:blue",
+        lw=1.5,
+        label=f"mean of last {window} frames" if window else "smoothed score",
+    )
     if threshold is not None:
         ax.axhline(threshold, color="k", ls="--", lw=1, label="threshold (smoothed)")
     ax.set_xlim(0.5, max(len(scores), 1) + 0.5)
@@ -97,9 +109,16 @@ def score_figure(name: str, scores, smoothed, labels, threshold: float | None = 
     return fig
 
 
-def write_video_report(out_dir, *, names: Sequence[str], scores: Sequence[np.ndarray],
-                       smoothed: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                       summary: Mapping, thresholds: Mapping | None = None) -> Path:
+def write_video_report(
+    out_dir,
+    *,
+    names: Sequence[str],
+    scores: Sequence[np.ndarray],
+    smoothed: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    summary: Mapping,
+    thresholds: Mapping | None = None,
+) -> Path:
     """Writes the HTML report of a video evaluation and one plot per video.
 
     Args:
@@ -134,12 +153,15 @@ def _cell(value) -> str:
 
 def _page(summary: Mapping, thresholds: Mapping | None, figures) -> str:
     overall = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{_cell(summary.get(key))}</td></tr>"
-        for key, label in OVERALL_ROWS)
+        f"<tr><td>{html.escape(label)}</td><td>{_cell(summary.get(key))}</td></tr>" for key, label in OVERALL_ROWS
+    )
     per_video = summary.get("per_video", {})
     rows = "".join(
-        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_cell(block.get(k))}</td>" for k in PER_VIDEO_KEYS)
-        + "</tr>" for name, block in per_video.items())
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_cell(block.get(k))}</td>" for k in PER_VIDEO_KEYS)
+        + "</tr>"
+        for name, block in per_video.items()
+    )
     head = "".join(f"<th>{k}</th>" for k in ("video", *PER_VIDEO_KEYS))
     excluded = summary.get("excluded_test_videos") or []
     parts = [
@@ -147,18 +169,22 @@ def _page(summary: Mapping, thresholds: Mapping | None, figures) -> str:
         f"<p>{summary.get('num_videos', len(figures))} test videos, {summary.get('num_frames', '?')} frames "
         f"({summary.get('num_anomalous_frames', '?')} anomalous); scores averaged over the last "
         f"{summary.get('temporal_window', '?')} frames (the paper's protocol, Sec. 4.3)."
-        + (f" Excluded: {html.escape(', '.join(excluded))}." if excluded else "") + "</p>",
+        + (f" Excluded: {html.escape(', '.join(excluded))}." if excluded else "")
+        + "</p>",
         f"<h2>Frame-level AUROC, all frames</h2><table><tbody>{overall}</tbody></table>",
         f"<h2>Per video</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
-        "<p class=\"note\">Per-video min-max normalisation does not change a video's own AUROC.</p>",
+        '<p class="note">Per-video min-max normalisation does not change a video\'s own AUROC.</p>',
     ]
     if thresholds:
-        items = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in thresholds.items())
+        items = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in thresholds.items()
+        )
         parts.append(f"<h2>Thresholds</h2><table><tbody>{items}</tbody></table>")
     parts.append("<h2>Scores per video</h2>")
-    parts += [f"<figure><img src=\"{quote(rel)}\" alt=\"{html.escape(name)}\"></figure>" for name, rel in figures]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>riad-tf video evaluation</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
-
+    parts += [f'<figure><img src="{quote(rel)}" alt="{html.escape(name)}"></figure>' for name, rel in figures]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>riad-tf video evaluation</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )

@@ -1,8 +1,11 @@
-"""Training, calibration and frame-level evaluation on video data sets (Sec. 4.1, 4.3).
+"""The video jobs: training, calibration and frame-level evaluation on video data sets (Sec. 4.1, 4.3).
+
+The counterparts of the image jobs in `riad_tf.jobs`, with the same signatures;
+`riad_tf.jobs.train_job` and `evaluate_job` pick these for a video data set.
 
 RIAD scores each frame on its own, like a still image; the frame's score is then
 averaged over the current and the previous `temporal_window - 1` frames
-(`riad_tf.temporal`, 3 frames in the paper), and the frame-level ROC AUC over
+(`edge.temporal`, 3 frames in the paper), and the frame-level ROC AUC over
 all test frames is the metric (Table 3: Ped2 92.5, Avenue17 88.9).
 
 - `train_video_run`: trains on the normal training videos (every
@@ -32,10 +35,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edge.files import atomic_write_text
+from edge.temporal import minmax_normalise, temporal_smoothing
 from riad_tf import metrics
-from riad_tf.config import RiadConfig, atomic_write_text
+from riad_tf.config import RiadConfig
 from riad_tf.data import DataError, split_holdout
-from riad_tf.temporal import minmax_normalise, temporal_smoothing
 from riad_tf.video.layouts import Video, VideoSplit, exclude_videos
 
 FRAMES_PER_CHUNK = 64  # frames decoded and scored at a time: bounds memory on long videos
@@ -136,8 +140,9 @@ def score_frames(detector, frames: Iterable[np.ndarray], batch_size: int = 4, ke
 # Training and calibration
 
 
-def train_video_run(config: RiadConfig, split: VideoSplit, out_dir, progress: bool = True,
-                    strategy=None, batch_size: int = 4) -> dict | None:
+def train_video_run(
+    config: RiadConfig, split: VideoSplit, out_dir, progress: bool = True, strategy=None, batch_size: int = 4
+) -> dict | None:
     """Trains on the normal training videos and calibrates on held-out frames.
 
     Args:
@@ -217,8 +222,9 @@ def frame_auroc(scores, labels) -> float | None:
         return None
 
 
-def summarize_videos(names: Sequence[str], scores: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                     window: int = 3) -> dict:
+def summarize_videos(
+    names: Sequence[str], scores: Sequence[np.ndarray], labels: Sequence[np.ndarray], window: int = 3
+) -> dict:
     """Frame-level AUROC of per-video score sequences, overall and per video.
 
     Each video is smoothed on its own (`temporal_smoothing`), then all frames
@@ -279,8 +285,9 @@ def _pool(per_video: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(v) for v in per_video]) if len(per_video) else np.zeros(0)
 
 
-def evaluate_video_run(run_dir, videos: Sequence[Video], out_dir=None, batch_size: int = 4,
-                       report: bool = True) -> dict:
+def evaluate_video_run(
+    run_dir, videos: Sequence[Video], out_dir=None, batch_size: int = 4, report: bool = True
+) -> dict:
     """Scores every frame of the test videos; writes metrics, frame scores and the report.
 
     Test videos named in the run's `exclude_test_videos` are left out (Avenue17).
@@ -298,10 +305,10 @@ def evaluate_video_run(run_dir, videos: Sequence[Video], out_dir=None, batch_siz
     Returns:
         The metrics dict written to `metrics.json` (see `summarize_videos`).
     """
-    from riad_tf.run import load_detector, load_thresholds
+    from riad_tf.run import eval_dir, load_detector, load_thresholds
     from riad_tf.video.report import write_video_report
 
-    out_dir = Path(out_dir or Path(run_dir) / "eval")
+    out_dir = Path(out_dir or eval_dir(run_dir))
     detector = load_detector(run_dir)
     config = detector.config
     kept, excluded = exclude_videos(videos, config.exclude_test_videos)
@@ -313,7 +320,9 @@ def evaluate_video_run(run_dir, videos: Sequence[Video], out_dir=None, batch_siz
     for video in kept:
         scores.append(score_frames(detector, video.frames(config), batch_size))
         if len(scores[-1]) != len(video.labels):
-            raise DataError(f"{video.source}: decoded {len(scores[-1])} frames but its labels cover {len(video.labels)}")
+            raise DataError(
+                f"{video.source}: decoded {len(scores[-1])} frames but its labels cover {len(video.labels)}"
+            )
     summary = summarize_videos(names, scores, labels, config.temporal_window)
     summary["excluded_test_videos"] = [v.name for v in excluded]
     thresholds = load_thresholds(run_dir)
@@ -325,8 +334,15 @@ def evaluate_video_run(run_dir, videos: Sequence[Video], out_dir=None, batch_siz
     atomic_write_text(out_dir / "metrics.md", _markdown(summary, run_dir))
     atomic_write_text(out_dir / "scores.csv", _scores_csv(names, labels, scores, smoothed))
     if report:
-        write_video_report(out_dir / "report", names=names, scores=scores, smoothed=smoothed,
-                           labels=labels, summary=summary, thresholds=thresholds)
+        write_video_report(
+            out_dir / "report",
+            names=names,
+            scores=scores,
+            smoothed=smoothed,
+            labels=labels,
+            summary=summary,
+            thresholds=thresholds,
+        )
     return summary
 
 

@@ -1,0 +1,214 @@
+"""Exporting a detector: the arguments, the images it needs, and the steps for each format.
+
+`export_detector` checks its arguments, builds the detector, prepares the
+representative images, then converts (`riad_tf.export.tflite`,
+`riad_tf.export.onnx`), writes each model with its metadata and checks it
+(`riad_tf.export.metadata`), and builds the TensorRT engine
+(`riad_tf.export.tensorrt`).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from edge.files import atomic_write_bytes
+from edge.images import to_model_input
+from edge.inpaint import masked_copies
+from riad_tf.export.errors import ExportError
+from riad_tf.export.graph import input_spec
+from riad_tf.export.metadata import verify_model, write_model
+from riad_tf.export.onnx import convert_onnx, quantize_onnx
+from riad_tf.export.tensorrt import export_engine
+from riad_tf.export.tflite import convert_tflite
+from riad_tf.run import load_detector, load_thresholds
+
+FORMATS = ("tflite", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+MAX_CALIBRATION_IMAGES = 128
+
+
+def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
+    """Exports a training run's detector (`riad-tf export RUN ...`).
+
+    Loads `RUN/model.keras`, `RUN/config.yaml` and `RUN/thresholds.json` (which
+    may be absent before calibration) and calls `export_detector` with the
+    run's thresholds.
+
+    Args:
+        run_dir: the training run.
+        out_dir: output folder (created).
+        **options: the keyword arguments of `export_detector` (`formats`,
+            `precision`, `batch`, `uint8_input`, `bare_unet`,
+            `representative_images`, `trt`, `name`, `verify`), but not
+            `thresholds`, which come from the run.
+
+    Returns:
+        `{kind: path}` of what was written (see `export_detector`).
+
+    Raises:
+        FileNotFoundError: RUN is not a trained run.
+        ExportError, ValueError: see `export_detector`.
+    """
+    detector = load_detector(run_dir)
+    return export_detector(detector, out_dir, thresholds=load_thresholds(run_dir), **options)
+
+
+def export_detector(
+    detector,
+    out_dir,
+    *,
+    formats: Sequence[str] = FORMATS,
+    precision: str = "fp32",
+    batch: int | None = 1,
+    uint8_input: bool = False,
+    bare_unet: bool = False,
+    representative_images: np.ndarray | None = None,
+    trt: bool = False,
+    thresholds: dict | None = None,
+    name: str = "riad",
+    verify: bool = True,
+) -> dict[str, Path]:
+    """Exports a `Detector` (or its bare U-Net) for the device.
+
+    Args:
+        detector: a `riad_tf.detector.Detector` (trained or not).
+        out_dir: output folder (created).
+        formats: any of "tflite", "onnx".
+        precision: "fp32", "fp16" or "int8" (see the `riad_tf.export` docstring).
+        batch: fixed batch of images, or None for a dynamic batch. A bare
+            U-Net's batch is that many images' masked copies (batch x n x |K|).
+        uint8_input: the model takes uint8 0-255 and divides by 255 in-graph.
+        bare_unet: export only the U-Net, plus the masks as `.npy`.
+        representative_images: `(N, H, W[, C])` training images (uint8 or float
+            in [0, 1], any size: they are resized like the device's input) for
+            int8 calibration and the export-time check.
+        trt: also build a TensorRT engine from the ONNX (ONNX is then always
+            written). Where TensorRT or a GPU is missing, the ONNX, the
+            calibration images and the device's build commands are written and
+            `ExportError` is raised saying so.
+        thresholds: calibrated thresholds for the metadata (None: uncalibrated).
+        name: file-name stem.
+        verify: run each exported model once and compare with Keras.
+
+    Returns:
+        `{kind: path}` of what was written: "tflite", "tflite_metadata",
+        "onnx", "onnx_metadata", "masks", "calibration", "engine",
+        "engine_metadata", "trt_instructions" (each only when written).
+
+    Raises:
+        ValueError: bad arguments (the message says which).
+        ExportError: a conversion failed, an exported model gives NaN/inf or
+            disagrees with Keras, or (trt=True) no engine could be built here.
+    """
+    formats = _check_arguments(formats, precision, batch, trt)
+    config = detector.config
+    if not detector.built:  # Keras exports only built models; one call builds it
+        detector(tf.zeros((1, *config.input_shape)))
+    representative = _prepare_images(representative_images, config, uint8_input)
+    if precision == "int8" and trt and representative is None:
+        raise ValueError("an int8 TensorRT engine needs representative_images for its calibration")
+    onnx_int8 = "onnx" in formats and precision == "int8" and representative is not None and not trt
+    if "onnx" in formats and precision != "fp32" and not trt and not onnx_int8:
+        warnings.warn(
+            f"the ONNX model is float32; precision {precision!r} applies to TFLite, to TensorRT engines"
+            " and, with representative_images, to an int8 ONNX"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = input_spec(config, batch, uint8_input, bare_unet)
+    stem = f"{name}_unet" if bare_unet else name
+    written: dict[str, Path] = {}
+    masks_file = None
+    if bare_unet:
+        masks_file = _write_masks(detector, out_dir / f"{stem}.masks.npy")
+        written["masks"] = masks_file
+    common = dict(config=config, spec=spec, thresholds=thresholds, masks_file=masks_file, bare_unet=bare_unet)
+    calibration = _calibration_inputs(representative, detector, bare_unet)
+
+    if "tflite" in formats:
+        model, quantization = convert_tflite(detector, spec, precision, calibration, bare_unet)
+        path = out_dir / f"{stem}_{precision}.tflite"
+        written.update(write_model(path, model, precision, quantization, None, common))
+    if "onnx" in formats:
+        model, scope = convert_onnx(detector, spec, bare_unet)
+        written.update(write_model(out_dir / f"{stem}.onnx", model, "fp32", "none: float32", scope, common))
+        if onnx_int8:
+            if scope is None and not bare_unet:
+                message = f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph"
+                raise ExportError(message, written)
+            model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
+            path = out_dir / f"{stem}_int8.onnx"
+            written.update(write_model(path, model, "int8", quantization, scope, common, key="onnx_int8"))
+    if verify:
+        probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
+        for kind in ("tflite", "onnx", "onnx_int8"):
+            if kind in written:
+                verify_model(written[kind], detector, probe, "fp32" if kind == "onnx" else precision, written)
+    if trt:
+        written.update(export_engine(written["onnx"], precision, representative, written))
+    return written
+
+
+def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:
+    """Checks export_detector's arguments; returns the formats to write, in `FORMATS` order (ONNX when `trt`)."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise ValueError(f"batch must be a positive int or None (dynamic), got {batch!r}")
+    formats = tuple(f for f in FORMATS if f in formats or (f == "onnx" and trt))
+    if not formats:
+        raise ValueError("nothing to export: give formats (tflite, onnx) or trt=True")
+    return formats
+
+
+def _prepare_images(images, config, uint8_input: bool) -> np.ndarray | None:
+    """Representative images -> the model's input size, channels and dtype (the device's preprocessing)."""
+    if images is None:
+        return None
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"representative_images must be a non-empty (N, H, W[, C]) array, got shape {images.shape}")
+    images = images[:MAX_CALIBRATION_IMAGES]
+    return to_model_input(list(images), config.image_size, config.channels, "uint8" if uint8_input else "float32")
+
+
+def _probe_images(config, uint8_input: bool) -> np.ndarray:
+    """Deterministic smooth test images for the export-time check when no real ones are given."""
+    height, width = config.image_size
+    rows, cols = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    rng = np.random.default_rng(0)
+    images = []
+    for phase in (0.0, 1.3):
+        base = 0.5 + 0.3 * np.sin(6 * rows + 4 * cols + phase)
+        noisy = base[..., None] + 0.05 * rng.standard_normal((height, width, config.channels))
+        images.append(np.clip(noisy, 0, 1).astype(np.float32))
+    return to_model_input(images, config.image_size, config.channels, "uint8" if uint8_input else "float32")
+
+
+def _calibration_inputs(representative, detector, bare_unet: bool) -> np.ndarray | None:
+    """What the exported model sees during int8 calibration: images, or masked copies for a bare U-Net."""
+    if representative is None or not bare_unet:
+        return representative
+    if not detector.config.inpainting:
+        return representative
+    copies = masked_copies(representative, detector.masks)
+    step = max(1, len(copies) // MAX_CALIBRATION_IMAGES)
+    return copies[::step][:MAX_CALIBRATION_IMAGES]
+
+
+def _write_masks(detector, path: Path) -> Path:
+    """The fixed inference partitions `(|K|, n, H, W, 1)` as uint8 .npy (1 = pixel kept)."""
+    buffer = io.BytesIO()
+    np.save(buffer, detector.masks.astype(np.uint8))
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,11 @@
+"""The error every export step raises when it cannot finish."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """An export that cannot be completed; `written` holds the files already written."""
+
+    def __init__(self, message: str, written: dict | None = None):
+        super().__init__(message)
+        self.written = dict(written or {})

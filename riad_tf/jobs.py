@@ -1,0 +1,328 @@
+"""The jobs `riad-tf` runs, end to end: train and calibrate, evaluate, predict, the demo.
+
+Image data sets are handled here; video data sets by the jobs of the same
+names in `riad_tf.video.jobs`. `load_data` tells the two apart from a data
+spec (`riad_tf.data.data_spec`), and `train_job` / `evaluate_job` hand the
+split to the matching job. The CLI only parses options and calls these;
+scripts and notebooks can call them too.
+
+Example:
+
+>>> spec = data_spec("data/bottle")                               # doctest: +SKIP
+>>> train_job(RiadConfig(epochs=10), spec, "runs/bottle")         # doctest: +SKIP
+>>> evaluate_job("runs/bottle")["image_auroc"]                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edge.files import atomic_write_text
+from edge.predictions import MapNames, prediction_record
+from riad_tf import metrics
+from riad_tf import run as runs
+from riad_tf.config import RiadConfig
+from riad_tf.data import (
+    DataError,
+    DataSplit,
+    Sample,
+    data_spec,
+    has_pixel_masks,
+    load_arrays,
+    load_split,
+    split_holdout,
+)
+
+# A reduced model at 64 px: the demo finishes in minutes on two CPU cores.
+DEMO_CONFIG = RiadConfig(
+    image_size=(64, 64),
+    widths=(16, 32, 64, 64, 64),
+    ks=(2, 4, 8, 16),
+    smoothing=7,
+    epochs=40,
+    batch_size=8,
+    learning_rate=1e-3,
+    val_fraction=0.15,
+)
+
+__all__ = [
+    "DEMO_CONFIG",
+    "calibrate_run",
+    "data_spec",
+    "evaluate_job",
+    "evaluate_run",
+    "load_data",
+    "predict_images",
+    "run_demo",
+    "train_job",
+    "train_run",
+]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Data, and the image / video dispatch
+
+
+def load_data(spec: dict, skip_unreadable: bool = False):
+    """The checked split of a data spec: a `DataSplit` for images, a `VideoSplit` for video layouts.
+
+    Says on stderr what was found (and how many unreadable images were skipped).
+    Unreadable video frames always stop: skipping one would shift the labels.
+    """
+    from riad_tf.video import load_video_dataset, resolve_video_layout, validate_videos
+
+    video_layout = resolve_video_layout(spec["path"], spec["layout"])
+    if video_layout:
+        split = validate_videos(load_video_dataset(spec["path"], video_layout))
+    else:
+        split, skipped = load_split(spec, skip_unreadable=skip_unreadable)
+        if skipped:
+            _say(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}")
+    _say(f"data: {split.describe()}")
+    return split
+
+
+def _is_video(split) -> bool:
+    from riad_tf.video import VideoSplit
+
+    return isinstance(split, VideoSplit)
+
+
+def train_job(
+    config: RiadConfig, spec: dict | None, out_dir, progress: bool = True, skip_unreadable: bool = False
+) -> dict | None:
+    """`riad-tf train`: trains a run on a data set and calibrates its thresholds.
+
+    Args:
+        config: the run's config (its `strategy` says where to train).
+        spec: the data set (`data_spec`); None re-uses the one `out_dir` records.
+        out_dir: the run directory; re-run to resume.
+        progress: show progress bars.
+        skip_unreadable: skip unreadable images instead of stopping.
+
+    Returns:
+        The calibrated thresholds; None on a non-chief worker of a multi-worker job.
+    """
+    from riad_tf.distribute import is_chief, make_strategy, task
+    from riad_tf.video.jobs import train_video_run
+
+    strategy = make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
+    spec = spec or runs.load_data_spec(out_dir)
+    if spec is None:
+        raise ValueError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
+    split = load_data(spec, skip_unreadable)
+    if is_chief(strategy):
+        runs.save_data_spec(out_dir, spec)
+    job = train_video_run if _is_video(split) else train_run
+    thresholds = job(config, split, out_dir, progress=progress, strategy=strategy)
+    if not is_chief(strategy):
+        _say("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
+    return thresholds
+
+
+def evaluate_job(
+    run_dir,
+    spec: dict | None = None,
+    out_dir=None,
+    batch_size: int = 4,
+    report: bool = True,
+    skip_unreadable: bool = False,
+) -> dict:
+    """`riad-tf evaluate`: metrics on the test part of a data set (default: the run's own).
+
+    Returns:
+        The metrics, as written to `OUT/metrics.json` (OUT defaults to `RUN/eval`).
+    """
+    from riad_tf.video.jobs import evaluate_video_run
+
+    spec = spec or runs.load_data_spec(run_dir)
+    if spec is None:
+        raise ValueError(f"{run_dir}: give the data set (--data); the run does not record one")
+    split = load_data(spec, skip_unreadable)
+    if not split.test:
+        raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
+    job = evaluate_video_run if _is_video(split) else evaluate_run
+    return job(run_dir, split.test, out_dir or runs.eval_dir(run_dir), batch_size=batch_size, report=report)
+
+
+# ----------------------------------------------------------------------------
+# Image jobs
+
+
+def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = True, strategy=None) -> dict | None:
+    """Trains on the good training images and calibrates on a held-out share of them.
+
+    Returns:
+        The calibrated thresholds (also in `out_dir/thresholds.json`); None on
+        a non-chief worker of a multi-worker job.
+    """
+    from riad_tf.distribute import is_chief, make_strategy
+    from riad_tf.train import train
+
+    kept, held_out = split_holdout(split.train, config.val_fraction, config.seed)
+    train_images = load_arrays(kept, config)
+    holdout_images = load_arrays(held_out, config) if held_out else None
+    strategy = strategy or make_strategy(config.strategy)
+    train(config, train_images, out_dir, holdout_images, strategy=strategy, progress=progress)
+    if not is_chief(strategy):
+        return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
+    calibration = holdout_images if holdout_images is not None else train_images
+    return calibrate_run(out_dir, calibration, config.target_fpr)
+
+
+def calibrate_run(run_dir, good_images: np.ndarray, target_fpr: float, batch_size: int = 4) -> dict:
+    """Thresholds from held-out good images at `target_fpr`, saved as `thresholds.json`.
+
+    Rule: an image is anomalous if its score > thresholds["image"]; a pixel if
+    its map value > thresholds["pixel"].
+    """
+    if len(good_images) == 0:
+        raise ValueError(f"{run_dir}: no held-out good images to calibrate thresholds on")
+    maps, scores = runs.load_detector(run_dir).score(good_images, batch_size)
+    thresholds = metrics.calibrate(scores, maps, target_fpr)
+    runs.save_thresholds(run_dir, thresholds)
+    return thresholds
+
+
+def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: int = 4, report: bool = True) -> dict:
+    """Scores the test samples and writes `metrics.json`, `metrics.md`, `scores.jsonl` and `report/index.html`.
+
+    Args:
+        run_dir: a trained run (see `riad_tf.run`).
+        samples: test images, good and anomalous, with masks where available.
+        out_dir: where to write; default `run_dir/eval`.
+        batch_size: images per detector call.
+        report: also write the visual report.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+    """
+    from riad_tf.report import write_report
+
+    out_dir = Path(out_dir or runs.eval_dir(run_dir))
+    detector = runs.load_detector(run_dir)
+    config = detector.config
+    images, masks = load_arrays(samples, config, with_masks=True)
+    maps, scores, reconstructions = detector.score(images, batch_size, with_reconstructions=True)
+    labels = np.array([s.label for s in samples])
+    types = [s.defect_type for s in samples]
+    pixel = has_pixel_masks(samples)
+    summary = metrics.summarize(scores, labels, maps if pixel else None, masks if pixel else None, types)
+    thresholds = runs.load_thresholds(run_dir)
+    summary["calibrated_threshold_rates"] = _verdict_rates(scores, labels, thresholds)
+    summary["resolution"] = list(config.image_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "metrics.md", _markdown(summary, run_dir, config.image_size))
+    atomic_write_text(
+        out_dir / "scores.jsonl",
+        "".join(
+            json.dumps({"path": str(s.path), "label": s.label, "score": float(v)}) + "\n"
+            for s, v in zip(samples, scores)
+        ),
+    )
+    if report:
+        overall = {k: v for k, v in summary.items() if k != "per_defect_type"}
+        write_report(
+            out_dir / "report",
+            names=[f"{s.defect_type}/{s.path.name}" for s in samples],
+            images=images,
+            reconstructions=reconstructions,
+            maps=maps,
+            scores=scores,
+            labels=labels,
+            defect_types=types,
+            masks=masks if pixel else None,
+            thresholds=thresholds,
+            metrics={"overall": overall, "per_defect": summary["per_defect_type"]},
+        )
+    return summary
+
+
+def _markdown(summary: dict, run_dir, resolution: tuple[int, int]) -> str:
+    keys = ("num_images", "num_anomalous", "image_auroc", "pixel_auroc", "aupro", "f1_max")
+    rows = [("overall", summary)] + sorted(summary["per_defect_type"].items())
+
+    def cell(value):
+        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    lines = [
+        f"# Evaluation of `{run_dir}`",
+        "",
+        f"Maps compared with ground truth at {resolution[0]} x {resolution[1]} (the model's input size).",
+        "F1-max is tuned on the test data itself; the calibrated thresholds are not.",
+        "",
+        "| subset | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    lines += [f"| {name} | " + " | ".join(cell(block.get(k)) for k in keys) + " |" for name, block in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_rates(scores, labels, thresholds) -> dict | None:
+    if not thresholds:
+        return None
+    predicted = scores > thresholds["image"]
+    labels = np.asarray(labels, bool)
+    return {
+        "false_positive_rate": float(predicted[~labels].mean()) if (~labels).any() else None,
+        "true_positive_rate": float(predicted[labels].mean()) if labels.any() else None,
+    }
+
+
+def predict_images(run_dir, paths: Sequence[Path], maps_dir=None, batch_size: int = 4) -> Iterator[dict]:
+    """Yields one record per image (`edge.predictions.prediction_record`): path, score, verdict, map file.
+
+    Args:
+        run_dir: a trained run.
+        paths: image files of any size; they are resized to the model's size.
+        maps_dir: where to write `NAME_map.png` (`edge.predictions.MapNames`);
+            None writes none.
+        batch_size: images per detector call.
+    """
+    from riad_tf.data import read_image
+
+    detector = runs.load_detector(run_dir)
+    config = detector.config
+    thresholds = runs.load_thresholds(run_dir)
+    map_names = MapNames(maps_dir, thresholds) if maps_dir is not None else None
+    for start in range(0, len(paths), batch_size):
+        chunk = [Path(p) for p in paths[start : start + batch_size]]
+        images = np.stack([read_image(p, config.image_size, config.channels) for p in chunk])
+        maps, scores = detector.score(images, batch_size)
+        for path, anomaly_map, score in zip(chunk, maps, scores):
+            map_file = map_names.write(path, anomaly_map) if map_names else None
+            yield prediction_record(path, score, thresholds, map_file)
+
+
+def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) -> dict:
+    """Synthetic textures with planted defects -> train -> calibrate -> evaluate -> report."""
+    from riad_tf.data import load_mvtec, validate
+    from riad_tf.synthetic import make_synthetic_dataset
+
+    config = DEMO_CONFIG if epochs is None else DEMO_CONFIG.with_overrides({"epochs": epochs})
+    data_dir = make_synthetic_dataset(
+        out_dir / "data", image_size=config.image_size[0], n_train=60, n_test_good=15, n_test_defect=15
+    )
+    split, _ = validate(load_mvtec(data_dir))
+    run_dir = out_dir / "run"
+    train_run(config, split, run_dir, progress=progress)
+    summary = evaluate_run(run_dir, split.test, runs.eval_dir(run_dir))
+    _say(
+        f"demo: image AUROC {summary['image_auroc']:.3f}, pixel AUROC {summary['pixel_auroc']:.3f}, AUPRO {summary['aupro']:.3f}"
+    )
+    return {
+        "data": data_dir,
+        "run": run_dir,
+        "metrics": runs.eval_dir(run_dir) / "metrics.md",
+        "report": runs.eval_dir(run_dir) / "report" / "index.html",
+    }

@@ -126,7 +126,7 @@ def write_video_report(
         names: the test videos' names.
         scores, smoothed, labels: per video, `(T,)` raw scores, smoothed scores
             and ground truth.
-        summary: the metrics of `riad_tf.video.workflow.summarize_videos`.
+        summary: the metrics of `riad_tf.video.jobs.summarize_videos`.
         thresholds: the run's calibrated thresholds (`smoothed_frame` is drawn).
 
     Returns:

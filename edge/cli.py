@@ -21,10 +21,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.cli_options import friendly_errors, int_list
+from edge.cli_options import echo_records, friendly_errors, int_list, size_mode, size_mode_options
 from edge.images import IMAGE_EXTENSIONS, find_images, load_image, to_model_input
 from edge.metadata import read_metadata
-from edge.predictions import MapNames, prediction_record
+from edge.predictions import MapNames, with_overrides
 
 
 def _device_errors() -> tuple[type[BaseException], ...]:
@@ -61,29 +61,42 @@ def main():
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png anomaly maps here.")
 @click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Images per runner call.")
+@size_mode_options
+@click.option(
+    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+)
 @_with_runtime_options
 @_friendly_errors
-def infer(model, images, maps_dir, batch_size, threads, max_batch, memory_mb):
-    """Score image files of any size: one JSON line per image.
+def infer(model, images, maps_dir, batch_size, tile, resize, image_threshold, threads, max_batch, memory_mb):
+    """Score image files: one JSON line per image (docs/deployment.md, "Verdicts").
 
-    Each line holds path and score, and with calibrated thresholds `anomalous`
-    (score > threshold) and `threshold`; with --maps-dir the map file (0 -> black,
-    twice the pixel threshold -> white; the map's maximum before calibration).
-    IMAGES may be files or folders.
+    Each line holds path and score; with a threshold `anomalous`, `threshold`,
+    its source and the `regions` above it (boxes in image pixels); with
+    --maps-dir the map file (0 -> black, twice the region threshold -> white).
+    An image that cannot be scored gets a line with `error`, the others are
+    still scored, and the exit status is 1 at the end. IMAGES may be files or folders.
     """
+    from edge.inspection import inspect_files
     from edge.runner import Runner
 
     runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
     paths = find_images(images)
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
-    map_names = MapNames(maps_dir, runner.thresholds) if maps_dir is not None else None
-    for start in range(0, len(paths), max(1, batch_size)):
-        chunk = paths[start : start + max(1, batch_size)]
-        maps, scores = runner(runner.preprocess([load_image(p) for p in chunk]))
-        for path, anomaly_map, score in zip(chunk, maps, scores):
-            map_file = map_names.write(path, anomaly_map) if map_names else None
-            click.echo(json.dumps(prediction_record(path, score, runner.thresholds, map_file)))
+    thresholds = with_overrides(runner.thresholds, image_threshold)
+    native = (runner.metadata.preprocessing or {}).get("native_size")
+    records = inspect_files(
+        paths,
+        runner,
+        runner.image_size,
+        runner.channels,
+        thresholds,
+        native_size=native,
+        mode=size_mode(tile, resize),
+        maps=MapNames(maps_dir, thresholds) if maps_dir is not None else None,
+        batch_size=max(1, batch_size),
+    )
+    echo_records(records)
 
 
 @main.command()

@@ -9,7 +9,8 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import json
+from typing import Callable, Iterable
 
 import click
 
@@ -59,3 +60,30 @@ def int_list(text: str | None, *, positive: bool = False, what: str = "integers"
     if positive and (not values or min(values) < 1):
         raise click.BadParameter(f"{text!r}: give positive {what} such as 1,4")
     return values
+
+
+def size_mode_options(command):
+    """`--tile` / `--resize`: what to do with an input whose size differs from the training images'."""
+    command = click.option(
+        "--resize", is_flag=True, help="Squeeze inputs of another size to the model's input (distorts them)."
+    )(command)
+    return click.option(
+        "--tile", is_flag=True, help="Inspect inputs of another size in model-size tiles at the training scale."
+    )(command)
+
+
+def size_mode(tile: bool, resize: bool) -> str:
+    """The `edge.inspection` size mode of the two flags."""
+    if tile and resize:
+        raise click.UsageError("give --tile or --resize, not both")
+    return "tile" if tile else "resize" if resize else "strict"
+
+
+def echo_records(records: Iterable[dict]) -> None:
+    """Prints one JSON line per record; exits with status 1 at the end if any record is an error."""
+    failed = 0
+    for record in records:
+        click.echo(json.dumps(record, allow_nan=False))
+        failed += "error" in record
+    if failed:
+        raise click.ClickException(f"{failed} image(s) could not be scored (see their error records)")

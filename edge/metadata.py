@@ -24,13 +24,17 @@ Schema `riad-edge/1` (keys of the JSON object):
     input_dtype       "float32" (values in [0, 1]) | "uint8" (0-255, divided in-graph)
     output_names      ["maps", "scores"] or ["reconstruction"]
     config            RiadConfig.to_dict() of the trained model (ks, n, seed, smoothing, ...)
-    thresholds        {"image": t, "pixel": t, ...} or null before calibration
+    thresholds        {"image": t, "region": t, "min_region_area": a, "segmentation": t,
+                      "target_fpr": f, "supported_fpr": b, "num_images": n, ...}
+                      (`edge.verdicts`) or null before calibration
     masks_file        bare U-Net only: .npy of the inference masks (|K|, n, H, W, 1) uint8
     masks_sha256      bare U-Net only: its sha256
     unet_scope        name fragment of the U-Net's nodes in the graph (TensorRT keeps
                       the other layers in float32), or null
     verification      {"max_abs_diff_maps": .., "max_abs_diff_scores": .., "images": N}
                       measured at export against the Keras detector, or null
+    preprocessing     {"native_size": [h, w], ...}: the training images' size before
+                      the resize to the model's (`edge.inspection`), or null
     notes             free text
 
 Example:
@@ -95,6 +99,7 @@ class ModelMetadata:
     masks_sha256: str | None = None
     unet_scope: str | None = None
     verification: dict | None = None
+    preprocessing: dict | None = None
     riad_tf_version: str = "unknown"
     notes: str = ""
     schema: str = SCHEMA

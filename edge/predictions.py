@@ -3,18 +3,23 @@
 Both commands print one JSON object per image:
 
     {"path": ..., "score": s}                          always
-    {"anomalous": s > t_image, "threshold": t_image}   when the model is calibrated
+    {"anomalous": ..., "threshold": t,                 when a threshold is known
+     "threshold_source": "calibrated" | "override"}    (`edge.verdicts.is_anomalous`)
+    {"region_score": r}                                when min_region_area > 1
     {"map": "MAPS/NAME_map.png"}                       when maps are written
 
-Maps are 8-bit grey PNGs: 0 is black, twice the pixel threshold is white (the
+or, for an image that cannot be scored, `{"path": ..., "error": "..."}`: a
+score is never NaN, and every line is valid JSON.
+
+Maps are 8-bit grey PNGs: 0 is black, twice the region threshold is white (the
 map's own maximum before calibration). Two inputs with the same file name
 (`a/000.png`, `b/000.png`) get `000_map.png` and `000_2_map.png`, never one
 overwriting the other.
 
 Example:
 
->>> prediction_record(Path("a.png"), 0.7, {"image": 0.5, "pixel": 0.2})
-{'path': 'a.png', 'score': 0.7, 'anomalous': True, 'threshold': 0.5}
+>>> prediction_record(Path("a.png"), 0.7, {"image": 0.5, "region": 0.5})
+{'path': 'a.png', 'score': 0.7, 'anomalous': True, 'threshold': 0.5, 'threshold_source': 'calibrated'}
 """
 
 from __future__ import annotations
@@ -26,29 +31,60 @@ from typing import Mapping
 import numpy as np
 
 from edge.images import save_map_png
+from edge.verdicts import is_anomalous, region_score
 
 
-def prediction_record(path, score: float, thresholds: Mapping | None, map_file=None) -> dict:
+def prediction_record(path, score: float, thresholds: Mapping | None, map_file=None, anomaly_map=None) -> dict:
     """The JSON record of one scored image.
 
     Args:
         path: the input file.
         score: its anomaly score (Eq. 10).
-        thresholds: the calibrated thresholds, or None.
+        thresholds: the thresholds in force (`with_overrides`), or None.
         map_file: the anomaly-map file written for it, or None.
+        anomaly_map: its map, needed for the verdict when `min_region_area` > 1.
 
     Returns:
-        A dict with `path` and `score`; `anomalous` and `threshold` when an
-        image threshold is known; `map` when a map was written.
+        A dict with `path` and `score`; `anomalous`, `threshold` and
+        `threshold_source` when an image threshold is known; `region_score`
+        when regions have a minimum area; `map` when a map was written. A score
+        that is NaN or infinite gives an `error_record` instead.
     """
+    if not np.isfinite(score):
+        return error_record(path, f"the anomaly score is {float(score)} (NaN or infinite values in the input?)")
     record = {"path": str(path), "score": float(score)}
-    threshold = (thresholds or {}).get("image")
-    if threshold is not None:
-        record["anomalous"] = bool(score > threshold)
-        record["threshold"] = threshold
+    thresholds = thresholds or {}
+    if thresholds.get("image") is not None:
+        area = int(thresholds.get("min_region_area", 1) or 1)
+        if area > 1 and anomaly_map is not None:
+            record["region_score"] = region_score(anomaly_map, area)
+        record["anomalous"] = is_anomalous(score, anomaly_map, thresholds)
+        record["threshold"] = float(thresholds["image"])
+        record["threshold_source"] = thresholds.get("source", "calibrated")
     if map_file is not None:
         record["map"] = str(map_file)
     return record
+
+
+def error_record(path, message: str) -> dict:
+    """The record of an image that could not be scored: its path and a one-line reason."""
+    return {"path": str(path), "error": str(message).splitlines()[0] if str(message) else "unknown error"}
+
+
+def with_overrides(thresholds: Mapping | None, image: float | None = None) -> dict | None:
+    """The thresholds in force: the calibrated ones, or `image` given on the command line.
+
+    An override replaces the image and region threshold together (they are one
+    threshold, `edge.verdicts`) and marks the verdicts `"threshold_source": "override"`.
+
+    Example:
+
+    >>> with_overrides({"image": 0.5, "region": 0.5}, image=0.8)["source"]
+    'override'
+    """
+    if image is None:
+        return dict(thresholds) if thresholds else None
+    return {**(thresholds or {}), "image": float(image), "region": float(image), "source": "override"}
 
 
 class MapNames:
@@ -56,13 +92,13 @@ class MapNames:
 
     Args:
         folder: where the maps go (created when the first one is written).
-        thresholds: the calibrated thresholds; twice the pixel threshold is white.
+        thresholds: the thresholds in force; twice the region threshold is white.
     """
 
     def __init__(self, folder: str | os.PathLike, thresholds: Mapping | None = None):
         self.folder = Path(folder)
-        pixel = (thresholds or {}).get("pixel")
-        self.vmax = 2 * pixel if pixel is not None else None
+        region = (thresholds or {}).get("region")
+        self.vmax = 2 * region if region is not None else None
         self._used: set[str] = set()
 
     def name(self, path) -> str:

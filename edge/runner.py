@@ -35,6 +35,7 @@ from edge.images import to_model_input
 from edge.inpaint import assemble, check_masks, masked_copies
 from edge.metadata import EXTENSIONS, ModelMetadata, read_metadata
 from edge.session import Session
+from edge.verdicts import is_anomalous
 
 DEFAULT_MEMORY_MB = 1024
 
@@ -272,10 +273,13 @@ class Runner:
             )
         return float(self.thresholds[key])
 
-    def verdicts(self, scores: np.ndarray) -> np.ndarray:
-        """True where an image is anomalous: score > the calibrated image threshold."""
-        return np.asarray(scores) > self._threshold("image")
+    def verdicts(self, scores: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
+        """True where an image is anomalous (`edge.verdicts.is_anomalous`; pass the maps when the
+        calibrated `min_region_area` is above 1)."""
+        self._threshold("image")
+        maps = [None] * len(scores) if maps is None else maps
+        return np.array([is_anomalous(s, m, self.thresholds) for s, m in zip(np.asarray(scores), maps)], bool)
 
     def anomalous_pixels(self, maps: np.ndarray) -> np.ndarray:
-        """True where a pixel is anomalous: map value > the calibrated pixel threshold."""
-        return np.asarray(maps) > self._threshold("pixel")
+        """True where a pixel lies in a region: map value > the calibrated region threshold."""
+        return np.asarray(maps) > self._threshold("region")

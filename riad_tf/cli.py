@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click
 import yaml
 
-from edge.cli_options import friendly_errors, int_list
+from edge.cli_options import echo_records, friendly_errors, int_list, size_mode, size_mode_options
 from edge.files import atomic_write_text
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
@@ -173,7 +173,9 @@ def train(
         return  # a non-chief worker of a multi-worker job
     click.echo(f"model: {Path(out) / MODEL_FILE}")
     click.echo(
-        f"thresholds (FPR {config.target_fpr:g} on held-out good images): image {thresholds['image']:.5f}, pixel {thresholds['pixel']:.5f}"
+        f"threshold: {thresholds['image']:.5f} (images and regions; false-positive rate at most "
+        f"{thresholds['supported_fpr']:.3g} for a target of {config.target_fpr:g}, from {thresholds['num_images']} "
+        "held-out good images)"
     )
 
 
@@ -204,16 +206,61 @@ def evaluate(
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png here.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
+@size_mode_options
+@click.option(
+    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+)
 @_friendly_errors
-def predict(run_dir, images, maps_dir, batch_size):
-    """Score images: one JSON line per image (score, verdict, map file)."""
+def predict(run_dir, images, maps_dir, batch_size, tile, resize, image_threshold):
+    """Score images: one JSON line per image, as `riad-edge infer` writes them.
+
+    Each line holds path and score; with a threshold `anomalous`, `threshold`,
+    its source and the `regions` above it (boxes in image pixels). An image that
+    cannot be scored gets a line with `error`; the others are still scored, and
+    the exit status is 1 at the end. IMAGES may be files or folders.
+    """
+    from edge.images import find_images
     from riad_tf.jobs import predict_images
 
-    for record in predict_images(run_dir, [Path(p) for p in images], maps_dir, batch_size):
-        click.echo(json.dumps(record))
+    records = predict_images(
+        run_dir, find_images(images), maps_dir, batch_size, size_mode(tile, resize), image_threshold
+    )
+    echo_records(records)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--good",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="Good images (files or folders) training never saw; repeatable.",
+)
+@click.option(
+    "--target-fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="False-positive rate to keep (default: the run's target_fpr).",
+)
+@click.option(
+    "--min-region-area",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Smallest anomalous region in pixels (default: the run's).",
+)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
+@_friendly_errors
+def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
+    """New thresholds from good images, without retraining (docs/method.md, "Thresholds")."""
+    from riad_tf.jobs import calibrate_job
+    from riad_tf.run import THRESHOLDS_FILE
+
+    thresholds = calibrate_job(run_dir, [Path(p) for p in good], target_fpr, min_region_area, batch_size)
+    click.echo(json.dumps({"thresholds": str(Path(run_dir) / THRESHOLDS_FILE), **thresholds}))
 
 
 @main.command()

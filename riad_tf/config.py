@@ -65,8 +65,10 @@ class RiadConfig:
         warmup_epochs: length of the cosine schedule's warm-up (may be a fraction).
         weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out for calibration.
-        target_fpr: false-positive rate on held-out good images that sets the
-            image and pixel thresholds.
+        target_fpr: the false-positive rate the thresholds should keep on new
+            good images; held-out good images set them (`edge.verdicts`).
+        min_region_area: the smallest region of the anomaly map, in pixels at
+            the model's size, that makes an image anomalous (1: any pixel).
     Video (Sec. 4.1, 4.3; `riad_tf.video`):
         temporal_window: frame scores are averaged over the current and the
             `temporal_window - 1` previous frames (3 in the paper).
@@ -116,6 +118,7 @@ class RiadConfig:
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
     target_fpr: float = 0.01
+    min_region_area: int = 1
     temporal_window: int = 3
     exclude_test_videos: tuple[str, ...] = ()
     train_frame_stride: int = 1
@@ -162,6 +165,8 @@ class RiadConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.min_region_area < 1:
+            raise ValueError(f"min_region_area must be at least 1, got {self.min_region_area}")
         if self.temporal_window < 1:
             raise ValueError(f"temporal_window must be at least 1, got {self.temporal_window}")
         if self.train_frame_stride < 1:

@@ -23,7 +23,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edge.files import atomic_write_text
-from edge.predictions import MapNames, prediction_record
+from edge.inspection import inspect_files, preprocessing_record
+from edge.predictions import MapNames, error_record, with_overrides
 from riad_tf import metrics
 from riad_tf import run as runs
 from riad_tf.config import RiadConfig
@@ -52,6 +53,7 @@ DEMO_CONFIG = RiadConfig(
 
 __all__ = [
     "DEMO_CONFIG",
+    "calibrate_job",
     "calibrate_run",
     "data_spec",
     "evaluate_job",
@@ -77,10 +79,14 @@ def load_data(spec: dict, skip_unreadable: bool = False):
 
     Says on stderr what was found (and how many unreadable images were skipped).
     Unreadable video frames always stop: skipping one would shift the labels.
+
+    Returns:
+        (the split, the skipped images as (path, reason) pairs).
     """
     from riad_tf.video import load_video_dataset, resolve_video_layout, validate_videos
 
     video_layout = resolve_video_layout(spec["path"], spec["layout"])
+    skipped = []
     if video_layout:
         split = validate_videos(load_video_dataset(spec["path"], video_layout))
     else:
@@ -88,7 +94,7 @@ def load_data(spec: dict, skip_unreadable: bool = False):
         if skipped:
             _say(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}")
     _say(f"data: {split.describe()}")
-    return split
+    return split, skipped
 
 
 def _is_video(split) -> bool:
@@ -119,7 +125,7 @@ def train_job(
     spec = spec or runs.load_data_spec(out_dir)
     if spec is None:
         raise ValueError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
-    split = load_data(spec, skip_unreadable)
+    split, _ = load_data(spec, skip_unreadable)
     if is_chief(strategy):
         runs.save_data_spec(out_dir, spec)
     job = train_video_run if _is_video(split) else train_run
@@ -139,6 +145,10 @@ def evaluate_job(
 ) -> dict:
     """`riad-tf evaluate`: metrics on the test part of a data set (default: the run's own).
 
+    An unreadable image does not stop the evaluation: the rest are scored, the
+    image is listed in `OUT/errors.jsonl`, and unless `skip_unreadable` a
+    `DataError` naming it is raised once everything is written.
+
     Returns:
         The metrics, as written to `OUT/metrics.json` (OUT defaults to `RUN/eval`).
     """
@@ -147,11 +157,21 @@ def evaluate_job(
     spec = spec or runs.load_data_spec(run_dir)
     if spec is None:
         raise ValueError(f"{run_dir}: give the data set (--data); the run does not record one")
-    split = load_data(spec, skip_unreadable)
+    split, skipped = load_data(spec, skip_unreadable=True)
     if not split.test:
         raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
+    out_dir = Path(out_dir or runs.eval_dir(run_dir))
     job = evaluate_video_run if _is_video(split) else evaluate_run
-    return job(run_dir, split.test, out_dir or runs.eval_dir(run_dir), batch_size=batch_size, report=report)
+    summary = job(run_dir, split.test, out_dir, batch_size=batch_size, report=report)
+    errors = "".join(json.dumps(error_record(path, f"{path}: {reason}")) + "\n" for path, reason in skipped)
+    atomic_write_text(out_dir / "errors.jsonl", errors)
+    if skipped and not skip_unreadable:
+        first, reason = skipped[0]
+        raise DataError(
+            f"{len(skipped)} image(s) could not be read and were left out ({out_dir / 'errors.jsonl'}; first: "
+            f"{first}: {reason}); the metrics cover the rest"
+        )
+    return summary
 
 
 # ----------------------------------------------------------------------------
@@ -175,21 +195,71 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
     train(config, train_images, out_dir, holdout_images, strategy=strategy, progress=progress)
     if not is_chief(strategy):
         return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
+    runs.save_preprocessing(out_dir, preprocessing_record([_native_size(s.path) for s in split.train]))
+    if holdout_images is None:
+        _say(
+            "warning: no held-out good images (val_fraction 0): thresholds come from the training images and "
+            "their false-positive bound does not hold; run `riad-tf calibrate` with good images training never saw"
+        )
     calibration = holdout_images if holdout_images is not None else train_images
-    return calibrate_run(out_dir, calibration, config.target_fpr)
+    return calibrate_run(out_dir, calibration, config.target_fpr, min_region_area=config.min_region_area)
 
 
-def calibrate_run(run_dir, good_images: np.ndarray, target_fpr: float, batch_size: int = 4) -> dict:
-    """Thresholds from held-out good images at `target_fpr`, saved as `thresholds.json`.
+def _native_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
 
-    Rule: an image is anomalous if its score > thresholds["image"]; a pixel if
-    its map value > thresholds["pixel"].
+    with Image.open(path) as image:  # the header only: every file was decoded once by `validate`
+        return image.height, image.width
+
+
+def calibrate_run(
+    run_dir, good_images: np.ndarray, target_fpr: float, batch_size: int = 4, min_region_area: int = 1
+) -> dict:
+    """Thresholds from good images training never saw, saved as `thresholds.json` (`riad_tf.metrics.calibrate`).
+
+    An image is anomalous when its score (its region score, with
+    `min_region_area` > 1) is above thresholds["image"]; regions are drawn
+    above thresholds["region"], the same value. When `target_fpr` needs more
+    images than given, says so on stderr and records the rate they support.
     """
+    from edge.verdicts import ConformalThreshold
+
     if len(good_images) == 0:
         raise ValueError(f"{run_dir}: no held-out good images to calibrate thresholds on")
     maps, scores = runs.load_detector(run_dir).score(good_images, batch_size)
-    thresholds = metrics.calibrate(scores, maps, target_fpr)
+    thresholds = metrics.calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
+    bound = ConformalThreshold(thresholds["image"], target_fpr, thresholds["supported_fpr"], len(scores))
+    if bound.warning():
+        _say(bound.warning())
     runs.save_thresholds(run_dir, thresholds)
+    return thresholds
+
+
+def calibrate_job(
+    run_dir,
+    good: Sequence[Path],
+    target_fpr: float | None = None,
+    min_region_area: int | None = None,
+    batch_size: int = 4,
+) -> dict:
+    """`riad-tf calibrate`: new thresholds for a trained run from good images (files or folders), no retraining.
+
+    The images must be good parts that training never saw; `target_fpr` and
+    `min_region_area` default to the run's config, and a new value is stored
+    in the run's config so that later commands agree.
+    """
+    from edge.images import find_images
+    from riad_tf.data import read_image
+
+    config = runs.load_config(run_dir)
+    overrides = {"target_fpr": target_fpr, "min_region_area": min_region_area}
+    config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
+    paths = find_images(good)
+    if not paths:
+        raise ValueError(f"no images in {', '.join(map(str, good))}")
+    images = np.stack([read_image(p, config.image_size, config.channels) for p in paths])
+    thresholds = calibrate_run(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
+    runs.save_config(run_dir, config)
     return thresholds
 
 
@@ -218,7 +288,7 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
     pixel = has_pixel_masks(samples)
     summary = metrics.summarize(scores, labels, maps if pixel else None, masks if pixel else None, types)
     thresholds = runs.load_thresholds(run_dir)
-    summary["calibrated_threshold_rates"] = _verdict_rates(scores, labels, thresholds)
+    summary["calibrated_threshold_rates"] = _verdict_rates(scores, maps, labels, thresholds)
     summary["resolution"] = list(config.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
@@ -268,10 +338,12 @@ def _markdown(summary: dict, run_dir, resolution: tuple[int, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _verdict_rates(scores, labels, thresholds) -> dict | None:
+def _verdict_rates(scores, maps, labels, thresholds) -> dict | None:
+    from edge.verdicts import is_anomalous
+
     if not thresholds:
         return None
-    predicted = scores > thresholds["image"]
+    predicted = np.array([is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)], bool)
     labels = np.asarray(labels, bool)
     return {
         "false_positive_rate": float(predicted[~labels].mean()) if (~labels).any() else None,
@@ -279,29 +351,41 @@ def _verdict_rates(scores, labels, thresholds) -> dict | None:
     }
 
 
-def predict_images(run_dir, paths: Sequence[Path], maps_dir=None, batch_size: int = 4) -> Iterator[dict]:
-    """Yields one record per image (`edge.predictions.prediction_record`): path, score, verdict, map file.
+def predict_images(
+    run_dir,
+    paths: Sequence[Path],
+    maps_dir=None,
+    batch_size: int = 4,
+    mode: str = "strict",
+    image_threshold: float | None = None,
+) -> Iterator[dict]:
+    """`riad-tf predict`: one record per image, exactly as `riad-edge infer` (`edge.inspection.inspect_files`).
 
     Args:
         run_dir: a trained run.
-        paths: image files of any size; they are resized to the model's size.
+        paths: image files.
         maps_dir: where to write `NAME_map.png` (`edge.predictions.MapNames`);
             None writes none.
         batch_size: images per detector call.
+        mode: inputs of another size than the training images': "strict"
+            (an error record), "resize" or "tile" (`edge.inspection`).
+        image_threshold: overrides the calibrated threshold.
     """
-    from riad_tf.data import read_image
-
     detector = runs.load_detector(run_dir)
     config = detector.config
-    thresholds = runs.load_thresholds(run_dir)
-    map_names = MapNames(maps_dir, thresholds) if maps_dir is not None else None
-    for start in range(0, len(paths), batch_size):
-        chunk = [Path(p) for p in paths[start : start + batch_size]]
-        images = np.stack([read_image(p, config.image_size, config.channels) for p in chunk])
-        maps, scores = detector.score(images, batch_size)
-        for path, anomaly_map, score in zip(chunk, maps, scores):
-            map_file = map_names.write(path, anomaly_map) if map_names else None
-            yield prediction_record(path, score, thresholds, map_file)
+    thresholds = with_overrides(runs.load_thresholds(run_dir), image_threshold)
+    native = (runs.load_preprocessing(run_dir) or {}).get("native_size")
+    yield from inspect_files(
+        paths,
+        lambda images: detector.score(images, batch_size),
+        config.image_size,
+        config.channels,
+        thresholds,
+        native_size=native,
+        mode=mode,
+        maps=MapNames(maps_dir, thresholds) if maps_dir is not None else None,
+        batch_size=batch_size,
+    )
 
 
 def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) -> dict:

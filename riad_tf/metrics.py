@@ -11,8 +11,10 @@ Pixel level (Table 2): ROC AUC over all pixels, and AUPRO with MVTec AD's defini
   from FPR 0 to `fpr_limit` (interpolated at exactly `fpr_limit`) and divided by
   `fpr_limit`, so the result lies in [0, 1].
 
-Thresholds for deployment come from anomaly-free images only: `threshold_at_fpr`
-and `calibrate` return thresholds for the rule
+Thresholds for deployment come from anomaly-free images only: `calibrate`
+(conformal, with the false-positive rate the number of images supports; see
+`edge.verdicts`) and `threshold_at_fpr` (a per-pixel quantile) return thresholds
+for the rule
 
     anomalous  iff  value > threshold
 
@@ -36,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import beta
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 ANOMALY_RULE = "anomalous if value > threshold"
@@ -329,24 +332,37 @@ def threshold_at_fpr(good_values, target_fpr: float = 0.01) -> float:
     return float(np.partition(values, kth_smallest)[kth_smallest])
 
 
-def calibrate(good_scores, good_maps, target_fpr: float = 0.01) -> dict:
-    """Image and pixel thresholds from held-out anomaly-free images.
+def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area: int = 1) -> dict:
+    """Thresholds from held-out anomaly-free images, with the false-positive rate they support.
+
+    The image threshold is `edge.verdicts.conformal_threshold` of the images'
+    region scores (`edge.verdicts.region_score`; with `min_region_area` 1, the
+    image scores themselves): a new good image is called anomalous, or shows a
+    region, with probability at most `supported_fpr`. Regions are drawn at the
+    same threshold ("region"), so region and image verdicts agree. The
+    per-pixel quantile at `target_fpr` ("segmentation") is only a drawing aid.
 
     Args:
         good_scores: `(N,)` image scores of good images.
         good_maps: `(N, H, W)` anomaly maps of the same images.
-        target_fpr: allowed false-positive rate for both thresholds.
+        target_fpr: the wanted bound on the false-positive rate.
+        min_region_area: the smallest region (pixels) that makes an image anomalous.
 
     Returns:
-        A JSON-serialisable dict: `{"image": float, "pixel": float,
-        "target_fpr": float, "num_images": int, "rule": "anomalous if value > threshold"}`.
+        A JSON-serialisable dict: `image`, `region`, `min_region_area`,
+        `segmentation`, `target_fpr`, `supported_fpr` (the bound, on average
+        over calibration sets), `fpr_90` (with 90 % probability this
+        calibration's own rate is below it), `target_supported`, `num_images`,
+        `rule` ("anomalous if value > threshold") and `method`.
 
     Example:
 
     >>> t = calibrate(np.arange(10.0), np.zeros((10, 4, 4)), target_fpr=0.1)
-    >>> t["image"], t["pixel"], t["rule"]
-    (8.0, 0.0, 'anomalous if value > threshold')
+    >>> t["image"], t["supported_fpr"], t["target_supported"]
+    (9.0, 0.09090909090909091, True)
     """
+    from edge.verdicts import conformal_threshold, region_score
+
     scores = _as_values(good_scores, "calibrate: good_scores")
     maps = _as_values(good_maps, "calibrate: good_maps")
     if scores.ndim != 1 or maps.ndim < 2 or maps.shape[0] != scores.shape[0]:
@@ -354,12 +370,24 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01) -> dict:
             f"calibrate: expected (N,) scores and (N, H, W) maps of the same images, "
             f"got shapes {scores.shape} and {maps.shape}"
         )
+    if min_region_area > 1:
+        scores = np.array([region_score(m, min_region_area) for m in maps])
+    image = conformal_threshold(scores, target_fpr)
+    # This calibration's own rate is Beta(n + 1 - k, k)-distributed over calibration sets (continuous scores).
+    rank = round(image.num_images + 1 - image.supported_fpr * (image.num_images + 1))
+    upper = float(beta.ppf(0.9, image.num_images + 1 - rank, rank))
     return {
-        "image": threshold_at_fpr(scores, target_fpr),
-        "pixel": threshold_at_fpr(maps, target_fpr),
+        "image": image.threshold,
+        "region": image.threshold,
+        "min_region_area": int(min_region_area),
+        "segmentation": threshold_at_fpr(maps, target_fpr),
         "target_fpr": float(target_fpr),
-        "num_images": int(scores.shape[0]),
+        "supported_fpr": image.supported_fpr,
+        "fpr_90": upper,
+        "target_supported": image.supported,
+        "num_images": image.num_images,
         "rule": ANOMALY_RULE,
+        "method": "conformal: the k-th smallest good score, k = ceil((n + 1)(1 - target_fpr))",
     }
 
 

@@ -43,6 +43,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edge.files import atomic_path, atomic_write_text
+from edge.stream.regions import connected_regions
+from edge.verdicts import is_anomalous
 
 MAX_PIXELS_FOR_ROC = 2_000_000
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -192,24 +194,50 @@ def _example_figure(i: int, data: "_Evaluation", map_vmax: float) -> Figure:
     panels = [
         ("input", _as_rgb(data.images[i]), {}),
         ("reconstruction", _as_rgb(data.reconstructions[i]), {}),
-        ("anomaly map", overlay(data.images[i], data.maps[i], vmax=map_vmax), {}),
+        ("anomaly map", _as_rgb(data.images[i]), {}),
     ]
     if data.masks is not None:
         panels.append(("ground truth", data.masks[i].astype(float), grey))
     if data.pixel_threshold is not None:
-        title = f"map > {data.pixel_threshold:.4g}"
-        panels.append((title, (data.maps[i] > data.pixel_threshold).astype(float), grey))
+        title = f"regions > {data.pixel_threshold:.4g}" + (f", >= {data.min_area} px" if data.min_area > 1 else "")
+        panels.append((title, data.region_mask(i).astype(float), grey))
     # Fixed margins instead of constrained layout: same look, several times faster.
-    fig = Figure(figsize=(2.4 * len(panels), 3.1))
+    fig = Figure(figsize=(2.4 * len(panels) + 0.4, 3.1))
     axes = fig.subplots(
-        1, len(panels), squeeze=False, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.02, top=0.79, wspace=0.06)
+        1, len(panels), squeeze=False, gridspec_kw=dict(left=0.01, right=0.97, bottom=0.02, top=0.79, wspace=0.12)
     )[0]
     for ax, (title, array, style) in zip(axes, panels):
         ax.imshow(array, interpolation="nearest", **style)
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
+    _draw_map(fig, axes[2], data, i, map_vmax)
     verdict, correct = data.verdict(i)
     fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10, color="black" if correct else "firebrick")
+    return fig
+
+
+def _draw_map(fig: Figure, ax, data: "_Evaluation", i: int, map_vmax: float) -> None:
+    """The map over the input, one colour scale for every example, its colour bar, and the region contour."""
+    shown = ax.imshow(data.maps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=map_vmax, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+    if data.pixel_threshold is not None and data.region_mask(i).any():
+        ax.contour(data.region_mask(i), levels=[0.5], colors="white", linewidths=1.0)
+
+
+def _pr_figure(labels, scores, predicted) -> Figure:
+    """Image-level precision-recall curve, with the calibrated operating point when there is one."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(recall, precision, lw=2, label=f"AP = {average_precision_score(labels, scores):.4f}")
+    if predicted is not None and predicted.any():
+        point = (predicted & labels).sum() / max(labels.sum(), 1), (predicted & labels).sum() / predicted.sum()
+        ax.plot(*point, "ko", label="calibrated threshold")
+    ax.set(xlim=(0, 1.01), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title="Image-level precision-recall")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -274,8 +302,17 @@ class _Evaluation:
         self.masks = None if masks is None else np.asarray(masks).astype(bool)
         self.thresholds = dict(thresholds or {})
         self.image_threshold = _optional_float(self.thresholds.get("image"))
-        self.pixel_threshold = _optional_float(self.thresholds.get("pixel"))
+        self.pixel_threshold = _optional_float(self.thresholds.get("region"))
+        self.min_area = int(self.thresholds.get("min_region_area", 1) or 1)
         self._check()
+        self.predicted = None
+        if self.image_threshold is not None:
+            self.predicted = np.array([is_anomalous(s, m, self.thresholds) for s, m in zip(self.scores, self.maps)])
+
+    def region_mask(self, i: int) -> np.ndarray:
+        """The pixels of image `i` inside regions above the region threshold (of at least `min_area` pixels)."""
+        _, labels = connected_regions(self.maps[i].astype(np.float32), self.pixel_threshold, min_pixels=self.min_area)
+        return labels > 0
 
     def _check(self) -> None:
         n = len(self.names)
@@ -308,7 +345,7 @@ class _Evaluation:
         score = f"score {self.scores[i]:.4g}"
         if self.image_threshold is None:
             return f"{score} | truth: {truth}", True
-        predicted = bool(self.scores[i] > self.image_threshold)
+        predicted = bool(self.predicted[i])
         word = ">" if predicted else "<="
         call = "ANOMALOUS" if predicted else "good"
         outcome = "correct" if predicted == self.labels[i] else "wrong"
@@ -345,7 +382,7 @@ def write_report(
         labels: `(N,)` 1 for anomalous, 0 for good; defect_types: `(N,)` str.
         masks: optional `(N, H, W)` ground-truth masks (adds the truth panel
             and the pixel ROC).
-        thresholds: optional `{"image": t, "pixel": t, ...}` (adds verdicts,
+        thresholds: optional `{"image": t, "region": t, ...}` (adds verdicts,
             the predicted-mask panel and the histogram's threshold line).
         metrics: optional `{"overall": {...}, "per_defect": {name: {...}}}`
             (or `riad_tf.metrics.summarize`'s flat dict); every key present is
@@ -372,9 +409,10 @@ def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
     both_classes = data.labels.any() and not data.labels.all()
     if both_classes:
         save_figure(_roc_figure(data.labels, data.scores, "Image-level ROC"), out_dir / "roc_image.png")
-        plots["roc_image.png"] = None
+        save_figure(_pr_figure(data.labels, data.scores, data.predicted), out_dir / "pr_image.png")
+        plots["roc_image.png"] = plots["pr_image.png"] = None
     else:
-        plots["roc_image.png"] = "needs both good and anomalous images"
+        plots["roc_image.png"] = plots["pr_image.png"] = "needs both good and anomalous images"
     if data.masks is not None:
         truth, values = _pixel_sample(data.maps, data.masks)
         if truth.any() and not truth.all():
@@ -426,6 +464,8 @@ def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: 
         _metrics_html(metrics),
         "<h2>Thresholds</h2>",
         _thresholds_html(data.thresholds),
+        "<h2>Operating point</h2>",
+        _operating_point_html(data),
         "<h2>Plots</h2>",
         _plots_html(plots),
         "<h2>Examples</h2>",
@@ -498,10 +538,40 @@ def _thresholds_html(thresholds: Mapping) -> str:
     if not thresholds:
         return '<p class="note">No thresholds given: no verdicts or predicted masks.</p>'
     note = (
-        '<p class="note">An image is called anomalous when its score is above the image '
-        "threshold; a pixel when its map value is above the pixel threshold.</p>"
+        '<p class="note">An image is called anomalous when it has a region above the threshold (with '
+        "min_region_area 1: when its score is above it). With num_images good calibration images, a new good "
+        "image is called anomalous with probability at most supported_fpr; segmentation is a per-pixel "
+        "quantile, a drawing aid only (docs/method.md, Thresholds).</p>"
     )
-    return _key_value_table(thresholds, spec=".6g") + note
+    warning = ""
+    if thresholds.get("target_supported") is False:
+        warning = (
+            f'<p class="wrong">The target false-positive rate {_fmt(thresholds.get("target_fpr"), ".3g")} is not '
+            f"supported by {thresholds.get('num_images')} calibration images; the rate that holds is "
+            f"{_fmt(thresholds.get('supported_fpr'), '.3g')}.</p>"
+        )
+    return _key_value_table(thresholds, spec=".6g") + warning + note
+
+
+def _operating_point_html(data: _Evaluation) -> str:
+    """Counts and rates at the calibrated threshold, overall and per defect type."""
+    if data.predicted is None:
+        return '<p class="note">No threshold: no operating point.</p>'
+    called, truth = data.predicted, data.labels
+    cells = [[(~truth & ~called).sum(), (~truth & called).sum()], [(truth & ~called).sum(), (truth & called).sum()]]
+    confusion = (
+        "<table><thead><tr><th></th><th>called good</th><th>called anomalous</th></tr></thead><tbody>"
+        f"<tr><td>good</td><td>{cells[0][0]}</td><td>{cells[0][1]}</td></tr>"
+        f"<tr><td>anomalous</td><td>{cells[1][0]}</td><td>{cells[1][1]}</td></tr></tbody></table>"
+    )
+    types = sorted(set(d for d, bad in zip(data.defect_types, truth) if bad))
+    rows = {"false-positive rate (good called anomalous)": (~truth & called).sum() / max((~truth).sum(), 1)}
+    for name in types:
+        of_type = truth & np.array([d == name for d in data.defect_types])
+        rows[f"recall: {name}"] = (of_type & called).sum() / max(of_type.sum(), 1)
+    if truth.any():
+        rows["recall: all defects"] = (truth & called).sum() / truth.sum()
+    return confusion + _key_value_table({k: float(v) for k, v in rows.items()}, spec=".3f")
 
 
 def _key_value_table(values: Mapping, spec: str = ".4f") -> str:

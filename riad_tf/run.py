@@ -5,7 +5,8 @@ Layout of `RUN/` (the names are this module's constants; nothing else spells the
     config.yaml               CONFIG_FILE: the RiadConfig the model was trained with
     data.json                 DATA_FILE: the data set it was trained on (`save_data_spec`)
     model.keras               MODEL_FILE: the trained U-Net (Keras format, loads with safe_mode=True)
-    thresholds.json           THRESHOLDS_FILE: image and pixel thresholds from held-out good images
+    thresholds.json           THRESHOLDS_FILE: thresholds from held-out good images (`edge.verdicts`)
+    preprocessing.json        PREPROCESSING_FILE: the training images' native size (`edge.inspection`)
     history.json              HISTORY_FILE: one record per epoch (losses, learning rate, batch-norm guard)
     checkpoints/              CHECKPOINT_DIR: training state for resuming
         best_weights.npz      BEST_WEIGHTS_FILE: the epoch with the lowest validation loss
@@ -38,6 +39,7 @@ CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"
 MODEL_FILE = "model.keras"
 THRESHOLDS_FILE = "thresholds.json"
+PREPROCESSING_FILE = "preprocessing.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best_weights.npz"
@@ -95,8 +97,19 @@ def save_thresholds(run_dir, thresholds: dict) -> None:
 
 
 def load_thresholds(run_dir) -> dict | None:
-    """The calibrated thresholds (`{"image": ..., "pixel": ..., ...}`), or None before calibration."""
+    """The calibrated thresholds (`{"image": ..., "region": ..., ...}`, `edge.verdicts`), or None before calibration."""
     path = Path(run_dir) / THRESHOLDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_preprocessing(run_dir, preprocessing: dict) -> None:
+    """Records how inputs become model inputs (`edge.inspection.preprocessing_record`)."""
+    atomic_write_text(Path(run_dir) / PREPROCESSING_FILE, json.dumps(preprocessing, indent=2) + "\n")
+
+
+def load_preprocessing(run_dir) -> dict | None:
+    """The recorded preprocessing (`{"native_size": [h, w], ...}`), or None for a run that has none."""
+    path = Path(run_dir) / PREPROCESSING_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -56,7 +56,7 @@ def tiny_export(out_dir: Path, size: int = 32) -> list[Path]:
     cfg = RiadConfig(image_size=(size, size), channels=1, widths=(8, 16, 16, 32, 32), ks=(2, 4, 8), smoothing=5)
     detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)
     written = export_detector(
-        detector, out_dir, formats=("onnx", "tflite"), batch=None, thresholds={"image": 1.0, "pixel": 1.0}
+        detector, out_dir, formats=("onnx", "tflite"), batch=None, thresholds={"image": 1.0, "region": 1.0}
     )
     return [written["onnx"], written["tflite"]]
 

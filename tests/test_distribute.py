@@ -382,4 +382,4 @@ def test_multi_worker_killed_and_resumed(dataset, tmp_path):
     assert reconstruction.dtype == np.float32 and np.all((reconstruction >= 0) & (reconstruction <= 1))
     # The chief calibrated: it loaded the saved detector and scored the held-out good images.
     thresholds = json.loads((run / "thresholds.json").read_text())
-    assert np.isfinite(thresholds["image"]) and np.isfinite(thresholds["pixel"])
+    assert np.isfinite(thresholds["image"]) and np.isfinite(thresholds["region"])

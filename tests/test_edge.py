@@ -23,7 +23,7 @@ from edge.metadata import MetadataError, ModelMetadata, file_sha256, metadata_pa
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 CONFIG = dict(image_size=(SIZE, SIZE), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5, seed=3)
-THRESHOLDS = {"image": 0.2, "pixel": 0.3}
+THRESHOLDS = {"image": 0.2, "region": 0.3}
 
 
 def _config():
@@ -236,7 +236,7 @@ def test_bare_unet_runner_matches_the_keras_detector(toy_unet, max_batch):
     np.testing.assert_allclose(maps, expected_maps, atol=1e-4)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     np.testing.assert_array_equal(runner.verdicts(scores), scores > THRESHOLDS["image"])
-    np.testing.assert_array_equal(runner.anomalous_pixels(maps), maps > THRESHOLDS["pixel"])
+    np.testing.assert_array_equal(runner.anomalous_pixels(maps), maps > THRESHOLDS["region"])
 
 
 def test_fixed_batch_model_is_padded_and_uint8_images_are_scaled(tmp_path):

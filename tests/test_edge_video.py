@@ -153,7 +153,7 @@ def test_the_window_and_threshold_come_from_the_metadata(onnx_model, video_file,
     shutil.copy(onnx_model, model)
     meta = read_metadata(onnx_model).to_dict()
     meta["config"]["temporal_window"] = 5
-    meta["thresholds"] = {"image": 0.5, "pixel": 0.5, "temporal_window": 5}
+    meta["thresholds"] = {"image": 0.5, "region": 0.5, "temporal_window": 5}
     reference = read_csv(_scored(onnx_model, video_file, tmp_path / "ref.csv", "--window", 5))
     smoothed = column(reference, "smoothed")
     meta["thresholds"]["smoothed_frame"] = float(np.median(smoothed))

@@ -17,7 +17,7 @@ from edge.runner import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-THRESHOLDS = {"image": 0.25, "pixel": 0.3}
+THRESHOLDS = {"image": 0.25, "region": 0.3}
 
 # TensorRT's ONNX parser: operators it supports (onnx-tensorrt's operators.md), the ones a RIAD graph may use.
 TENSORRT_ONNX_OPERATORS = {

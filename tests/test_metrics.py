@@ -318,15 +318,15 @@ def test_calibrate_keys_types_and_values():
     scores = rng.random(20).astype(np.float32)
     maps = rng.random((20, 8, 8)).astype(np.float32)
     thresholds = calibrate(scores, maps, target_fpr=0.05)
-    assert set(thresholds) == {"image", "pixel", "target_fpr", "num_images", "rule"}
-    assert type(thresholds["image"]) is float and type(thresholds["pixel"]) is float
+    assert set(thresholds) >= {"image", "region", "segmentation", "target_fpr", "supported_fpr", "num_images", "rule"}
+    assert type(thresholds["image"]) is float and type(thresholds["segmentation"]) is float
     assert type(thresholds["target_fpr"]) is float and thresholds["target_fpr"] == 0.05
     assert type(thresholds["num_images"]) is int and thresholds["num_images"] == 20
     assert thresholds["rule"] == "anomalous if value > threshold"
     assert json.loads(json.dumps(thresholds)) == thresholds
-    assert thresholds["image"] == threshold_at_fpr(scores, 0.05)
-    assert _rate_above(scores, thresholds["image"]) <= 0.05
-    assert _rate_above(maps, thresholds["pixel"]) <= 0.05
+    assert thresholds["image"] == float(np.sort(scores)[19])  # k = ceil(21 x 0.95) = 20: the largest of 20
+    assert thresholds["supported_fpr"] == pytest.approx(1 / 21) and thresholds["target_supported"]
+    assert _rate_above(maps, thresholds["segmentation"]) <= 0.05
     with pytest.raises(ValueError, match="same images"):
         calibrate(scores, maps[:5])
 

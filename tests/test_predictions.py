@@ -13,15 +13,23 @@ from edge.predictions import MapNames, prediction_record
 
 def test_record_has_a_verdict_only_with_an_image_threshold():
     assert prediction_record(Path("a/x.png"), np.float32(0.25), None) == {"path": "a/x.png", "score": 0.25}
-    assert prediction_record("x.png", 0.25, {"image": None, "pixel": 0.1}) == {"path": "x.png", "score": 0.25}
-    calibrated = prediction_record("x.png", 0.75, {"image": 0.5, "pixel": 0.1}, map_file=Path("m/x_map.png"))
-    assert calibrated == {"path": "x.png", "score": 0.75, "anomalous": True, "threshold": 0.5, "map": "m/x_map.png"}
+    assert prediction_record("x.png", 0.25, {"image": None, "region": 0.1}) == {"path": "x.png", "score": 0.25}
+    calibrated = prediction_record("x.png", 0.75, {"image": 0.5, "region": 0.1}, map_file=Path("m/x_map.png"))
+    assert calibrated == {
+        "path": "x.png",
+        "score": 0.75,
+        "anomalous": True,
+        "threshold": 0.5,
+        "threshold_source": "calibrated",
+        "map": "m/x_map.png",
+    }
     assert prediction_record("x.png", 0.5, {"image": 0.5})["anomalous"] is False  # strictly above the threshold
     json.dumps(calibrated)  # plain JSON types
+    assert prediction_record("x.png", float("nan"), {"image": 0.5})["error"].startswith("the anomaly score is nan")
 
 
 def test_same_named_inputs_get_distinct_map_files(tmp_path):
-    names = MapNames(tmp_path / "maps", {"image": 1.0, "pixel": 0.25})
+    names = MapNames(tmp_path / "maps", {"image": 1.0, "region": 0.25})
     first = names.write(Path("a/000.png"), np.full((4, 4), 0.5))
     second = names.write(Path("b/000.png"), np.zeros((4, 4)))
     third = names.write(Path("c/000.jpg"), np.zeros((4, 4)))

@@ -69,7 +69,7 @@ def full_report(tmp_path_factory):
         "scratch/005.png",
     ]
     data, metrics = fake_evaluation(names=names), fake_metrics()
-    thresholds = {"image": 0.3, "pixel": 0.25}
+    thresholds = {"image": 0.3, "region": 0.25}
     index = write_report(out, **data, thresholds=thresholds, metrics=metrics)
     return index, data, metrics, thresholds
 
@@ -264,3 +264,27 @@ def test_pixel_sample_is_deterministic_and_bounded():
     assert np.array_equal(values, again[1]) and np.array_equal(truth, again[0])
     all_truth, all_values = report._pixel_sample(maps, masks, limit=10**6)
     assert all_values.size == maps.size
+
+
+def test_operating_point_counts_and_recall_per_defect(full_report):
+    index = full_report[0]
+    text = index.read_text()
+    section = text[text.index("<h2>Operating point</h2>") : text.index("<h2>Plots</h2>")]
+    # Good maps stay below 0.1 and every defect lights up to 0.5: 3 + 3 right at threshold 0.3.
+    assert "<tr><td>good</td><td>3</td><td>0</td></tr>" in section
+    assert "<tr><td>anomalous</td><td>0</td><td>3</td></tr>" in section
+    assert "<td>recall: hole</td><td>1.000</td>" in section and "<td>recall: scratch</td><td>1.000</td>" in section
+    assert "pr_image.png" in linked_files(index)
+
+
+def test_unsupported_target_is_called_out(tmp_path):
+    thresholds = {
+        "image": 0.3,
+        "region": 0.3,
+        "target_fpr": 0.01,
+        "supported_fpr": 0.1,
+        "num_images": 9,
+        "target_supported": False,
+    }
+    text = write_report(tmp_path, **fake_evaluation(), thresholds=thresholds).read_text()
+    assert "is not supported by 9 calibration images" in text and "0.1" in text

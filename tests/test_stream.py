@@ -74,7 +74,7 @@ class DeviationRunner:
 
     image_size = (TILE, TILE)
     channels = 1
-    thresholds = {"pixel": 0.2, "image": 0.2}
+    thresholds = {"region": 0.2, "image": 0.2}
 
     def __init__(self, delay=0.0):
         self.delay, self.calls = delay, 0
@@ -375,7 +375,7 @@ def trained_onnx(tmp_path_factory):
     pixel = CALIBRATION_MARGIN * float(scored.mean_map.max())
     image = CALIBRATION_MARGIN * float(scored.score)
     metadata = read_metadata(written["onnx"])
-    write_metadata(written["onnx"], dataclasses.replace(metadata, thresholds={"image": image, "pixel": pixel}))
+    write_metadata(written["onnx"], dataclasses.replace(metadata, thresholds={"image": image, "region": pixel}))
     return written["onnx"]
 
 
@@ -462,7 +462,7 @@ import edge.cli
 from edge.stream import ImageLineScan, StreamPipeline, StreamSettings, accumulate, output, pipeline, regions, scorer, sources, stitch, tiling
 
 class Runner:
-    image_size, channels, thresholds = (16, 16), 1, {"pixel": 0.3}
+    image_size, channels, thresholds = (16, 16), 1, {"region": 0.3}
     def __call__(self, tiles):
         maps = np.abs(tiles[..., 0] - 0.5)
         return maps, maps.max(axis=(1, 2))

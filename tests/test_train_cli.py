@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge.verdicts import conformal_threshold
 from riad_tf.cli import main
 from riad_tf.config import RiadConfig
 from riad_tf.metrics import threshold_at_fpr
@@ -75,9 +76,13 @@ def test_thresholds_calibrated_on_held_out_good(trained_run, dataset):
     cfg = RiadConfig.load(trained_run / "config.yaml")
     _, held_out = split_holdout(load_mvtec(dataset).train, cfg.val_fraction, cfg.seed)
     maps, scores = load_detector(trained_run).score(load_arrays(held_out, cfg))
-    assert thresholds["image"] == pytest.approx(threshold_at_fpr(scores, cfg.target_fpr), abs=1e-6)
-    assert thresholds["pixel"] == pytest.approx(threshold_at_fpr(maps, cfg.target_fpr), abs=1e-6)
-    assert np.mean(maps > thresholds["pixel"]) <= cfg.target_fpr
+    n = len(held_out)
+    assert thresholds["num_images"] == n and thresholds["target_fpr"] == cfg.target_fpr
+    assert thresholds["image"] == pytest.approx(conformal_threshold(scores, cfg.target_fpr).threshold, abs=1e-6)
+    assert thresholds["region"] == thresholds["image"] and thresholds["min_region_area"] == 1
+    assert thresholds["segmentation"] == pytest.approx(threshold_at_fpr(maps, cfg.target_fpr), abs=1e-6)
+    # A handful of held-out images cannot support a 1 % rate: the bound that holds is recorded.
+    assert not thresholds["target_supported"] and thresholds["supported_fpr"] == pytest.approx(1 / (n + 1))
 
 
 def test_evaluate_and_predict(trained_run, dataset, tmp_path):
@@ -181,3 +186,134 @@ def test_resume_after_kill(dataset, tmp_path):
     epochs = [r["epoch"] for r in json.loads((out / "history.json").read_text())]
     assert epochs == list(range(1, 11))
     assert (out / "model.keras").is_file()
+
+
+# ----------------------------------------------------------------------------
+# Verdicts through both command lines (docs/method.md, "Thresholds")
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    from riad_tf.export import export_run
+
+    written = export_run(trained_run, tmp_path_factory.mktemp("export"), formats=("tflite", "onnx"), batch=None)
+    return {"tflite": written["tflite"], "onnx": written["onnx"]}
+
+
+@pytest.fixture(scope="module")
+def awkward_inputs(dataset, tmp_path_factory):
+    """Good images with one base name in two folders, a 32 x 64 strip, a NaN TIFF and a truncated PNG."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("inputs")
+    goods = sorted((dataset / "test" / "good").glob("*.png"))
+    for folder, source in (("a", goods[0]), ("b", goods[1])):
+        (root / folder).mkdir()
+        (root / folder / "000.png").write_bytes(source.read_bytes())
+    strip = np.concatenate([np.asarray(Image.open(goods[0])), np.asarray(Image.open(goods[1]))], axis=1)
+    Image.fromarray(strip).save(root / "strip.png")
+    Image.fromarray(np.full((32, 32), np.nan, np.float32), mode="F").save(root / "nan.tiff")
+    (root / "broken.png").write_bytes(goods[2].read_bytes()[:80])
+    return [root / "a" / "000.png", root / "b" / "000.png", root / "strip.png", root / "nan.tiff", root / "broken.png"]
+
+
+def _records(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.strip().splitlines()]
+
+
+def _inspect(command, target, inputs, tmp_path, *options):
+    from edge.cli import main as edge_main
+
+    cli, verb = (main, "predict") if command == "riad-tf" else (edge_main, "infer")
+    maps = tmp_path / f"maps-{command}-{Path(target).suffix[1:]}{''.join(options)}"
+    args = [verb, str(target), *map(str, inputs), "--maps-dir", str(maps), *options]
+    return CliRunner().invoke(cli, args)
+
+
+@pytest.mark.parametrize("command, runtime", [("riad-tf", None), ("riad-edge", "tflite"), ("riad-edge", "onnx")])
+def test_bad_inputs_get_error_records_and_the_rest_is_scored(
+    command, runtime, trained_run, exported, awkward_inputs, tmp_path
+):
+    target = trained_run if command == "riad-tf" else exported[runtime]
+    result = _inspect(command, target, awkward_inputs, tmp_path)
+    assert result.exit_code == 1 and "3 image(s) could not be scored" in result.output
+    records = _records(result)
+    assert [r["path"] for r in records] == [str(p) for p in awkward_inputs]  # one line each, in order
+    good_a, good_b, strip, nan, broken = records
+    for good in (good_a, good_b):
+        assert np.isfinite(good["score"]) and isinstance(good["anomalous"], bool)
+        assert good["anomalous"] == bool(good["regions"])  # image and region verdicts agree
+        assert good["threshold_source"] == "calibrated"
+    assert [Path(good_a["map"]).name, Path(good_b["map"]).name] == ["000_map.png", "000_2_map.png"]
+    assert "32 x 64" in strip["error"] and "32 x 32" in strip["error"] and "--tile" in strip["error"]
+    assert "NaN" in nan["error"] and "score" not in nan
+    assert "broken.png" in broken["error"]
+
+
+@pytest.mark.parametrize("command, runtime", [("riad-tf", None), ("riad-edge", "tflite"), ("riad-edge", "onnx")])
+def test_other_sizes_are_tiled_or_resized_only_when_asked(
+    command, runtime, trained_run, exported, awkward_inputs, tmp_path
+):
+    target = trained_run if command == "riad-tf" else exported[runtime]
+    strip = awkward_inputs[2]
+    tiled = _inspect(command, target, [strip], tmp_path, "--tile")
+    assert tiled.exit_code == 0, tiled.output
+    (record,) = _records(tiled)
+    assert [t["origin"] for t in record["tiles"]] == [[0, 0], [0, 16], [0, 32]]  # 32 px tiles, half a tile apart
+    assert record["anomalous"] == bool(record["regions"])
+    for region in record["regions"]:  # boxes in the strip's own pixels
+        assert (
+            0 <= region["rows"][0] <= region["rows"][1] < 32 and 0 <= region["columns"][0] <= region["columns"][1] < 64
+        )
+    from PIL import Image
+
+    assert Image.open(record["map"]).size == (64, 32)  # the stitched map covers the whole strip
+
+    resized = _inspect(command, target, [strip], tmp_path, "--resize")
+    assert resized.exit_code == 0 and "tiles" not in _records(resized)[0]
+    forced = _inspect(command, target, [strip], tmp_path, "--resize", "--image-threshold", "0")
+    (record,) = _records(forced)
+    assert record["anomalous"] and record["threshold"] == 0.0 and record["threshold_source"] == "override"
+
+
+def test_predict_and_infer_agree(trained_run, exported, awkward_inputs, tmp_path):
+    keras_records = _records(_inspect("riad-tf", trained_run, awkward_inputs[:2], tmp_path))
+    onnx_records = _records(_inspect("riad-edge", exported["onnx"], awkward_inputs[:2], tmp_path))
+    for ours, theirs in zip(keras_records, onnx_records):
+        assert set(ours) == set(theirs) and ours["anomalous"] == theirs["anomalous"]
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+
+
+def test_evaluate_scores_the_rest_when_one_test_image_is_unreadable(trained_run, dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    broken = sorted((copy / "test" / "good").glob("*.png"))[0]
+    broken.write_bytes(broken.read_bytes()[:80])
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        main, ["evaluate", str(trained_run), "--data", str(copy), "--out", str(out), "--no-report"]
+    )
+    assert result.exit_code == 1 and broken.name in result.output and "the metrics cover the rest" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == len(list((dataset / "test").rglob("*.png"))) - 1
+    (error,) = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert error["path"] == str(broken) and "error" in error
+
+
+def test_calibrate_without_retraining(trained_run, dataset, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    good = dataset / "test" / "good"  # 4 good images training never saw
+    few = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(good), "--target-fpr", "0.01"])
+    assert few.exit_code == 0, few.output
+    assert "needs at least 99 good images" in few.output and "0.2 (1/(n+1))" in few.output
+    enough = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(good), "--target-fpr", "0.2"])
+    assert enough.exit_code == 0 and "warning" not in enough.output
+    stored = json.loads((run / "thresholds.json").read_text())
+    assert json.loads(enough.stdout.strip().splitlines()[-1])["image"] == stored["image"]
+    assert stored["num_images"] == 4 and stored["target_supported"] and stored["supported_fpr"] == pytest.approx(0.2)
+    assert RiadConfig.load(run / "config.yaml").target_fpr == 0.2  # later commands see the new target

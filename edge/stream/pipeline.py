@@ -53,7 +53,7 @@ class StreamSettings:
         queue_size: frames waiting for inference, at most (and results waiting for output).
         policy: "block" or "drop" when the frames queue is full.
         batch_frames: most frames whose tiles go through the model together.
-        pixel_threshold: None: the model metadata's calibrated pixel threshold.
+        pixel_threshold: None: the model metadata's calibrated region threshold (`edge.verdicts`).
         image_threshold: None: the metadata's image threshold (if any) for frame verdicts.
         min_pixels: smaller regions are not reported.
         max_open_lines: see `RegionTracker`.
@@ -81,9 +81,9 @@ class StreamSettings:
 
 def _thresholds(runner, settings: StreamSettings) -> tuple[float, float | None]:
     known = getattr(runner, "thresholds", None) or {}
-    pixel = settings.pixel_threshold if settings.pixel_threshold is not None else known.get("pixel")
+    pixel = settings.pixel_threshold if settings.pixel_threshold is not None else known.get("region")
     if pixel is None:
-        raise ValueError("no pixel threshold: the model metadata has none; give --pixel-threshold")
+        raise ValueError("no region threshold: the model metadata has none; give --pixel-threshold")
     image = settings.image_threshold if settings.image_threshold is not None else known.get("image")
     return float(pixel), None if image is None else float(image)
 

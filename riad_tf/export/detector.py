@@ -26,7 +26,7 @@ from riad_tf.export.metadata import verify_model, write_model
 from riad_tf.export.onnx import convert_onnx, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
-from riad_tf.run import load_detector, load_thresholds
+from riad_tf.run import load_detector, load_preprocessing, load_thresholds
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -36,9 +36,9 @@ MAX_CALIBRATION_IMAGES = 128
 def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
     """Exports a training run's detector (`riad-tf export RUN ...`).
 
-    Loads `RUN/model.keras`, `RUN/config.yaml` and `RUN/thresholds.json` (which
-    may be absent before calibration) and calls `export_detector` with the
-    run's thresholds.
+    Loads `RUN/model.keras`, `RUN/config.yaml`, `RUN/thresholds.json` (which
+    may be absent before calibration) and `RUN/preprocessing.json`, and calls
+    `export_detector` with the run's thresholds and preprocessing.
 
     Args:
         run_dir: the training run.
@@ -46,7 +46,7 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
         **options: the keyword arguments of `export_detector` (`formats`,
             `precision`, `batch`, `uint8_input`, `bare_unet`,
             `representative_images`, `trt`, `name`, `verify`), but not
-            `thresholds`, which come from the run.
+            `thresholds` and `preprocessing`, which come from the run.
 
     Returns:
         `{kind: path}` of what was written (see `export_detector`).
@@ -56,7 +56,8 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
         ExportError, ValueError: see `export_detector`.
     """
     detector = load_detector(run_dir)
-    return export_detector(detector, out_dir, thresholds=load_thresholds(run_dir), **options)
+    recorded = dict(thresholds=load_thresholds(run_dir), preprocessing=load_preprocessing(run_dir))
+    return export_detector(detector, out_dir, **recorded, **options)
 
 
 def export_detector(
@@ -71,6 +72,7 @@ def export_detector(
     representative_images: np.ndarray | None = None,
     trt: bool = False,
     thresholds: dict | None = None,
+    preprocessing: dict | None = None,
     name: str = "riad",
     verify: bool = True,
 ) -> dict[str, Path]:
@@ -93,6 +95,7 @@ def export_detector(
             calibration images and the device's build commands are written and
             `ExportError` is raised saying so.
         thresholds: calibrated thresholds for the metadata (None: uncalibrated).
+        preprocessing: the training images' native size (`riad_tf.run.load_preprocessing`).
         name: file-name stem.
         verify: run each exported model once and compare with Keras.
 
@@ -128,7 +131,14 @@ def export_detector(
     if bare_unet:
         masks_file = _write_masks(detector, out_dir / f"{stem}.masks.npy")
         written["masks"] = masks_file
-    common = dict(config=config, spec=spec, thresholds=thresholds, masks_file=masks_file, bare_unet=bare_unet)
+    common = dict(
+        config=config,
+        spec=spec,
+        thresholds=thresholds,
+        masks_file=masks_file,
+        bare_unet=bare_unet,
+        preprocessing=preprocessing,
+    )
     calibration = _calibration_inputs(representative, detector, bare_unet)
 
     if "tflite" in formats:

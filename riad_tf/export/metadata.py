@@ -43,7 +43,18 @@ def write_model(
 
 
 def _write_metadata(
-    path: Path, model_format, precision, quantization, scope, *, config, spec, thresholds, masks_file, bare_unet
+    path: Path,
+    model_format,
+    precision,
+    quantization,
+    scope,
+    *,
+    config,
+    spec,
+    thresholds,
+    masks_file,
+    bare_unet,
+    preprocessing=None,
 ):
     """Writes `MODEL.json` beside the model (`edge.metadata`); returns its path."""
     metadata = ModelMetadata(
@@ -62,6 +73,7 @@ def _write_metadata(
         masks_file=masks_file.name if masks_file else None,
         masks_sha256=file_sha256(masks_file) if masks_file else None,
         unet_scope=scope,
+        preprocessing=preprocessing,
         riad_tf_version=__version__,
     )
     return write_metadata(path, metadata)

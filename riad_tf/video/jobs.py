@@ -37,6 +37,7 @@ import numpy as np
 
 from edge.files import atomic_write_text
 from edge.temporal import minmax_normalise, temporal_smoothing
+from edge.verdicts import conformal_threshold
 from riad_tf import metrics
 from riad_tf.config import RiadConfig
 from riad_tf.data import DataError, split_holdout
@@ -196,7 +197,7 @@ def calibrate_video_run(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> 
     if not scores or sum(len(s) for s in scores) == 0:
         raise ValueError(f"{run_dir}: no held-out normal frames to calibrate thresholds on")
     thresholds = metrics.calibrate(np.concatenate(scores), np.concatenate(maps), config.target_fpr)
-    thresholds["smoothed_frame"] = metrics.threshold_at_fpr(np.concatenate(smoothed), config.target_fpr)
+    thresholds["smoothed_frame"] = conformal_threshold(np.concatenate(smoothed), config.target_fpr).threshold
     thresholds["temporal_window"] = config.temporal_window
     save_thresholds(run_dir, thresholds)
     return thresholds

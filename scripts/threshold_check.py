@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Do the calibrated thresholds keep their promise on real images? (docs/method.md, "Thresholds")
+
+Takes a riad-tf run of `scripts/compare_reference.py` (magnetic tile: 40 held-out
+good images, 80 good and 160 defective test images, all unseen in training),
+calibrates its thresholds on the held-out good images at several target
+false-positive rates with `riad_tf.metrics.calibrate` (the rule `riad-tf
+train` and `riad-tf calibrate` use), and prints for each: the threshold, the
+rate the 40 images support, and the measured rate on the 80 good test images
+and recall on the 160 defective ones.
+
+The bound holds on average over calibration sets; one set of 40 images can
+land above or below it. So it also pools the 120 good images and repeats the
+calibration on `--splits` random sets of 40, measuring the rate on the other
+80 each time: the mean is what the bound promises, the 90th percentile what
+one calibration can give.
+
+Example:
+
+    python3 scripts/compare_reference.py                # once: trains runs/compare/riad-tf-40
+    python3 scripts/threshold_check.py --run runs/compare/riad-tf-40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "compare" / "riad-tf-40")
+    parser.add_argument("--targets", default="0.01,0.05,0.1")
+    parser.add_argument("--min-region-area", type=int, default=1)
+    parser.add_argument("--splits", type=int, default=500, help="random calibration sets drawn from the good images")
+    args = parser.parse_args(argv)
+    data_file, scored = args.run.parent / "data.npz", args.run / "eval" / "final.npz"
+    if not data_file.is_file() or not scored.is_file():
+        sys.exit(f"threshold_check.py: {args.run}: not a finished run of scripts/compare_reference.py")
+
+    import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
+    from edge.verdicts import is_anomalous
+    from riad_tf.metrics import calibrate
+    from riad_tf.run import load_detector
+
+    data, test = np.load(data_file), np.load(scored)
+    holdout_maps, holdout_scores = load_detector(args.run).score(data["holdout"], batch_size=8)
+    test_maps, test_scores, labels = test["maps"].astype(np.float32), test["scores"], data["labels"].astype(bool)
+    print(
+        f"run {args.run}: {len(holdout_scores)} held-out good images calibrate; test {np.sum(~labels)} good, "
+        f"{np.sum(labels)} defective; min_region_area {args.min_region_area}"
+    )
+    print(
+        "| target FPR | threshold | supported FPR | FPR 90 % bound | target supported | FPR on good test images "
+        "| recall on defects |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for target in (float(t) for t in args.targets.split(",")):
+        thresholds = calibrate(holdout_scores, holdout_maps, target, min_region_area=args.min_region_area)
+        called = np.array([is_anomalous(s, m, thresholds) for s, m in zip(test_scores, test_maps)])
+        print(
+            f"| {target:g} | {thresholds['image']:.5f} | {thresholds['supported_fpr']:.3f} | {thresholds['fpr_90']:.3f} | "
+            f"{'yes' if thresholds['target_supported'] else 'no'} | {called[~labels].mean():.3f} "
+            f"({called[~labels].sum()} of {np.sum(~labels)}) | {called[labels].mean():.3f} |"
+        )
+    pool = np.concatenate([holdout_scores, test_scores[~labels]])
+    if args.min_region_area > 1:
+        from edge.verdicts import region_score
+
+        maps = np.concatenate([holdout_maps, test_maps[~labels]])
+        pool = np.array([region_score(m, args.min_region_area) for m in maps])
+    n, rng = len(holdout_scores), np.random.default_rng(0)
+    print(f"\n{args.splits} random calibration sets of {n} from the {len(pool)} good images, rate on the others:")
+    print("| target FPR | supported FPR | mean FPR | 90th percentile FPR |")
+    print("|---|---|---|---|")
+    for target in (float(t) for t in args.targets.split(",")):
+        rates, bound = [], None
+        for _ in range(args.splits):
+            order = rng.permutation(len(pool))
+            thresholds = calibrate(pool[order[:n]], np.zeros((n, 1, 1)), target)
+            rates.append(np.mean(pool[order[n:]] > thresholds["image"]))
+            bound = thresholds["supported_fpr"]
+        print(f"| {target:g} | {bound:.3f} | {np.mean(rates):.3f} | {np.percentile(rates, 90):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

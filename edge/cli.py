@@ -1,11 +1,11 @@
 """The `riad-edge` command line: run exported RIAD models on a device, without TensorFlow.
 
     riad-edge infer MODEL IMAGES... [--maps-dir DIR]     one JSON line per image
-    riad-edge bench MODEL [--batch 1,4] [--iters N]      latency p50/p99, images/s
-    riad-edge build-engine ONNX [--fp16|--int8 --calib DIR] --out FILE   (TensorRT)
+    riad-edge bench MODEL [--batch-sizes 1,4] [--iters N]      latency p50/p99, images/s
+    riad-edge build-engine ONNX [--fp16|--int8 --calib DIR] --output FILE   (TensorRT)
     riad-edge engine-metadata ENGINE --onnx ONNX --precision P           (for trtexec engines)
     riad-edge stream MODEL --source SRC [--frame-height H --overlap O]   line-scan inspection
-    riad-edge video MODEL VIDEO [--window N] [--normalise] --out scores.csv   frame scores, smoothed
+    riad-edge video MODEL VIDEO [--window N] [--normalise] --output scores.csv   frame scores, smoothed
 
 MODEL is a `.tflite`, `.onnx` or `.engine` file with its `MODEL.json` beside it.
 Expected failures (missing files, bad images, no TensorRT) end with a one-line
@@ -15,16 +15,28 @@ message and exit status 1.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-from edge.cli_options import echo_records, friendly_errors, int_list, size_mode, size_mode_options
+from edge.cli_options import (
+    echo_records,
+    friendly_errors,
+    int_list,
+    map_options,
+    setup_logging,
+    size_mode,
+    size_mode_options,
+    verbosity_options,
+)
 from edge.images import IMAGE_EXTENSIONS, find_images, load_image, to_model_input
 from edge.metadata import read_metadata
 from edge.predictions import MapNames, with_overrides
+
+log = logging.getLogger("edge.cli")
 
 
 def _device_errors() -> tuple[type[BaseException], ...]:
@@ -52,22 +64,30 @@ def _with_runtime_options(command):
 
 
 @click.group()
-def main():
-    """Run exported RIAD anomaly detectors (TFLite, ONNX, TensorRT) without TensorFlow."""
+@click.version_option(package_name="riad-tf")
+@verbosity_options
+def main(verbose, quiet):
+    """Run exported RIAD anomaly detectors (TFLite, ONNX, TensorRT) without TensorFlow.
+
+    Human messages go to stderr, machine output (JSON lines, docs/records.md) to stdout.
+    """
+    setup_logging(verbose, quiet)
 
 
 @main.command()
 @_model_argument
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png anomaly maps here.")
-@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Images per runner call.")
+@map_options
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per runner call.")
 @size_mode_options
 @click.option(
     "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
 )
 @_with_runtime_options
 @_friendly_errors
-def infer(model, images, maps_dir, batch_size, tile, resize, image_threshold, threads, max_batch, memory_mb):
+def infer(
+    model, images, maps_dir, float_maps, batch_size, tile, resize, image_threshold, threads, max_batch, memory_mb
+):
     """Score image files: one JSON line per image (docs/deployment.md, "Verdicts").
 
     Each line holds path and score; with a threshold `anomalous`, `threshold`,
@@ -93,7 +113,7 @@ def infer(model, images, maps_dir, batch_size, tile, resize, image_threshold, th
         thresholds,
         native_size=native,
         mode=size_mode(tile, resize),
-        maps=MapNames(maps_dir, thresholds) if maps_dir is not None else None,
+        maps=MapNames(maps_dir, thresholds, float_maps) if maps_dir is not None else None,
         batch_size=max(1, batch_size),
     )
     echo_records(records)
@@ -101,7 +121,7 @@ def infer(model, images, maps_dir, batch_size, tile, resize, image_threshold, th
 
 @main.command()
 @_model_argument
-@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4.")
+@click.option("--batch-sizes", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
 @_with_runtime_options
@@ -132,18 +152,20 @@ def _load_calibration(calib_dir: Path, metadata) -> np.ndarray:
 
 @main.command("build-engine")
 @click.argument("onnx", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine).")
 @click.option("--fp16", "precision", flag_value="fp16", help="Allow FP16 kernels in the U-Net.")
 @click.option("--int8", "precision", flag_value="int8", help="INT8 U-Net, calibrated on --calib.")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), help="Folder of .npy or image files (INT8).")
-@click.option("--max-batch", type=int, default=None, help="Largest batch of a dynamic-batch model.")
-@click.option("--workspace-mb", type=int, default=2048, show_default=True)
+@click.option(
+    "--max-profile-batch", type=int, default=None, help="Largest batch of the engine's profile (dynamic-batch ONNX)."
+)
+@click.option("--workspace-mb", type=int, default=2048, show_default=True, help="TensorRT's builder workspace.")
 @_friendly_errors
-def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
+def build_engine(onnx, output, precision, calib, max_profile_batch, workspace_mb):
     """Build a TensorRT engine from an exported ONNX, on the device that will run it.
 
     Without --fp16 or --int8 the engine is FP32. Needs the tensorrt Python
-    package (JetPack's on a Jetson) and an NVIDIA GPU; writes OUT and OUT.json.
+    package (JetPack's on a Jetson) and an NVIDIA GPU; writes OUTPUT and OUTPUT.json.
     """
     from edge import trt, trt_build
 
@@ -156,7 +178,12 @@ def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
     if precision != "int8" and calibration is not None:
         raise click.UsageError("--calib is for --int8 only")
     engine, engine_metadata = trt_build.build_engine(
-        onnx, out, precision=precision, calibration=calibration, max_batch=max_batch, workspace_mb=workspace_mb
+        onnx,
+        output,
+        precision=precision,
+        calibration=calibration,
+        max_batch=max_profile_batch,
+        workspace_mb=workspace_mb,
     )
     click.echo(json.dumps({"engine": str(engine), "metadata": str(engine_metadata)}))
 
@@ -164,7 +191,9 @@ def build_engine(onnx, out, precision, calib, max_batch, workspace_mb):
 @main.command("engine-metadata")
 @click.argument("engine", type=click.Path(exists=True, dir_okay=False))
 @click.option("--onnx", required=True, type=click.Path(exists=True, dir_okay=False), help="The ONNX it was built from.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), required=True)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), required=True, help="What trtexec built it with."
+)
 @_friendly_errors
 def engine_metadata(engine, onnx, precision):
     """Write ENGINE.json for an engine built with trtexec from an exported ONNX."""
@@ -210,10 +239,10 @@ def _stride(value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--min-pixels", type=int, default=1, show_default=True, help="Smaller regions are not reported.")
 @click.option(
-    "--out",
+    "--output",
     default="-",
     show_default=True,
-    help="JSON lines file (written as OUT.partial, renamed at the end); - for stdout.",
+    help="JSON lines file (written as OUTPUT.partial, renamed at the end); - for stdout.",
 )
 @click.option(
     "--summary", "summary_path", type=click.Path(dir_okay=False), default=None, help="Also write the summary JSON here."
@@ -253,7 +282,7 @@ def stream(
     pixel_threshold,
     image_threshold,
     min_pixels,
-    out,
+    output,
     summary_path,
     overlays,
     width,
@@ -294,7 +323,7 @@ def stream(
         lines_per_block=lines_per_block,
         repeat=repeat,
     )
-    writer = JsonLines(out)
+    writer = JsonLines(output)
     try:
         summary = pipeline.run(lines, writer)
     finally:
@@ -316,15 +345,19 @@ def stream(
     "--normalise", is_flag=True, help="Add a column of the smoothed scores min-max normalised within the video."
 )
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True, help="CSV to write (atomically)."
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="scores.csv",
+    show_default=True,
+    help="CSV to write (atomically).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per runner call.")
 @_with_runtime_options
 @_friendly_errors
-def video_command(model, video, window, normalise, out, batch_size, threads, max_batch, memory_mb):
+def video_command(model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb):
     """Score every frame of a video file or frame folder, with the paper's temporal smoothing.
 
-    Writes OUT with one row per frame: frame (1-based), score, smoothed (mean of
+    Writes OUTPUT with one row per frame: frame (1-based), score, smoothed (mean of
     the last WINDOW scores), with --normalise `normalised`, and with a calibrated
     `smoothed_frame` threshold for this window `anomalous` (0/1). Prints a
     one-line JSON summary (docs/video.md, "On the device").
@@ -337,16 +370,15 @@ def video_command(model, video, window, normalise, out, batch_size, threads, max
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)
     if scores.anomalous is None and (runner.thresholds or {}).get("smoothed_frame") is not None:
-        click.echo(
-            f"{video}: no anomalous column: the smoothed_frame threshold was calibrated for another window", err=True
-        )
-    atomic_write_bytes(out, scores.to_csv().encode())
+        log.warning(f"{video}: no anomalous column: the smoothed_frame threshold was calibrated for another window")
+    atomic_write_bytes(output, scores.to_csv().encode())
     summary = {
+        "type": "summary",
         "video": str(video),
         "frames": len(scores.scores),
         "frames_per_s": round(scores.frames_per_second, 2),
         "window": scores.window,
-        "out": str(out),
+        "output": str(output),
     }
     if scores.anomalous is not None:
         summary["anomalous_frames"] = int(scores.anomalous.sum())
@@ -360,7 +392,7 @@ def _progress_reporter(name, every_s: float = 5.0):
     def report(frames: int, seconds: float) -> None:
         if seconds - last[0] >= every_s:
             last[0] = seconds
-            click.echo(f"{name}: {frames} frames, {frames / seconds:.1f} frames/s", err=True)
+            log.info(f"{name}: {frames} frames, {frames / seconds:.1f} frames/s")
 
     return report
 

@@ -1,4 +1,4 @@
-"""What both command lines (`riad-tf`, `riad-edge`) share: the one-line error wrapper and list options.
+"""What both command lines (`riad-tf`, `riad-edge`) share: errors, logging, and the options named alike.
 
 Example:
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import sys
 from typing import Callable, Iterable
 
 import click
@@ -87,3 +89,51 @@ def echo_records(records: Iterable[dict]) -> None:
         failed += "error" in record
     if failed:
         raise click.ClickException(f"{failed} image(s) could not be scored (see their error records)")
+
+
+def verbosity_options(command):
+    """`-v/--verbose` (repeatable) and `-q/--quiet`, for a CLI's group: see `setup_logging`."""
+    command = click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(command)
+    return click.option(
+        "-v", "--verbose", count=True, help="More detail; -v also shows the runtimes' own start-up messages."
+    )(command)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a message comes (test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> int:
+    """Human messages of `riad_tf` and `edge` go to stderr as plain lines; returns the level set.
+
+    Machine output (JSON) is the only thing a command writes to stdout, so
+    `riad-tf demo | jq` and `riad-edge infer ... > records.jsonl` work.
+    """
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.set_name("riad-cli")
+    for name in ("riad_tf", "edge"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if h.get_name() != "riad-cli"] + [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    return level
+
+
+def map_options(command):
+    """`--maps-dir DIR` and `--float-maps`: where the anomaly maps go (`edge.predictions.MapNames`)."""
+    command = click.option(
+        "--float-maps", is_flag=True, help="Also write each map as float32 NAME_map.npy beside the PNG."
+    )(command)
+    return click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png anomaly maps here.")(
+        command
+    )

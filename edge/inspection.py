@@ -162,8 +162,8 @@ def _tiled(path, image, score, model_size, channels, native_size, thresholds, ma
 
 
 def _record(path, value: float, anomaly_map, thresholds, maps, shape) -> dict:
-    map_file = maps.write(path, anomaly_map) if maps is not None and np.isfinite(value) else None
-    record = prediction_record(path, value, thresholds, map_file, anomaly_map)
+    map_file, map_float = maps.write(path, anomaly_map) if maps is not None and np.isfinite(value) else (None, None)
+    record = prediction_record(path, value, thresholds, map_file, anomaly_map, map_float)
     if "error" in record or not thresholds or thresholds.get("region") is None:
         return record
     area = int(thresholds.get("min_region_area", 1) or 1)

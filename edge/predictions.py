@@ -2,13 +2,13 @@
 
 Both commands print one JSON object per image:
 
-    {"path": ..., "score": s}                          always
+    {"type": "image", "path": ..., "score": s}         always
     {"anomalous": ..., "threshold": t,                 when a threshold is known
      "threshold_source": "calibrated" | "override"}    (`edge.verdicts.is_anomalous`)
     {"region_score": r}                                when min_region_area > 1
     {"map": "MAPS/NAME_map.png"}                       when maps are written
 
-or, for an image that cannot be scored, `{"path": ..., "error": "..."}`: a
+or, for an image that cannot be scored, `{"type": "image", "path": ..., "error": "..."}`: a
 score is never NaN, and every line is valid JSON.
 
 Maps are 8-bit grey PNGs: 0 is black, twice the region threshold is white (the
@@ -19,7 +19,7 @@ overwriting the other.
 Example:
 
 >>> prediction_record(Path("a.png"), 0.7, {"image": 0.5, "region": 0.5})
-{'path': 'a.png', 'score': 0.7, 'anomalous': True, 'threshold': 0.5, 'threshold_source': 'calibrated'}
+{'type': 'image', 'path': 'a.png', 'score': 0.7, 'anomalous': True, 'threshold': 0.5, 'threshold_source': 'calibrated'}
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from typing import Mapping
 
 import numpy as np
 
+from edge.files import atomic_path
 from edge.images import save_map_png
 from edge.verdicts import is_anomalous, region_score
 
 
-def prediction_record(path, score: float, thresholds: Mapping | None, map_file=None, anomaly_map=None) -> dict:
+def prediction_record(
+    path, score: float, thresholds: Mapping | None, map_file=None, anomaly_map=None, map_float=None
+) -> dict:
     """The JSON record of one scored image.
 
     Args:
@@ -43,6 +46,7 @@ def prediction_record(path, score: float, thresholds: Mapping | None, map_file=N
         thresholds: the thresholds in force (`with_overrides`), or None.
         map_file: the anomaly-map file written for it, or None.
         anomaly_map: its map, needed for the verdict when `min_region_area` > 1.
+        map_float: the float32 map file written for it, or None.
 
     Returns:
         A dict with `path` and `score`; `anomalous`, `threshold` and
@@ -52,7 +56,7 @@ def prediction_record(path, score: float, thresholds: Mapping | None, map_file=N
     """
     if not np.isfinite(score):
         return error_record(path, f"the anomaly score is {float(score)} (NaN or infinite values in the input?)")
-    record = {"path": str(path), "score": float(score)}
+    record = {"type": "image", "path": str(path), "score": float(score)}
     thresholds = thresholds or {}
     if thresholds.get("image") is not None:
         area = int(thresholds.get("min_region_area", 1) or 1)
@@ -63,12 +67,18 @@ def prediction_record(path, score: float, thresholds: Mapping | None, map_file=N
         record["threshold_source"] = thresholds.get("source", "calibrated")
     if map_file is not None:
         record["map"] = str(map_file)
+    if map_float is not None:
+        record["map_float"] = str(map_float)
     return record
 
 
 def error_record(path, message: str) -> dict:
     """The record of an image that could not be scored: its path and a one-line reason."""
-    return {"path": str(path), "error": str(message).splitlines()[0] if str(message) else "unknown error"}
+    return {
+        "type": "image",
+        "path": str(path),
+        "error": str(message).splitlines()[0] if str(message) else "unknown error",
+    }
 
 
 def with_overrides(thresholds: Mapping | None, image: float | None = None) -> dict | None:
@@ -93,10 +103,12 @@ class MapNames:
     Args:
         folder: where the maps go (created when the first one is written).
         thresholds: the thresholds in force; twice the region threshold is white.
+        float_maps: also write the float32 map as `NAME_map.npy`.
     """
 
-    def __init__(self, folder: str | os.PathLike, thresholds: Mapping | None = None):
+    def __init__(self, folder: str | os.PathLike, thresholds: Mapping | None = None, float_maps: bool = False):
         self.folder = Path(folder)
+        self.float_maps = float_maps
         region = (thresholds or {}).get("region")
         self.vmax = 2 * region if region is not None else None
         self._used: set[str] = set()
@@ -111,6 +123,11 @@ class MapNames:
         self._used.add(name)
         return name
 
-    def write(self, path, anomaly_map: np.ndarray) -> Path:
-        """Writes the map of input `path`; returns the map file."""
-        return save_map_png(self.folder / self.name(path), anomaly_map, self.vmax)
+    def write(self, path, anomaly_map: np.ndarray) -> tuple[Path, Path | None]:
+        """Writes the map of input `path`; returns the PNG and the `.npy` (None unless `float_maps`)."""
+        png = save_map_png(self.folder / self.name(path), anomaly_map, self.vmax)
+        if not self.float_maps:
+            return png, None
+        with atomic_path(png.with_suffix(".npy"), suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(anomaly_map, np.float32))
+        return png, png.with_suffix(".npy")

@@ -77,7 +77,7 @@ def build_commands(
     riad_edge = ["riad-edge", "build-engine", onnx, *flags]
     if precision == "int8":
         riad_edge += ["--calib", str(calib_dir) if calib_dir else "CALIBRATION_DIR"]
-    riad_edge += ["--out", engine]
+    riad_edge += ["--output", engine]
     trtexec = [TRTEXEC, f"--onnx={onnx}", f"--saveEngine={engine}"]
     trtexec += {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16", f"--calib={engine}.calib.cache"]}[
         precision

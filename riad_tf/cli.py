@@ -14,13 +14,25 @@ import sys
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the tool's own output;
-# errors still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
+# errors still surface as Python exceptions. -v shows it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib
+import logging
 
 import click
 import yaml
 
-from edge.cli_options import echo_records, friendly_errors, int_list, size_mode, size_mode_options
+from edge.cli_options import (
+    echo_records,
+    friendly_errors,
+    int_list,
+    map_options,
+    setup_logging,
+    size_mode,
+    size_mode_options,
+    verbosity_options,
+)
 from edge.files import atomic_write_text
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
@@ -32,6 +44,67 @@ def _training_errors() -> tuple[type[BaseException], ...]:
 
 
 _friendly_errors = friendly_errors(_training_errors)
+log = logging.getLogger("riad_tf.cli")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends what native code writes to file descriptor 2 to /dev/null inside the block."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _start_tensorflow(verbose: int, threads: int | None = None, strategy: str | None = None):
+    """Imports TensorFlow and runs one op; without -v its C++ start-up lines and converter chatter stay hidden.
+
+    TensorFlow 2.21 writes them through absl before TF_CPP_MIN_LOG_LEVEL takes effect, so they are
+    silenced at the file-descriptor level, only while TensorFlow starts. Thread settings and a
+    `tf.distribute` strategy (`strategy`: a config's name) must come before the first op, so they
+    are made here too.
+
+    Returns:
+        The strategy made, or None.
+    """
+    import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
+
+    made = None
+    with contextlib.nullcontext() if verbose else _native_stderr_silenced():
+        import tensorflow as tf
+
+        _set_tensorflow_threads(threads)
+        if strategy is not None:
+            from riad_tf.distribute import make_strategy
+
+            made = make_strategy(strategy)
+        tf.constant(0.0).numpy()  # the eager context's own start-up lines
+    if not verbose:
+        tf.get_logger().setLevel(logging.ERROR)
+        for name in ("tf2onnx", "absl"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return made
+
+
+def _verbosity() -> int:
+    return click.get_current_context().find_root().params.get("verbose", 0)
+
+
+class _TensorFlowCommand(click.Command):
+    """A command that needs TensorFlow: started (quietly) once its options have parsed, so --help stays fast."""
+
+    def invoke(self, ctx):
+        _start_tensorflow(_verbosity())
+        return super().invoke(ctx)
+
+
+def _json_option(command):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")(command)
 
 
 def _data_options(command):
@@ -107,8 +180,13 @@ def _config_from_options(config_path, overrides: dict) -> RiadConfig:
 
 @click.group()
 @click.version_option(package_name="riad-tf")
-def main():
-    """RIAD: reconstruction-by-inpainting anomaly detection (Zavrtanik et al. 2020)."""
+@verbosity_options
+def main(verbose, quiet):
+    """RIAD: reconstruction-by-inpainting anomaly detection (Zavrtanik et al. 2020).
+
+    Human messages go to stderr, machine output (JSON) to stdout.
+    """
+    setup_logging(verbose, quiet)
 
 
 @main.command()
@@ -135,7 +213,8 @@ def main():
     help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16 or with --xla, else float32.",
 )
 @click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No live bar; one line per epoch (always so off a terminal).")
+@_json_option
 @_friendly_errors
 def train(
     config_path,
@@ -156,6 +235,7 @@ def train(
     mixed_precision,
     xla,
     no_progress,
+    as_json,
 ):
     """Train on good images, then calibrate thresholds on held-out good images."""
     from riad_tf.jobs import train_job
@@ -168,26 +248,41 @@ def train(
     overrides.update(_parse_sets(sets))
     config = _config_from_options(config_path, overrides)
     spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
-    thresholds = train_job(config, spec, out, progress=not no_progress, skip_unreadable=skip_unreadable)
+    strategy = _start_tensorflow(_verbosity(), strategy=config.strategy)
+    thresholds = train_job(config, spec, out, not no_progress, skip_unreadable, strategy=strategy)
     if thresholds is None:
         return  # a non-chief worker of a multi-worker job
-    click.echo(f"model: {Path(out) / MODEL_FILE}")
-    click.echo(
+    log.info(f"model: {Path(out) / MODEL_FILE}")
+    log.info(
         f"threshold: {thresholds['image']:.5f} (images and regions; false-positive rate at most "
         f"{thresholds['supported_fpr']:.3g} for a target of {config.target_fpr:g}, from {thresholds['num_images']} "
         "held-out good images)"
     )
+    if as_json:
+        click.echo(json.dumps({"run": str(out), "model": str(Path(out) / MODEL_FILE), "thresholds": thresholds}))
 
 
-@main.command()
+@main.command(cls=_TensorFlowCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/eval).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
 @click.option("--no-report", is_flag=True, help="Metrics only, no HTML report.")
+@_json_option
 @_friendly_errors
 def evaluate(
-    run_dir, data_path, layout, normal, abnormal, masks, test_normal, skip_unreadable, out, batch_size, no_report
+    run_dir,
+    data_path,
+    layout,
+    normal,
+    abnormal,
+    masks,
+    test_normal,
+    skip_unreadable,
+    out,
+    batch_size,
+    no_report,
+    as_json,
 ):
     """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type."""
     from riad_tf.jobs import evaluate_job
@@ -198,23 +293,25 @@ def evaluate(
     summary = evaluate_job(
         run_dir, spec, out, batch_size=batch_size, report=not no_report, skip_unreadable=skip_unreadable
     )
-    click.echo((out / "metrics.md").read_text())
+    log.info((out / "metrics.md").read_text().rstrip())
     if not no_report:
-        click.echo(f"report: {out / 'report' / 'index.html'}")
+        log.info(f"report: {out / 'report' / 'index.html'}")
+    if as_json:
+        click.echo(json.dumps(summary))
     return summary
 
 
-@main.command()
+@main.command(cls=_TensorFlowCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--maps-dir", type=click.Path(file_okay=False), help="Write NAME_map.png here.")
+@map_options
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
 @size_mode_options
 @click.option(
     "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
 )
 @_friendly_errors
-def predict(run_dir, images, maps_dir, batch_size, tile, resize, image_threshold):
+def predict(run_dir, images, maps_dir, float_maps, batch_size, tile, resize, image_threshold):
     """Score images: one JSON line per image, as `riad-edge infer` writes them.
 
     Each line holds path and score; with a threshold `anomalous`, `threshold`,
@@ -226,12 +323,12 @@ def predict(run_dir, images, maps_dir, batch_size, tile, resize, image_threshold
     from riad_tf.jobs import predict_images
 
     records = predict_images(
-        run_dir, find_images(images), maps_dir, batch_size, size_mode(tile, resize), image_threshold
+        run_dir, find_images(images), maps_dir, batch_size, size_mode(tile, resize), image_threshold, float_maps
     )
     echo_records(records)
 
 
-@main.command()
+@main.command(cls=_TensorFlowCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--good",
@@ -263,18 +360,29 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
     click.echo(json.dumps({"thresholds": str(Path(run_dir) / THRESHOLDS_FILE), **thresholds}))
 
 
-@main.command()
+@main.command(cls=_TensorFlowCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Folder for the models and their metadata."
+)
 @click.option("--tflite", is_flag=True, help="TensorFlow Lite model.")
 @click.option("--onnx", is_flag=True, help="ONNX model (TensorRT's parser accepts it).")
 @click.option("--trt", is_flag=True, help="TensorRT engine (needs tensorrt and an NVIDIA GPU here).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--batch", type=int, default=1, show_default=True, help="Fixed batch size; 0 for dynamic.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Weights and activations (int8 calibrates on the run's training images; docs/deployment.md).",
+)
+@click.option(
+    "--fixed-batch", type=int, default=1, show_default=True, help="The model's fixed batch; 0 for a dynamic batch."
+)
 @click.option("--uint8-input", is_flag=True, help="Take uint8 images (0-255) instead of float [0, 1].")
 @click.option("--bare-unet", is_flag=True, help="Export only the U-Net; the edge runner does masks and scoring.")
+@_json_option
 @_friendly_errors
-def export(run_dir, out, tflite, onnx, trt, precision, batch, uint8_input, bare_unet):
+def export(run_dir, out, tflite, onnx, trt, precision, fixed_batch, uint8_input, bare_unet, as_json):
     """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT)."""
     from riad_tf.export import export_run
     from riad_tf.run import representative_images
@@ -288,19 +396,22 @@ def export(run_dir, out, tflite, onnx, trt, precision, batch, uint8_input, bare_
         out,
         formats=formats,
         precision=precision,
-        batch=batch or None,
+        batch=fixed_batch or None,
         uint8_input=uint8_input,
         bare_unet=bare_unet,
         trt=trt,
         representative_images=representative,
     )
-    click.echo(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
+    for kind, path in written.items():
+        log.info(f"{kind}: {path}")
+    if as_json:
+        click.echo(json.dumps({k: str(v) for k, v in written.items()}))
 
 
-@main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="riad-demo", show_default=True)
+@main.command(cls=_TensorFlowCommand)
+@click.option("--out", type=click.Path(file_okay=False), default="riad-demo", show_default=True, help="Demo folder.")
 @click.option("--epochs", type=int, default=None, help="Override the demo's epochs.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No live bar; one line per epoch (always so off a terminal).")
 @_friendly_errors
 def demo(out, epochs, no_progress):
     """Synthetic inspection data -> train a small model -> evaluate -> HTML report."""
@@ -320,10 +431,18 @@ def _set_tensorflow_threads(threads: int | None) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
-        click.echo("note: TensorFlow is already initialised; its thread settings stay as they are", err=True)
+        log.warning("note: TensorFlow is already initialised; its thread settings stay as they are")
 
 
-@main.command()
+class _BenchmarkCommand(click.Command):
+    """Sets TensorFlow's threads (`--threads`) before TensorFlow starts, then starts it as `_TensorFlowCommand`."""
+
+    def invoke(self, ctx):
+        _start_tensorflow(_verbosity(), ctx.params.get("threads"))
+        return super().invoke(ctx)
+
+
+@main.command(cls=_BenchmarkCommand)
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML config (default: the paper's)."
 )
@@ -332,7 +451,7 @@ def _set_tensorflow_threads(threads: int | None) -> None:
 @click.option(
     "--width-multiplier", type=float, help="Config 'width_multiplier': scales every width (operating points)."
 )
-@click.option("--batch", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
+@click.option("--batch-sizes", "batches", default="1,4", show_default=True, help="Images per call, comma-separated.")
 @click.option(
     "--paths",
     default="keras,xla,onnx",
@@ -352,15 +471,15 @@ def _set_tensorflow_threads(threads: int | None) -> None:
     "--sequential/--no-sequential", default=True, show_default=True, help="Compare with the per-k, per-mask loop."
 )
 @click.option("--scaling", is_flag=True, help="Scaling tables over batch size and image size (keras path).")
-@click.option("--scaling-batches", default="1,2,4,8,16,32", show_default=True)
-@click.option("--scaling-sizes", default="64,128,256,512", show_default=True)
+@click.option("--scaling-batches", default="1,2,4,8,16,32", show_default=True, help="Batch sizes of the scaling table.")
+@click.option("--scaling-sizes", default="64,128,256,512", show_default=True, help="Image sizes of the scaling table.")
 @click.option("--training", is_flag=True, help="Training images/s, float32 and mixed bfloat16.")
-@click.option("--train-batch", type=int, default=8, show_default=True)
+@click.option("--train-batch", type=int, default=8, show_default=True, help="Batch of the training measurement.")
 @click.option("--peak-size", type=int, default=2048, show_default=True, help="Matrix size of the matmul peak.")
 @click.option(
     "--quick", is_flag=True, help="Short run: 2 timed calls, scaling batch 1,2,4 and sizes 64,128, 1024^2 peak."
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--json-file", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @_friendly_errors
 def benchmark(
     config_path,
@@ -383,7 +502,6 @@ def benchmark(
     json_path,
 ):
     """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
-    _set_tensorflow_threads(threads)  # before anything starts TensorFlow's runtime
     from riad_tf.benchmark import format_report, run_benchmark
 
     overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": int_list(widths) or None}

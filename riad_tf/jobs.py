@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,6 +38,8 @@ from riad_tf.data import (
     load_split,
     split_holdout,
 )
+
+log = logging.getLogger(__name__)
 
 # A reduced model at 64 px: the demo finishes in minutes on two CPU cores.
 DEMO_CONFIG = RiadConfig(
@@ -66,10 +68,6 @@ __all__ = [
 ]
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------
 # Data, and the image / video dispatch
 
@@ -92,8 +90,8 @@ def load_data(spec: dict, skip_unreadable: bool = False):
     else:
         split, skipped = load_split(spec, skip_unreadable=skip_unreadable)
         if skipped:
-            _say(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}")
-    _say(f"data: {split.describe()}")
+            log.warning(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]}: {skipped[0][1]}")
+    log.info(f"data: {split.describe()}")
     return split, skipped
 
 
@@ -104,7 +102,12 @@ def _is_video(split) -> bool:
 
 
 def train_job(
-    config: RiadConfig, spec: dict | None, out_dir, progress: bool = True, skip_unreadable: bool = False
+    config: RiadConfig,
+    spec: dict | None,
+    out_dir,
+    progress: bool = True,
+    skip_unreadable: bool = False,
+    strategy=None,
 ) -> dict | None:
     """`riad-tf train`: trains a run on a data set and calibrates its thresholds.
 
@@ -114,6 +117,8 @@ def train_job(
         out_dir: the run directory; re-run to resume.
         progress: show progress bars.
         skip_unreadable: skip unreadable images instead of stopping.
+        strategy: the `tf.distribute` strategy, when the caller made it already
+            (default: `make_strategy(config.strategy)`, before any TensorFlow op).
 
     Returns:
         The calibrated thresholds; None on a non-chief worker of a multi-worker job.
@@ -121,7 +126,7 @@ def train_job(
     from riad_tf.distribute import is_chief, make_strategy, task
     from riad_tf.video.jobs import train_video_run
 
-    strategy = make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
+    strategy = strategy or make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
     spec = spec or runs.load_data_spec(out_dir)
     if spec is None:
         raise ValueError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
@@ -131,7 +136,7 @@ def train_job(
     job = train_video_run if _is_video(split) else train_run
     thresholds = job(config, split, out_dir, progress=progress, strategy=strategy)
     if not is_chief(strategy):
-        _say("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
+        log.info("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
     return thresholds
 
 
@@ -197,7 +202,7 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
         return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
     runs.save_preprocessing(out_dir, preprocessing_record([_native_size(s.path) for s in split.train]))
     if holdout_images is None:
-        _say(
+        log.warning(
             "warning: no held-out good images (val_fraction 0): thresholds come from the training images and "
             "their false-positive bound does not hold; run `riad-tf calibrate` with good images training never saw"
         )
@@ -230,7 +235,7 @@ def calibrate_run(
     thresholds = metrics.calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
     bound = ConformalThreshold(thresholds["image"], target_fpr, thresholds["supported_fpr"], len(scores))
     if bound.warning():
-        _say(bound.warning())
+        log.warning(bound.warning())
     runs.save_thresholds(run_dir, thresholds)
     return thresholds
 
@@ -282,6 +287,7 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
     detector = runs.load_detector(run_dir)
     config = detector.config
     images, masks = load_arrays(samples, config, with_masks=True)
+    log.info(f"evaluate: scoring {len(images)} images ({len(detector.masks) * config.n} U-Net passes each)")
     maps, scores, reconstructions = detector.score(images, batch_size, with_reconstructions=True)
     labels = np.array([s.label for s in samples])
     types = [s.defect_type for s in samples]
@@ -358,6 +364,7 @@ def predict_images(
     batch_size: int = 4,
     mode: str = "strict",
     image_threshold: float | None = None,
+    float_maps: bool = False,
 ) -> Iterator[dict]:
     """`riad-tf predict`: one record per image, exactly as `riad-edge infer` (`edge.inspection.inspect_files`).
 
@@ -370,6 +377,7 @@ def predict_images(
         mode: inputs of another size than the training images': "strict"
             (an error record), "resize" or "tile" (`edge.inspection`).
         image_threshold: overrides the calibrated threshold.
+        float_maps: also write each map as float32 `NAME_map.npy`.
     """
     detector = runs.load_detector(run_dir)
     config = detector.config
@@ -383,7 +391,7 @@ def predict_images(
         thresholds,
         native_size=native,
         mode=mode,
-        maps=MapNames(maps_dir, thresholds) if maps_dir is not None else None,
+        maps=MapNames(maps_dir, thresholds, float_maps) if maps_dir is not None else None,
         batch_size=batch_size,
     )
 
@@ -401,7 +409,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     run_dir = out_dir / "run"
     train_run(config, split, run_dir, progress=progress)
     summary = evaluate_run(run_dir, split.test, runs.eval_dir(run_dir))
-    _say(
+    log.info(
         f"demo: image AUROC {summary['image_auroc']:.3f}, pixel AUROC {summary['pixel_auroc']:.3f}, AUPRO {summary['aupro']:.3f}"
     )
     return {

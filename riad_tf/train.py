@@ -44,13 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from edge.files import atomic_path, atomic_write_text
 from riad_tf.batchnorm import (
@@ -76,6 +79,7 @@ from riad_tf.masks import random_grid_masks
 from riad_tf.model import build_unet
 from riad_tf.run import BEST_WEIGHTS_FILE, CHECKPOINT_DIR, HISTORY_FILE, LOGS_DIR, save_config, save_model
 
+log = logging.getLogger(__name__)
 VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across epochs
 _SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
@@ -424,7 +428,7 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
     policy = resolve_precision(config.mixed_precision, config.xla)
     on_cpu = not tf.config.list_physical_devices("GPU")
     if policy == "mixed_bfloat16" and on_cpu and not config.xla and not cpu_bf16_support():
-        print(
+        log.warning(
             "note: this CPU has no native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without --xla ran "
             "3-10x slower than float32 on such CPUs, with --xla about 1.9x faster (docs/distributed.md)"
         )
@@ -471,15 +475,21 @@ def _batching(config: RiadConfig, replicas: int, num_images: int) -> tuple[int, 
     return global_batch, drop_remainder, steps
 
 
-def _train_epoch(step, batches, steps: int, bar: keras.utils.Progbar, set_rate) -> tuple[float, float]:
-    """Runs one epoch's steps, `set_rate(i)` before step i; returns (mean Eq. 7 loss per image, number of images)."""
+def _train_epoch(step, batches, steps: int, bar, set_rate) -> tuple[float, float]:
+    """Runs one epoch's steps, `set_rate(i)` before step i; returns (mean Eq. 7 loss per image, number of images).
+
+    `bar` is a tqdm bar (disabled off a terminal) or None.
+    """
     loss_sum, count = 0.0, 0.0
     for i in range(steps):
         set_rate(i)
         step_sum, step_count = step(next(batches))
         loss_sum, count = loss_sum + step_sum, count + step_count  # stays on the device until read
-        if bar.verbose:
-            bar.update(i + 1, [("loss", float(loss_sum / count))])
+        if bar is not None and not bar.disable:
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss_sum / count):.4f}", refresh=False)
+    if bar is not None:
+        bar.close()
     return float(loss_sum / count), float(count)
 
 
@@ -490,19 +500,21 @@ def _guard_images(train_images: np.ndarray, holdout_images: np.ndarray | None, g
     return train_images[: 4 * global_batch]
 
 
-def _epoch_line(record: dict) -> str:
+def _epoch_line(record: dict, epochs: int) -> str:
     name = "val_loss" if record.get("val_loss") is not None else "loss on training images"
-    line = (
-        f"epoch {record['epoch']}: loss {record['loss']:.4f}, {name} {record['guard_loss']:.4f} "
-        f"(batch norm in training mode: {record['val_loss_train_mode']:.4f}), {record['seconds']:.0f} s, {record['images_per_s']:g} img/s"
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, {name} {record['guard_loss']:.4f} "
+        f"(batch norm in training mode: {record['val_loss_train_mode']:.4f}), lr {record['lr']:.3g}, "
+        f"{record['seconds']:.0f} s, {record['images_per_s']:g} img/s"
     )
-    if record["bn_diverged"]:
-        line += (
-            f"\nwarning: inference-mode loss {record['guard_loss']:.4f} is more than {DIVERGENCE_RATIO:g}x the training-mode loss "
-            f"{record['val_loss_train_mode']:.4f} on the same images: batch-norm moving statistics lag the weights, so scores, "
-            "thresholds and exports would use a worse model than training measures (docs/accuracy.md)"
-        )
-    return line
+
+
+def _divergence_warning(record: dict) -> str:
+    return (
+        f"warning: inference-mode loss {record['guard_loss']:.4f} is more than {DIVERGENCE_RATIO:g}x the training-mode loss "
+        f"{record['val_loss_train_mode']:.4f} on the same images: batch-norm moving statistics lag the weights, so scores, "
+        "thresholds and exports would use a worse model than training measures (docs/accuracy.md)"
+    )
 
 
 def _ship_checked(
@@ -523,7 +535,7 @@ def _ship_checked(
         return {"final_val_loss": check["val_loss"]}
     used = reestimate_batchnorm(trained, train_images, config)
     after = batchnorm_check(trained, guard_images, config, batch_size)
-    print(
+    log.info(
         f"batch norm: inference-mode loss {check['val_loss']:.4f} against training-mode {check['val_loss_train_mode']:.4f}; "
         f"re-estimated the moving statistics on {used} masked training batches: now {after['val_loss']:.4f}"
     )
@@ -585,7 +597,7 @@ def train(
     with scratch_dir(strategy) as scratch:
         checkpoints = _EpochCheckpoints(checkpoint, out_dir / CHECKPOINT_DIR, chief, scratch)
         if checkpoints.restore():
-            print(f"resuming {out_dir} after epoch {int(epoch_var.numpy())} of {config.epochs}")
+            log.info(f"resuming {out_dir} after epoch {int(epoch_var.numpy())} of {config.epochs}")
         first_epoch = int(epoch_var.numpy())
         assert_workers_agree(strategy, first_epoch, "epoch restored from the checkpoint")
         if chief:
@@ -600,12 +612,15 @@ def train(
         batches = iter(strategy.experimental_distribute_dataset(dataset))
 
         for epoch in range(first_epoch, config.epochs):
-            verbose = progress and chief
-            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, stateful_metrics=["loss"])
-            if verbose:
-                print(
-                    f"epoch {epoch + 1}/{config.epochs} (peak lr {learning_rate(config, epoch + 0.5, replicas):.3g}, "
-                    f"global batch {global_batch} on {replicas} replica(s))"
+            bar = None
+            if progress and chief:  # a live bar on a terminal only; logs get the one line per epoch below
+                bar = tqdm(
+                    total=steps_per_epoch,
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                    unit="step",
+                    leave=False,
+                    disable=None,
+                    file=sys.stderr,
                 )
 
             def set_rate(i, epoch=epoch):  # the schedule per step, at the middle of the step
@@ -633,7 +648,9 @@ def train(
                     best.update(epoch + 1, check["val_loss"], unet)
             checkpoints.save(epoch + 1)
             if chief:
-                print(_epoch_line(record), flush=True)
+                log.info(_epoch_line(record, config.epochs))
+                if record["bn_diverged"]:
+                    log.warning(_divergence_warning(record))
                 _log_epoch(writer, record, unet, preview, config)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, unet)
@@ -647,7 +664,7 @@ def train(
             trained = float32_copy(unet, config, best.load())
         details = _ship_checked(trained, config, guard_images, train_images, global_batch, out_dir)
         history.mark_kept(kept, **details)
-        print(
+        log.info(
             f"kept epoch {kept} of {config.epochs}"
             + (" (lowest inference-mode validation loss)" if has_holdout else " (the last)")
         )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -382,6 +383,7 @@ def write_results(out_dir: Path, results: list[dict], config, split, command: st
 def main(argv=None) -> int:
     started = time.time()
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
     command = "python3 scripts/magnetic_tile.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shlex
 import sys
@@ -164,6 +165,7 @@ def table(rows: list[dict], line_width: int) -> tuple[list[str], list[list[str]]
 
 
 def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
     args = parse_args(argv)
     if args.line_width < 1 or args.batch < 1:
         mt.fail("--line-width and --batch must be positive")

@@ -90,7 +90,7 @@ def test_benchmark_command_end_to_end(tmp_path):
         "8,16,16,32,32",
         "--width-multiplier",
         "0.5",
-        "--batch",
+        "--batch-sizes",
         "1,2",
         "--paths",
         "keras",
@@ -110,7 +110,7 @@ def test_benchmark_command_end_to_end(tmp_path):
         "2",
         "--peak-size",
         "128",
-        "--json",
+        "--json-file",
         str(out),
     ]
     result = CliRunner().invoke(main, args)

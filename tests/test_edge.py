@@ -374,7 +374,7 @@ def test_cli_infer_writes_one_json_line_and_a_map_per_image(tmp_path, toy_unet):
             str(tmp_path),
             "--maps-dir",
             str(tmp_path / "maps"),
-            "--batch",
+            "--batch-size",
             "2",
         ],
     )
@@ -398,14 +398,14 @@ def test_cli_bench_reports_latency_per_batch_size(toy_unet):
     from edge.cli import main
 
     result = CliRunner().invoke(
-        main, ["bench", str(toy_unet), "--batch", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"]
+        main, ["bench", str(toy_unet), "--batch-sizes", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"]
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["batch"] for r in rows] == [1, 2]
     for row in rows:
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["images_per_s"] > 0 and row["backend"] == "onnxruntime"
-    bad = CliRunner().invoke(main, ["bench", str(toy_unet), "--batch", "0"])
+    bad = CliRunner().invoke(main, ["bench", str(toy_unet), "--batch-sizes", "0"])
     assert bad.exit_code != 0 and "positive" in bad.output
 
 
@@ -432,11 +432,13 @@ def test_build_engine_without_tensorrt_exits_non_zero_with_the_reason(toy_unet, 
     reason = trt.unavailable_reason()
     if reason is None:  # a machine with TensorRT and a GPU builds the engine instead
         result = CliRunner().invoke(
-            main, ["build-engine", str(toy_unet), "--fp16", "--out", str(tmp_path / "toy.engine")]
+            main, ["build-engine", str(toy_unet), "--fp16", "--output", str(tmp_path / "toy.engine")]
         )
         assert result.exit_code == 0, result.output
         return
-    result = CliRunner().invoke(main, ["build-engine", str(toy_unet), "--fp16", "--out", str(tmp_path / "toy.engine")])
+    result = CliRunner().invoke(
+        main, ["build-engine", str(toy_unet), "--fp16", "--output", str(tmp_path / "toy.engine")]
+    )
     assert result.exit_code == 1
     assert "cannot build a TensorRT engine here" in result.output and reason.split(" (")[0] in result.output
     assert not (tmp_path / "toy.engine").exists()
@@ -449,7 +451,7 @@ def test_build_commands_for_the_device(toy_unet):
 
     commands = trt_build.build_commands(toy_unet, "int8", "toy_calibration")
     assert (
-        commands["riad-edge"] == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --out toy_int8.engine"
+        commands["riad-edge"] == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --output toy_int8.engine"
     )
     trtexec = commands["trtexec"]
     assert trtexec.startswith(f"{trt_build.TRTEXEC} --onnx=toy.onnx --saveEngine=toy_int8.engine --int8")

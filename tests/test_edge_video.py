@@ -21,6 +21,7 @@ from test_video import FRAME_SHAPE, moving_texture
 from edge.cli import main
 from edge.images import prepare_image
 from edge.metadata import ModelMetadata, read_metadata, write_metadata
+from edge.records import check_record
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -110,9 +111,10 @@ def test_video_scores_match_keras_and_are_smoothed_over_three_frames(onnx_model,
 
     assert read_metadata(onnx_model).config["temporal_window"] == 3  # the run's window reaches the device
     out = tmp_path / "out" / "scores.csv"
-    result = run_video(onnx_model, video_file, "--out", out, "--batch-size", 4)
+    result = run_video(onnx_model, video_file, "--output", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    check_record(summary)  # docs/records.md
     assert summary["frames"] == NUM_FRAMES and summary["window"] == 3 and summary["frames_per_s"] > 0
 
     rows = read_csv(out)
@@ -131,12 +133,14 @@ def test_window_option_normalise_and_frame_folders(onnx_model, video_file, frame
     from edge.temporal import minmax_normalise
 
     one = tmp_path / "one.csv"
-    assert run_video(onnx_model, video_file, "--window", 1, "--out", one).exit_code == 0
+    assert run_video(onnx_model, video_file, "--window", 1, "--output", one).exit_code == 0
     rows = read_csv(one)
     np.testing.assert_array_equal(column(rows, "smoothed"), column(rows, "score"))
 
     folder_csv = tmp_path / "folder.csv"
-    result = run_video(onnx_model, frame_folder, "--window", 4, "--normalise", "--out", folder_csv, "--batch-size", 3)
+    result = run_video(
+        onnx_model, frame_folder, "--window", 4, "--normalise", "--output", folder_csv, "--batch-size", 3
+    )
     assert result.exit_code == 0, result.output
     folder_rows = read_csv(folder_csv)
     assert list(folder_rows[0]) == ["frame", "score", "smoothed", "normalised"]
@@ -160,7 +164,7 @@ def test_the_window_and_threshold_come_from_the_metadata(onnx_model, video_file,
     write_metadata(model, ModelMetadata.from_dict(meta))
 
     out = tmp_path / "five.csv"
-    result = run_video(model, video_file, "--out", out)
+    result = run_video(model, video_file, "--output", out)
     assert result.exit_code == 0, result.output
     rows = read_csv(out)
     assert column(rows, "smoothed").tolist() == smoothed.tolist()  # window 5, from the metadata
@@ -169,13 +173,13 @@ def test_the_window_and_threshold_come_from_the_metadata(onnx_model, video_file,
     assert json.loads(result.stdout.strip().splitlines()[-1])["anomalous_frames"] == anomalous.sum()
 
     # A threshold calibrated for 5 frames says nothing about a 2-frame average.
-    result = run_video(model, video_file, "--window", 2, "--out", out)
+    result = run_video(model, video_file, "--window", 2, "--output", out)
     assert result.exit_code == 0, result.output
     assert "anomalous" not in read_csv(out)[0] and "another window" in result.stderr
 
 
 def _scored(model, video, out, *options):
-    result = run_video(model, video, "--out", out, *options)
+    result = run_video(model, video, "--output", out, *options)
     assert result.exit_code == 0, result.output
     return out
 
@@ -184,29 +188,29 @@ def test_bad_videos_fail_with_one_line_naming_the_file(onnx_model, tmp_path):
     corrupt = tmp_path / "corrupt.avi"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     out = tmp_path / "scores.csv"
-    result = run_video(onnx_model, corrupt, "--out", out)
+    result = run_video(onnx_model, corrupt, "--output", out)
     assert result.exit_code == 1 and str(corrupt) in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
     zero = tmp_path / "zero.avi"  # a valid container without a frame
     cv2.VideoWriter(str(zero), cv2.VideoWriter_fourcc(*"FFV1"), 10, FRAME_SHAPE[::-1]).release()
-    result = run_video(onnx_model, zero, "--out", out)
+    result = run_video(onnx_model, zero, "--output", out)
     assert result.exit_code == 1 and str(zero) in result.output and "no frames" in result.output, result.output
 
     missing = tmp_path / "missing.avi"
-    result = run_video(onnx_model, missing, "--out", out)
+    result = run_video(onnx_model, missing, "--output", out)
     assert result.exit_code != 0 and "missing.avi" in result.output and not out.exists()
 
     empty = tmp_path / "empty_frames"
     empty.mkdir()
-    result = run_video(onnx_model, empty, "--out", out)
+    result = run_video(onnx_model, empty, "--output", out)
     assert result.exit_code == 1 and str(empty) in result.output and not out.exists()
 
     broken = tmp_path / "broken_frames"
     broken.mkdir()
     cv2.imwrite(str(broken / "1.png"), np.zeros((8, 8), np.uint8))
     (broken / "2.png").write_bytes(b"not a png")
-    result = run_video(onnx_model, broken, "--out", out)
+    result = run_video(onnx_model, broken, "--output", out)
     assert result.exit_code == 1 and "2.png" in result.output and not out.exists()
 
 
@@ -215,7 +219,7 @@ def test_the_video_command_imports_no_tensorflow(onnx_model, video_file, tmp_pat
 import sys
 from click.testing import CliRunner
 import edge.cli, edge.temporal, edge.video
-result = CliRunner().invoke(edge.cli.main, ["video", {str(onnx_model)!r}, {str(video_file)!r}, "--out", {str(tmp_path / "s.csv")!r}])
+result = CliRunner().invoke(edge.cli.main, ["video", {str(onnx_model)!r}, {str(video_file)!r}, "--output", {str(tmp_path / "s.csv")!r}])
 assert result.exit_code == 0, result.output
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx'))
 assert not heavy, heavy

@@ -461,7 +461,8 @@ def test_trt_export_without_tensorrt_writes_the_device_commands(bare_trt_export)
     assert calibration.shape == (5, SIZE, SIZE, 3) and calibration.dtype == np.float32
     text = written["trt_instructions"].read_text()
     assert (
-        "riad-edge build-engine riad_unet.onnx --int8 --calib riad_unet_calibration --out riad_unet_int8.engine" in text
+        "riad-edge build-engine riad_unet.onnx --int8 --calib riad_unet_calibration --output riad_unet_int8.engine"
+        in text
     )
     assert f"{trt_build.TRTEXEC} --onnx=riad_unet.onnx --saveEngine=riad_unet_int8.engine --int8" in text
     assert "riad_unet.masks.npy" in text and NO_TENSORRT in text  # the device needs the masks too

@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from edge.records import check_record
 from edge.stream import (
     BadBlock,
     Frame,
@@ -56,6 +57,7 @@ class Records:
         self.records = []
 
     def write(self, record):
+        check_record(json.loads(json.dumps(record, allow_nan=False)))  # docs/records.md
         self.records.append(record)
 
     def of(self, kind):
@@ -65,7 +67,7 @@ class Records:
         return [
             tuple(b["lines"][:1] + b["columns"][:1] + b["lines"][1:] + b["columns"][1:])
             for r in self.records
-            for b in r.get("boxes", [])
+            for b in r.get("regions", [])
         ]
 
 
@@ -188,7 +190,7 @@ def test_defects_across_tile_and_frame_borders_get_their_strip_boxes(frame_heigh
     assert (
         StreamPipeline(DeviationRunner(), settings).run(ImageLineScan(_flat_strip(260, 160, 3)), clean)["defects"] == 0
     )
-    assert all(r["verdict"] == "ok" for r in clean.of("frame"))
+    assert not any(r["anomalous"] for r in clean.of("frame"))
 
 
 def test_corrupt_short_and_wrong_size_frames_are_counted_and_skipped(tmp_path):
@@ -419,7 +421,7 @@ def test_cli_stream_writes_records_overlays_and_summary(trained_onnx, tmp_path):
             "8",
             "--stride",
             "16",
-            "--out",
+            "--output",
             str(out),
             "--summary",
             str(summary_path),
@@ -433,18 +435,20 @@ def test_cli_stream_writes_records_overlays_and_summary(trained_onnx, tmp_path):
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
+    for record in records:
+        check_record(record)
     frames = [r for r in records if r["type"] == "frame"]
     summary = json.loads(summary_path.read_text())
     assert records[-1] == summary and summary["lines"] == 128 and summary["backend"] == "onnxruntime"
     assert summary["frames"] == len(frames) == 3 and summary["defects"] >= 1 and summary["frames_dropped"] == 0
-    boxes = [b for f in frames for b in f["boxes"]]
+    boxes = [b for f in frames for b in f["regions"]]
     assert len(boxes) == summary["defects"]
     for box in boxes:  # every box is on the planted defect (maps spread a few pixels around it)
         assert box["lines"][0] <= truth[2] + 8 and box["lines"][1] >= truth[0] - 8
         assert box["columns"][0] <= truth[3] + 8 and box["columns"][1] >= truth[1] - 8
     assert summary["latency"]["p50_ms"] > 0 and summary["latency"]["p99_ms"] >= summary["latency"]["p50_ms"]
     assert [f["lines"] for f in frames] == [[0, 47], [40, 87], [80, 127]]  # starts every 40 lines
-    defective = [f for f in frames if f["verdict"] == "defect"]
+    defective = [f for f in frames if f["anomalous"]]
     assert defective and all(Path(f["overlay"]).is_file() for f in defective)
     assert len(list(overlays.iterdir())) == len(defective)  # overlays for defective frames only
     failed = CliRunner().invoke(main, ["stream", str(trained_onnx), "--source", "raw:-"])

@@ -182,7 +182,7 @@ def test_resume_after_kill(dataset, tmp_path):
 
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming {out} after epoch {done_before}" in result.stdout
+    assert f"resuming {out} after epoch {done_before}" in result.stderr
     epochs = [r["epoch"] for r in json.loads((out / "history.json").read_text())]
     assert epochs == list(range(1, 11))
     assert (out / "model.keras").is_file()
@@ -218,7 +218,12 @@ def awkward_inputs(dataset, tmp_path_factory):
 
 
 def _records(result) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.strip().splitlines()]
+    from edge.records import check_record
+
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    for record in records:
+        check_record(record)  # docs/records.md
+    return records
 
 
 def _inspect(command, target, inputs, tmp_path, *options):

@@ -4,7 +4,7 @@ Records, one JSON object a line (`"type"` says which):
 
     frame     {"type": "frame", "frame": i, "time": unix s, "lines": [first, last],
                "score": max tile score, "tile": {"line", "column"} of that tile,
-               "verdict": "defect" | "ok", "boxes": [region, ...], "latency_ms": ..,
+               "anomalous": bool, "regions": [region, ...], "latency_ms": ..,
                "partial": bool, "overlay": PNG path (defective frames, if asked)}
     fault     {"type": "fault", "time": .., "reason": "one line naming the data and the problem"}
     regions   {"type": "regions", ...}  regions still open when the stream ended

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -36,6 +37,9 @@ from edge.stream.output import LatencyStats, write_overlay
 from edge.stream.regions import RegionTracker
 from edge.stream.scorer import FrameScorer, ScoredFrame
 from edge.stream.stitch import StripStitcher
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # a progress line on stderr this often
 
 POLICIES = ("block", "drop")
 _END = object()
@@ -245,6 +249,7 @@ class _OutputState:
         self.tracker = RegionTracker(pipeline.pixel_threshold, self.settings.min_pixels, self.settings.max_open_lines)
         self.latency = LatencyStats()
         self.frames = self.defects = self.defective_frames = self.lines_inspected = 0
+        self.started = self.reported = time.perf_counter()
 
     def emit(self, scored: ScoredFrame, writer) -> None:
         frame = scored.frame
@@ -255,7 +260,7 @@ class _OutputState:
         regions = self.tracker.add(first_row, rows)
         self.defects += len(regions)
         over_image = self.pipeline.image_threshold is not None and scored.score > self.pipeline.image_threshold
-        verdict = "defect" if regions or over_image else "ok"
+        anomalous = bool(regions) or over_image
         row, col = scored.worst_tile
         record = {
             "type": "frame",
@@ -264,11 +269,11 @@ class _OutputState:
             "lines": [frame.first_line, frame.last_line],
             "score": round(scored.score, 6),
             "tile": {"line": frame.first_line + row, "column": col},
-            "verdict": verdict,
-            "boxes": [r.to_dict() for r in regions],
+            "anomalous": anomalous,
+            "regions": [r.to_dict() for r in regions],
             "partial": frame.partial,
         }
-        if verdict == "defect":
+        if anomalous:
             self.defective_frames += 1
             if self.settings.overlay_dir:
                 record["overlay"] = str(self._overlay(scored, regions))
@@ -276,6 +281,17 @@ class _OutputState:
         writer.write(record)
         self.latency.add(time.perf_counter() - frame.ready)
         self.frames += 1
+        self._progress()
+
+    def _progress(self) -> None:
+        now = time.perf_counter()
+        if now - self.reported >= PROGRESS_EVERY_S:
+            self.reported = now
+            lines = self.pipeline.accumulator.lines_seen
+            log.info(
+                f"stream: {self.frames} frames, {lines} lines ({lines / (now - self.started):.0f} lines/s), "
+                f"{self.defective_frames} anomalous frames, {self.defects} regions"
+            )
 
     def _overlay(self, scored: ScoredFrame, regions):
         frame = scored.frame
@@ -293,7 +309,7 @@ class _OutputState:
         regions = self.tracker.add(first_row, rows) + self.tracker.flush()
         if regions:
             self.defects += len(regions)
-            writer.write({"type": "regions", "time": round(time.time(), 6), "boxes": [r.to_dict() for r in regions]})
+            writer.write({"type": "regions", "time": round(time.time(), 6), "regions": [r.to_dict() for r in regions]})
 
     def summary(self, seconds: float, interrupted: bool) -> dict:
         pipeline = self.pipeline

@@ -10,6 +10,7 @@ representative images, then converts (`riad_tf.export.tflite`,
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,7 @@ from riad_tf.run import load_detector, load_preprocessing, load_thresholds
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_CALIBRATION_IMAGES = 128
+log = logging.getLogger(__name__)
 
 
 def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
@@ -142,16 +144,19 @@ def export_detector(
     calibration = _calibration_inputs(representative, detector, bare_unet)
 
     if "tflite" in formats:
+        log.info(f"export: converting to TFLite ({precision})")
         model, quantization = convert_tflite(detector, spec, precision, calibration, bare_unet)
         path = out_dir / f"{stem}_{precision}.tflite"
         written.update(write_model(path, model, precision, quantization, None, common))
     if "onnx" in formats:
+        log.info("export: converting to ONNX")
         model, scope = convert_onnx(detector, spec, bare_unet)
         written.update(write_model(out_dir / f"{stem}.onnx", model, "fp32", "none: float32", scope, common))
         if onnx_int8:
             if scope is None and not bare_unet:
                 message = f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph"
                 raise ExportError(message, written)
+            log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
             model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
             path = out_dir / f"{stem}_int8.onnx"
             written.update(write_model(path, model, "int8", quantization, scope, common, key="onnx_int8"))
@@ -159,8 +164,10 @@ def export_detector(
         probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
         for kind in ("tflite", "onnx", "onnx_int8"):
             if kind in written:
+                log.info(f"export: checking {written[kind].name} against the Keras detector")
                 verify_model(written[kind], detector, probe, "fp32" if kind == "onnx" else precision, written)
     if trt:
+        log.info("export: TensorRT engine")
         written.update(export_engine(written["onnx"], precision, representative, written))
     return written
 

@@ -451,7 +451,8 @@ def test_build_commands_for_the_device(toy_unet):
 
     commands = trt_build.build_commands(toy_unet, "int8", "toy_calibration")
     assert (
-        commands["riad-edge"] == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --output toy_int8.engine"
+        commands["riad-edge"]
+        == "riad-edge build-engine toy.onnx --int8 --calib toy_calibration --output toy_int8.engine"
     )
     trtexec = commands["trtexec"]
     assert trtexec.startswith(f"{trt_build.TRTEXEC} --onnx=toy.onnx --saveEngine=toy_int8.engine --int8")

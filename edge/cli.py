@@ -32,6 +32,7 @@ from edge.cli_options import (
     size_mode_options,
     verbosity_options,
 )
+from edge.errors import InputError
 from edge.images import IMAGE_EXTENSIONS, find_images, load_image, to_model_input
 from edge.metadata import read_metadata
 from edge.predictions import MapNames, with_overrides
@@ -39,14 +40,7 @@ from edge.predictions import MapNames, with_overrides
 log = logging.getLogger("edge.cli")
 
 
-def _device_errors() -> tuple[type[BaseException], ...]:
-    from edge.cuda import CudaError
-    from edge.trt import TensorRTUnavailable
-
-    return (CudaError, TensorRTUnavailable)  # ImageError and MetadataError are ValueErrors
-
-
-_friendly_errors = friendly_errors(_device_errors)
+_friendly_errors = friendly_errors  # one line and an exit status per kind of error (edge/errors.py)
 
 
 _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -54,7 +48,18 @@ _runtime_options = [
     click.option("--threads", type=int, default=None, help="CPU threads for LiteRT / ONNX Runtime."),
     click.option("--max-batch", type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
     click.option("--memory-mb", type=int, default=1024, show_default=True, help="Activation memory budget."),
+    click.option(
+        "--no-integrity-check", is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."
+    ),
 ]
+
+
+def _open_runner(model, threads, max_batch, memory_mb, no_integrity_check):
+    from edge.runner import Runner
+
+    if no_integrity_check:
+        log.warning(f"{model}: --no-integrity-check: the model is run without checking its sha256")
+    return Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb, verify=not no_integrity_check)
 
 
 def _with_runtime_options(command):
@@ -86,7 +91,18 @@ def main(verbose, quiet):
 @_with_runtime_options
 @_friendly_errors
 def infer(
-    model, images, maps_dir, float_maps, batch_size, tile, resize, image_threshold, threads, max_batch, memory_mb
+    model,
+    images,
+    maps_dir,
+    float_maps,
+    batch_size,
+    tile,
+    resize,
+    image_threshold,
+    threads,
+    max_batch,
+    memory_mb,
+    no_integrity_check,
 ):
     """Score image files: one JSON line per image (docs/deployment.md, "Verdicts").
 
@@ -97,9 +113,8 @@ def infer(
     still scored, and the exit status is 1 at the end. IMAGES may be files or folders.
     """
     from edge.inspection import inspect_files
-    from edge.runner import Runner
 
-    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
     paths = find_images(images)
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
@@ -126,12 +141,11 @@ def infer(
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
 @_with_runtime_options
 @_friendly_errors
-def bench(model, batches, iters, warmup, threads, max_batch, memory_mb):
+def bench(model, batches, iters, warmup, threads, max_batch, memory_mb, no_integrity_check):
     """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
     from edge.bench import benchmark
-    from edge.runner import Runner
 
-    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
     for record in benchmark(runner, int_list(batches, positive=True, what="batch sizes"), iters=iters, warmup=warmup):
         click.echo(json.dumps({"model": Path(model).name, **record}))
 
@@ -146,7 +160,7 @@ def _load_calibration(calib_dir: Path, metadata) -> np.ndarray:
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(load_image(path))
     if not images:
-        raise ValueError(f"{calib_dir}: no .npy or image files to calibrate with")
+        raise InputError(f"{calib_dir}: no .npy or image files to calibrate with")
     return to_model_input(images, metadata.image_size, metadata.channels, metadata.input_dtype)
 
 
@@ -294,13 +308,13 @@ def stream(
     threads,
     max_batch,
     memory_mb,
+    no_integrity_check,
 ):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
     from edge.files import atomic_write_bytes
-    from edge.runner import Runner
     from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
 
-    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
     settings = StreamSettings(
         frame_height=frame_height,
         overlap=overlap,
@@ -354,7 +368,9 @@ def stream(
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per runner call.")
 @_with_runtime_options
 @_friendly_errors
-def video_command(model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb):
+def video_command(
+    model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb, no_integrity_check
+):
     """Score every frame of a video file or frame folder, with the paper's temporal smoothing.
 
     Writes OUTPUT with one row per frame: frame (1-based), score, smoothed (mean of
@@ -363,10 +379,9 @@ def video_command(model, video, window, normalise, output, batch_size, threads, 
     one-line JSON summary (docs/video.md, "On the device").
     """
     from edge.files import atomic_write_bytes
-    from edge.runner import Runner
     from edge.video import score_video
 
-    runner = Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)
     if scores.anomalous is None and (runner.thresholds or {}).get("smoothed_frame") is not None:

@@ -12,41 +12,53 @@ import functools
 import json
 import logging
 import sys
-from typing import Callable, Iterable
+from typing import Iterable
 
 import click
 
+from edge.errors import InputError, OutputError, RiadError, one_line
 
-def friendly_errors(expected: Callable[[], tuple[type[BaseException], ...]] = tuple):
-    """A decorator turning expected failures into a one-line error and exit status 1.
 
-    `ValueError` and `FileNotFoundError` are always expected; `expected`
-    returns more exception classes. It is called only when a command fails, so
-    a CLI can name classes from heavy modules without importing them up front.
+class _OneLineError(click.ClickException):
+    """A user-facing failure as click prints it ("Error: ..."), with the exit status of its kind."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def friendly_errors(command):
+    """A decorator turning the errors a user can act on into one line and the exit status of their kind.
+
+    `edge.errors.RiadError` (and the errors built on it) keeps its `exit_code`;
+    a missing file exits 3, any other `OSError` (a read-only folder, a full
+    disk) exits 5. Anything else is a bug: it keeps its traceback.
 
     Example:
 
-    >>> @friendly_errors()
+    >>> from edge.errors import ConfigError
+    >>> @friendly_errors
     ... def command():
-    ...     raise ValueError("data/x.png: cannot read image\\nmore detail")
-    >>> command()
-    Traceback (most recent call last):
-    click.exceptions.ClickException: data/x.png: cannot read image
+    ...     raise ConfigError("epochs: must be at least 1, got 0\\nmore detail")
+    >>> try:
+    ...     command()
+    ... except click.ClickException as err:
+    ...     print(err.exit_code, err.message)
+    4 epochs: must be at least 1, got 0
     """
 
-    def decorate(command):
-        @functools.wraps(command)
-        def wrapper(*args, **kwargs):
-            try:
-                return command(*args, **kwargs)
-            except Exception as err:
-                if not isinstance(err, (ValueError, FileNotFoundError, *expected())):
-                    raise
-                raise click.ClickException(str(err).splitlines()[0] if str(err) else repr(err)) from None
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except RiadError as err:
+            raise _OneLineError(one_line(err), err.exit_code) from None
+        except FileNotFoundError as err:
+            raise _OneLineError(one_line(err), InputError.exit_code) from None
+        except OSError as err:
+            raise _OneLineError(one_line(err), OutputError.exit_code) from None
 
-        return wrapper
-
-    return decorate
+    return wrapper
 
 
 def int_list(text: str | None, *, positive: bool = False, what: str = "integers") -> tuple[int, ...]:

@@ -19,11 +19,13 @@ import ctypes.util
 
 import numpy as np
 
+from edge.errors import RuntimeUnavailable
+
 _LIBRARY_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "cudart64_12.dll")
 _HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2
 
 
-class CudaError(RuntimeError):
+class CudaError(RuntimeUnavailable):
     """A CUDA runtime call failed, or the runtime library is missing."""
 
 

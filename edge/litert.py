@@ -38,6 +38,8 @@ import warnings
 
 import numpy as np
 
+from edge.errors import InputError, one_line
+
 
 class LiteRTSession:
     """Runs a `.tflite` model through its serving signature; implements `edge.session.Session`.
@@ -67,10 +69,10 @@ class LiteRTSession:
         self._open("xnnpack")
         signature = self._interpreter.get_signature_list()
         if len(signature) != 1:
-            raise ValueError(f"{path}: expected one serving signature, found {sorted(signature)}")
+            raise InputError(f"{path}: expected one serving signature, found {sorted(signature)}")
         ((self._key, names),) = signature.items()
         if len(names["inputs"]) != 1:
-            raise ValueError(f"{path}: expected one input, found {names['inputs']}")
+            raise InputError(f"{path}: expected one input, found {names['inputs']}")
         self.input_name = names["inputs"][0]
         self.output_names = tuple(names["outputs"])
         details = self._runner.get_input_details()[self.input_name]
@@ -81,13 +83,16 @@ class LiteRTSession:
     def _open(self, delegate: str) -> None:
         with warnings.catch_warnings():  # LiteRT calls preserve_all_tensors a debugging option: here it is the fix
             warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors", category=UserWarning)
-            self._interpreter = self._interpreter_class(
-                model_path=self._path,
-                num_threads=self._threads,
-                experimental_op_resolver_type=self._resolvers[delegate],
-                experimental_disable_delegate_clustering=True,  # wrong answers otherwise: see the module docstring
-                experimental_preserve_all_tensors=delegate == "xnnpack",  # likewise
-            )
+            try:
+                self._interpreter = self._interpreter_class(
+                    model_path=self._path,
+                    num_threads=self._threads,
+                    experimental_op_resolver_type=self._resolvers[delegate],
+                    experimental_disable_delegate_clustering=True,  # wrong answers otherwise: see the module docstring
+                    experimental_preserve_all_tensors=delegate == "xnnpack",  # likewise
+                )
+            except ValueError as err:  # LiteRT's answer to a file that is not a TFLite model
+                raise InputError(f"{self._path}: LiteRT cannot load this model: {one_line(err)}") from None
         self._runner = self._interpreter.get_signature_runner()
         self.delegate = delegate
 

@@ -53,6 +53,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.errors import InputError, one_line
 from edge.files import atomic_write_bytes
 
 SCHEMA = "riad-edge/1"
@@ -75,7 +76,7 @@ def scaled_widths(widths, multiplier: float = 1.0) -> tuple[int, ...]:
     return tuple(max(1, round(w * multiplier)) for w in widths)
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """A missing, unreadable or inconsistent metadata file; the message names the file."""
 
 
@@ -110,7 +111,9 @@ class ModelMetadata:
         self._check()
 
     def _check(self) -> None:
+        config = self.config if isinstance(self.config, dict) else {}
         checks = (
+            (isinstance(self.config, dict), "config is not a JSON object"),
             (self.schema == SCHEMA, f"schema {self.schema!r} is not {SCHEMA!r}"),
             (self.format in FORMATS, f"format {self.format!r} is not one of {FORMATS}"),
             (self.graph in GRAPHS, f"graph {self.graph!r} is not one of {GRAPHS}"),
@@ -121,10 +124,17 @@ class ModelMetadata:
         )
         for ok, problem in checks:
             if not ok:
-                raise ValueError(problem)
+                raise MetadataError(problem)
         for key in ("image_size", "channels", "ks", "n", "widths"):
-            if key not in self.config:
-                raise ValueError(f"config has no {key!r}")
+            if key not in config:
+                raise MetadataError(f"config has no {key!r}")
+        _check_config(config, self.input_shape)
+        if self.thresholds is not None and not (
+            isinstance(self.thresholds, dict) and _is_number(self.thresholds.get("image", 0.0))
+        ):
+            raise MetadataError(
+                f"thresholds must be null or an object with a numeric image threshold: {self.thresholds}"
+            )
 
     # Values the runner needs, read from the stored training config.
     @property
@@ -187,6 +197,33 @@ def write_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Pa
     return atomic_write_bytes(path, text.encode())
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_ints(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and v > 0 for v in value)
+
+
+def _check_config(config: dict, input_shape: tuple) -> None:
+    """The training config's values the runner relies on, checked against the model's input."""
+    rules = (
+        ("ks", _positive_ints(config["ks"]), "a non-empty list of positive integers"),
+        ("widths", _positive_ints(config["widths"]), "a list of positive integers"),
+        ("n", isinstance(config["n"], int) and config["n"] >= 1, "a positive integer"),
+        ("channels", config["channels"] in (1, 3), "1 or 3"),
+        ("image_size", _positive_ints(config["image_size"]) and len(config["image_size"]) == 2, "[height, width]"),
+    )
+    for key, ok, rule in rules:
+        if not ok:
+            raise MetadataError(f"config {key} must be {rule}, got {config[key]!r}")
+    if list(input_shape[1:3]) != list(config["image_size"]) or input_shape[3] != config["channels"]:
+        raise MetadataError(
+            f"input_shape {list(input_shape)} disagrees with the config's image_size {config['image_size']} "
+            f"and channels {config['channels']}"
+        )
+
+
 def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMetadata:
     """Reads `MODEL.json` beside a model file.
 
@@ -207,9 +244,12 @@ def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMe
     if not path.is_file():
         raise MetadataError(f"{path}: metadata not found; copy it with the model (riad-tf export writes it)")
     try:
-        metadata = ModelMetadata.from_dict(json.loads(path.read_text()))
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise MetadataError(f"a JSON object was expected, found {type(values).__name__}")
+        metadata = ModelMetadata.from_dict(values)
     except (OSError, ValueError, TypeError) as err:
-        raise MetadataError(f"{path}: not riad-edge metadata: {err}") from None
+        raise MetadataError(f"{path}: not riad-edge metadata: {one_line(err)}") from None
     if verify:
         _verify_file(model_path, metadata.sha256, path)
         if metadata.masks_file:
@@ -220,7 +260,12 @@ def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMe
 def _verify_file(path: Path, expected: str | None, meta_path: Path) -> None:
     if not path.is_file():
         raise MetadataError(f"{path}: file not found (named in {meta_path.name})")
-    if expected and file_sha256(path) != expected:
+    if not expected:
+        raise MetadataError(
+            f"{meta_path}: no sha256 for {path.name}, so its integrity cannot be checked; re-export it, "
+            "or pass --no-integrity-check to run it anyway"
+        )
+    if file_sha256(path) != expected:
         raise MetadataError(
             f"{path}: sha256 differs from {meta_path.name}; the model and its metadata do not belong together"
         )

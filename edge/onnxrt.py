@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from edge.errors import InputError, one_line
+
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
 
 
@@ -43,10 +45,13 @@ class OnnxSession:
             options.inter_op_num_threads = 1
         if providers is None:  # every local provider; the Azure one calls remote endpoints
             providers = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        except Exception as err:  # onnxruntime raises its own types (protobuf parse errors, Fail, ...)
+            raise InputError(f"{path}: ONNX Runtime cannot load this model: {one_line(err)}") from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise ValueError(f"{path}: expected one input, found {[i.name for i in inputs]}")
+            raise InputError(f"{path}: expected one input, found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.input_dtype = _ORT_TYPES.get(inputs[0].type, inputs[0].type)

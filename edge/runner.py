@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from edge import scoring
+from edge.errors import InputError
 from edge.images import to_model_input
 from edge.inpaint import assemble, check_masks, masked_copies
 from edge.metadata import EXTENSIONS, ModelMetadata, read_metadata
@@ -58,7 +59,7 @@ def open_session(
         from edge.trt import TensorRTSession
 
         return TensorRTSession(path, threads)
-    raise ValueError(f"{path}: unknown model type {path.suffix!r} (expected one of {', '.join(EXTENSIONS)})")
+    raise InputError(f"{path}: unknown model type {path.suffix!r} (expected one of {', '.join(EXTENSIONS)})")
 
 
 def activation_bytes_per_input(metadata: ModelMetadata) -> int:
@@ -136,20 +137,20 @@ class Runner:
             raise FileNotFoundError(f"{path}: model file not found")
         metadata = read_metadata(path, verify=verify)
         if EXTENSIONS.get(path.suffix.lower()) != metadata.format:
-            raise ValueError(f"{path}: the metadata describes a {metadata.format} model, not a {path.suffix} file")
+            raise InputError(f"{path}: the metadata describes a {metadata.format} model, not a {path.suffix} file")
         session = open_session(path, threads, providers)
         return cls(session, metadata, path.parent, max_batch=max_batch, memory_mb=memory_mb)
 
     def _check_session(self) -> None:
         meta, session = self.metadata, self.session
         if tuple(session.input_shape[1:]) != tuple(meta.input_shape[1:]) or session.input_dtype != meta.input_dtype:
-            raise ValueError(
+            raise InputError(
                 f"{meta.model_file}: the model takes {session.input_dtype} {list(session.input_shape)}, "
                 f"its metadata says {meta.input_dtype} {list(meta.input_shape)}"
             )
         missing = set(meta.output_names) - set(session.output_names)
         if missing:
-            raise ValueError(f"{meta.model_file}: outputs {sorted(missing)} named in the metadata are not in the model")
+            raise InputError(f"{meta.model_file}: outputs {sorted(missing)} named in the metadata are not in the model")
 
     def _max_batch(self, requested, memory_mb) -> int:
         fixed = self.session.input_shape[0]
@@ -267,7 +268,7 @@ class Runner:
 
     def _threshold(self, key: str) -> float:
         if not self.thresholds or self.thresholds.get(key) is None:
-            raise ValueError(
+            raise InputError(
                 f"{self.metadata.model_file}: no {key} threshold in its metadata; "
                 "calibrate the run before exporting (riad-tf evaluate)"
             )

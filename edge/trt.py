@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.cuda import CudaError, CudaRuntime, DeviceBuffer
+from edge.errors import RuntimeUnavailable
 
 INSTALL_HINT = (
     "on a Jetson it comes with JetPack (apt install python3-libnvinfer); on an x86 machine with an "
@@ -27,7 +28,7 @@ INSTALL_HINT = (
 )
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(RuntimeUnavailable):
     """TensorRT or an NVIDIA GPU is missing here; the message says which and what to do."""
 
 

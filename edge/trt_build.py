@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.cuda import CudaRuntime, DeviceBuffer
+from edge.errors import ConfigError, InputError, RuntimeUnavailable
 from edge.files import atomic_write_bytes
 from edge.inpaint import masked_copies
 from edge.metadata import ModelMetadata, file_sha256, read_metadata, write_metadata
@@ -169,7 +170,7 @@ def _calibration_batches(images: np.ndarray, metadata: ModelMetadata, model_dir:
         images = masked_copies(images, masks)
     usable = len(images) // batch * batch
     if usable == 0:
-        raise ValueError(f"INT8 calibration needs at least {batch} network inputs, got {len(images)}")
+        raise InputError(f"INT8 calibration needs at least {batch} network inputs, got {len(images)}")
     return [np.ascontiguousarray(images[i : i + batch]) for i in range(0, usable, batch)]
 
 
@@ -221,15 +222,15 @@ def build_engine(
     """
     trt = _import_tensorrt()
     if precision not in ("fp32", "fp16", "int8"):
-        raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+        raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     onnx_path = Path(onnx_path)
     metadata = read_metadata(onnx_path)
     if metadata.format != "onnx":
-        raise ValueError(f"{onnx_path}: build-engine takes an exported .onnx, not a {metadata.format} model")
+        raise InputError(f"{onnx_path}: build-engine takes an exported .onnx, not a {metadata.format} model")
     engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path, precision)
     cache_path = engine_path.with_name(engine_path.name + ".calib.cache")
     if precision == "int8" and calibration is None and not cache_path.is_file():
-        raise ValueError(f"INT8 needs representative images (--calib) or a calibration cache at {cache_path}")
+        raise InputError(f"INT8 needs representative images (--calib) or a calibration cache at {cache_path}")
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -237,7 +238,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+        raise InputError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
@@ -264,7 +265,7 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT could not build the engine (see its messages above)")
+        raise RuntimeUnavailable(f"{onnx_path}: TensorRT could not build the engine (see its messages above)")
     atomic_write_bytes(engine_path, bytes(serialized))
     return engine_path, write_engine_metadata(engine_path, onnx_path, precision)
 

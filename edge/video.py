@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edge.errors import InputError
 from edge.images import ImageError
 from edge.stream.sources import BadBlock, FrameFolder, VideoFile
 from edge.temporal import PAPER_WINDOW, minmax_normalise, temporal_smoothing
@@ -183,7 +184,7 @@ def score_video(
         if progress is not None:
             progress(done, time.perf_counter() - start)
     if not done:
-        raise ValueError(f"{source}: no frames could be decoded (empty video, or a codec OpenCV's FFmpeg lacks)")
+        raise InputError(f"{source}: no frames could be decoded (empty video, or a codec OpenCV's FFmpeg lacks)")
     scores = np.concatenate(scores).astype(np.float32)
     smoothed = temporal_smoothing(scores, window)
     threshold = smoothed_threshold(runner.metadata, window)

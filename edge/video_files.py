@@ -20,10 +20,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from edge.errors import InputError
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".webm")
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video file that cannot be opened or decoded; the message names the file."""
 
 

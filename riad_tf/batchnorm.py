@@ -29,6 +29,8 @@ from typing import Callable, Iterable
 
 import keras
 
+from edge.errors import TrainingError
+
 # The guard fires when the inference-mode loss exceeds the training-mode loss
 # on the same images and masks by this factor. A healthy model stays near 1
 # (measured 0.95-1.2 on magnetic tile, docs/accuracy.md); the lagging
@@ -36,7 +38,7 @@ import keras
 DIVERGENCE_RATIO = 1.5
 
 
-class BatchNormDivergenceError(RuntimeError):
+class BatchNormDivergenceError(TrainingError):
     """The trained model's inference-mode loss stays far above its training-mode loss."""
 
 

@@ -36,14 +36,7 @@ from edge.cli_options import (
 from edge.files import atomic_write_text
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
-
-def _training_errors() -> tuple[type[BaseException], ...]:
-    from riad_tf.batchnorm import BatchNormDivergenceError
-
-    return (BatchNormDivergenceError,)  # DataError and ExportError are ValueErrors
-
-
-_friendly_errors = friendly_errors(_training_errors)
+_friendly_errors = friendly_errors  # one line and an exit status per kind of error (edge/errors.py)
 log = logging.getLogger("riad_tf.cli")
 
 

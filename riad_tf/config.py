@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from edge.errors import ConfigError, one_line
 from edge.files import atomic_write_text
 from edge.metadata import scaled_widths
 
@@ -129,52 +130,55 @@ class RiadConfig:
     xla: bool = False
 
     def __post_init__(self):
-        # YAML gives lists; keep tuples so the object stays hashable and comparable.
-        for name in ("image_size", "widths", "ks"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        excluded = self.exclude_test_videos
-        excluded = [excluded] if isinstance(excluded, (str, int)) else excluded
-        object.__setattr__(self, "exclude_test_videos", tuple(str(v) for v in excluded))
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _checked_type(field.name, getattr(self, field.name), field.default))
         self.validate()
 
     def validate(self) -> None:
-        """Raises `ValueError` naming the offending value."""
+        """Raises `edge.errors.ConfigError` (a `ValueError`) naming the key and the rule it breaks."""
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ConfigError(f"image_size must be two positive ints (or one for a square), got {self.image_size}")
         height, width = self.image_size
-        if len(self.image_size) != 2 or height <= 0 or width <= 0:
-            raise ValueError(f"image_size must be two positive ints, got {self.image_size}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.ks:
+            raise ConfigError("ks must list at least one region size k")
+        if min(self.widths) < 1:
+            raise ConfigError(f"widths must be positive, got {self.widths}")
         if not self.width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be positive, got {self.width_multiplier}")
+            raise ConfigError(f"width_multiplier must be positive, got {self.width_multiplier}")
         if len(self.widths) != 5:
-            raise ValueError(f"widths must list 5 U-Net levels, got {self.widths}")
+            raise ConfigError(f"widths must list 5 U-Net levels, got {self.widths}")
         if height % 16 or width % 16:
-            raise ValueError(f"image_size {height}x{width} must be divisible by 16 (four 2x downsamplings)")
+            raise ConfigError(f"image_size {height}x{width} must be divisible by 16 (four 2x downsamplings)")
         for k in self.ks:
             if k <= 0 or height % k or width % k:
-                raise ValueError(f"region size k={k} does not divide image_size {height}x{width}")
+                raise ConfigError(f"ks: region size k={k} does not divide image_size {height}x{width}")
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
+            raise ConfigError(f"n must be at least 1, got {self.n}")
         if self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed}")
+            raise ConfigError(f"seed must be a non-negative int, got {self.seed}")
         if self.smoothing < 1:
-            raise ValueError(f"smoothing must be at least 1, got {self.smoothing}")
+            raise ConfigError(f"smoothing must be at least 1, got {self.smoothing}")
         if self.score_function not in ("msgms", "ssim"):
-            raise ValueError(f"score_function must be 'msgms' or 'ssim', got {self.score_function!r}")
+            raise ConfigError(f"score_function must be 'msgms' or 'ssim', got {self.score_function!r}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
-            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+            raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.min_region_area < 1:
-            raise ValueError(f"min_region_area must be at least 1, got {self.min_region_area}")
+            raise ConfigError(f"min_region_area must be at least 1, got {self.min_region_area}")
         if self.temporal_window < 1:
-            raise ValueError(f"temporal_window must be at least 1, got {self.temporal_window}")
+            raise ConfigError(f"temporal_window must be at least 1, got {self.temporal_window}")
         if self.train_frame_stride < 1:
-            raise ValueError(f"train_frame_stride must be at least 1, got {self.train_frame_stride}")
+            raise ConfigError(f"train_frame_stride must be at least 1, got {self.train_frame_stride}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}"
             )
         for name, choices in (
@@ -184,7 +188,7 @@ class RiadConfig:
             ("lr_schedule", LR_SCHEDULES),
         ):
             if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -212,7 +216,7 @@ class RiadConfig:
         """Returns a copy with `overrides` applied; unknown keys raise `ValueError`."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **dict(overrides))
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,21 +232,21 @@ class RiadConfig:
         """Reads a YAML (or JSON) config; `base:` names a config it extends.
 
         Raises:
-            ValueError: naming the file when it is not a mapping of known keys.
+            ConfigError: naming the file and the key when a value breaks a rule.
         """
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read config: {err}") from None
+            raise ConfigError(f"{path}: cannot read config: {one_line(err)}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config must be a mapping of keys to values")
+            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
         base = values.pop("base", None)
         parent = cls.load(path.parent / base) if base else cls()
         try:
             return parent.with_overrides(values)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the config as YAML (JSON for a .json path), atomically."""
@@ -252,3 +256,32 @@ class RiadConfig:
         else:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         atomic_write_text(path, text)
+
+
+def _checked_type(name: str, value: Any, default: Any) -> Any:
+    """`value` in the type of the field's default (YAML lists become tuples); a `ConfigError` names the key."""
+
+    def fail(kind: str):
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+    if isinstance(default, tuple):
+        if name == "exclude_test_videos":
+            return tuple(str(v) for v in ([value] if isinstance(value, (str, int)) else value or ()))
+        if name == "image_size" and isinstance(value, int) and not isinstance(value, bool):
+            value = (value, value)  # one number: a square
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            fail("a list of integers")
+        return tuple(int(v) for v in value)
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else fail("true or false")
+    if isinstance(default, int) or (default is None and name == "lr_decay_epoch"):
+        if value is None and default is None:
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail("an integer")
+    if isinstance(default, float):
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else fail("a number")
+    if isinstance(default, str):
+        return value if isinstance(value, str) else fail("a string")
+    return value

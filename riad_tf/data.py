@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -34,16 +35,18 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from edge.errors import InputError
 from edge.images import IMAGE_EXTENSIONS, ImageError, load_image, open_image, prepare_image, resize_image
 
 # Folder names that say nothing about the defect: `MT_Crack/Imgs/x.jpg` is a crack.
 GENERIC_FOLDER_NAMES = frozenset({"imgs", "img", "images", "image"})
 MASK_SUFFIX = "_mask"
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input data; the message is one line naming the file or folder and the problem."""
 
 
@@ -107,7 +110,7 @@ def load_mvtec(category_dir: PathLike) -> DataSplit:
     'contamination'
     """
     root = Path(category_dir)
-    train = [Sample(p, 0) for p in _images_in(root / "train" / "good")]
+    train = [Sample(p, 0) for p in _images_in(root / "train" / "good", masks_expected=False)]
     test_dir = root / "test"
     if not test_dir.is_dir():
         raise DataError(f"{test_dir}: folder not found (an MVTec category needs test/<defect>/)")
@@ -370,11 +373,15 @@ def _images_in_all(dirs: PathLike | Sequence[PathLike]) -> list[Path]:
     return [p for d in _as_dirs(dirs) for p in _images_in(d)]
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """The images under `folder` (recursively, sorted), masks left out."""
+def _images_in(folder: Path, masks_expected: bool = True) -> list[Path]:
+    """The images under `folder` (recursively, sorted), masks left out.
+
+    With `masks_expected` False (MVTec's train/good, where no masks belong), a
+    file left out as a mask is reported with a warning.
+    """
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
-    images = []
+    images, skipped = [], []
     for current, subdirs, names in os.walk(folder):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         files = [n for n in names if not n.startswith(".") and _is_image_name(n)]
@@ -382,8 +389,12 @@ def _images_in(folder: Path) -> list[Path]:
         for name in files:
             stems.setdefault(Path(name).stem, []).append(name)
         for name in sorted(files):
-            if not _is_mask_name(name, stems):
-                images.append(Path(current) / name)
+            (images if not _is_mask_name(name, stems) else skipped).append(Path(current) / name)
+    if skipped and not masks_expected:
+        log.warning(
+            f"{folder}: {len(skipped)} file(s) left out as masks (NAME_mask.*, or NAME.png beside an image "
+            f"NAME.jpg), first: {skipped[0].name}; rename them if they are training images"
+        )
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return images

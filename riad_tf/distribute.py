@@ -38,6 +38,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from edge.errors import ConfigError, RuntimeUnavailable
 from riad_tf.config import MIXED_PRECISION, STRATEGIES
 
 MULTI_WORKER = ("multi_worker", "slurm", "kubernetes")
@@ -62,7 +63,7 @@ def split_cpu(replicas: int) -> list[str]:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     except RuntimeError as err:
-        raise RuntimeError(f"split_cpu({replicas}) must run before TensorFlow initialises: {err}") from None
+        raise ConfigError(f"split_cpu({replicas}) must run before TensorFlow initialises: {err}") from None
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
@@ -87,14 +88,16 @@ def _kubernetes_resolver(client=None):
             from kubernetes import client as k8s_client
             from kubernetes import config as k8s_config
         except ImportError:
-            raise RuntimeError("strategy 'kubernetes' needs the Kubernetes client: pip install kubernetes") from None
+            raise RuntimeUnavailable(
+                "strategy 'kubernetes' needs the Kubernetes client: pip install kubernetes"
+            ) from None
         k8s_config.load_incluster_config()
         client = k8s_client.CoreV1Api()
     # The resolver lists the same pods sorted by name; this pod's place there is its task id.
     names = sorted(pod.metadata.name for pod in client.list_pod_for_all_namespaces(label_selector=selector).items)
     own = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
     if own not in names:
-        raise RuntimeError(f"pod {own!r} is not among the pods selected by {selector!r}: {names}")
+        raise ConfigError(f"pod {own!r} is not among the pods selected by {selector!r}: {names}")
     resolver = tf.distribute.cluster_resolver.KubernetesClusterResolver(
         {"worker": [selector]}, tf_server_port=port, override_client=client
     )
@@ -129,7 +132,7 @@ def cluster_resolver(name: str, k8s_client=None):
     resolvers = tf.distribute.cluster_resolver
     if name == "multi_worker":
         if not json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster"):
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG with a cluster (see docs/distributed.md)")
+            raise ConfigError("strategy 'multi_worker' needs TF_CONFIG with a cluster (see docs/distributed.md)")
         return resolvers.TFConfigClusterResolver()
     if name == "slurm":
         port_base = int(os.environ.get("RIAD_SLURM_PORT", DEFAULT_SLURM_PORT))
@@ -144,7 +147,7 @@ def cluster_resolver(name: str, k8s_client=None):
         return resolver
     if name == "kubernetes":
         return _kubernetes_resolver(k8s_client)
-    raise ValueError(f"{name!r} is not a multi-worker strategy (one of {', '.join(MULTI_WORKER)})")
+    raise ConfigError(f"{name!r} is not a multi-worker strategy (one of {', '.join(MULTI_WORKER)})")
 
 
 def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf.distribute.Strategy:
@@ -163,7 +166,7 @@ def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf
     True
     """
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -172,7 +175,7 @@ def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     except RuntimeError as err:
-        raise RuntimeError(
+        raise ConfigError(
             f"cannot start strategy {name!r}: {err} (a multi-worker strategy must be created before TensorFlow runs any op)"
         ) from None
 
@@ -243,7 +246,7 @@ def assert_workers_agree(strategy: tf.distribute.Strategy, value: int, what: str
     replicas = strategy.num_replicas_in_sync
     mean = total / replicas
     if total_sq / replicas - mean * mean > 1e-3:
-        raise RuntimeError(
+        raise ConfigError(
             f"workers disagree on the {what} (this worker: {value}, mean {mean:g}); "
             "the run directory must be on a filesystem all workers share (docs/distributed.md)"
         )
@@ -300,7 +303,7 @@ def resolve_precision(name: str, xla: bool = False, native_bf16: bool | None = N
     ('mixed_bfloat16', 'float32')
     """
     if name not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {name!r}")
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {name!r}")
     if name == "off":
         return "float32"
     if name == "auto":

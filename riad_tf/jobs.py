@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from edge.errors import InputError
 from edge.files import atomic_write_text
 from edge.inspection import inspect_files, preprocessing_record
 from edge.predictions import MapNames, error_record, with_overrides
@@ -124,20 +125,31 @@ def train_job(
         The calibrated thresholds; None on a non-chief worker of a multi-worker job.
     """
     from riad_tf.distribute import is_chief, make_strategy, task
-    from riad_tf.video.jobs import train_video_run
 
     strategy = strategy or make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
+    runs.check_rerun(out_dir, config, spec)  # before anything is written
     spec = spec or runs.load_data_spec(out_dir)
     if spec is None:
-        raise ValueError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
-    split, _ = load_data(spec, skip_unreadable)
-    if is_chief(strategy):
-        runs.save_data_spec(out_dir, spec)
-    job = train_video_run if _is_video(split) else train_run
-    thresholds = job(config, split, out_dir, progress=progress, strategy=strategy)
-    if not is_chief(strategy):
+        raise InputError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
+    skip_unreadable = skip_unreadable or bool(spec.get("skip_unreadable"))
+    if not is_chief(strategy):  # a non-chief worker of a multi-worker job: the chief writes the run
+        thresholds = _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=False)
         log.info("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
-    return thresholds
+        return thresholds
+    runs.check_writable(out_dir, runs.estimated_run_bytes(config))
+    with runs.run_lock(out_dir, "riad-tf train"):
+        runs.remove_temporaries(out_dir)
+        return _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=True)
+
+
+def _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief: bool) -> dict | None:
+    from riad_tf.video.jobs import train_video_run
+
+    split, _ = load_data(spec, skip_unreadable)
+    if chief:
+        runs.save_data_spec(out_dir, {**spec, "skip_unreadable": skip_unreadable})
+    job = train_video_run if _is_video(split) else train_run
+    return job(config, split, out_dir, progress=progress, strategy=strategy)
 
 
 def evaluate_job(
@@ -161,7 +173,8 @@ def evaluate_job(
 
     spec = spec or runs.load_data_spec(run_dir)
     if spec is None:
-        raise ValueError(f"{run_dir}: give the data set (--data); the run does not record one")
+        raise InputError(f"{run_dir}: give the data set (--data); the run does not record one")
+    skip_unreadable = skip_unreadable or bool(spec.get("skip_unreadable"))  # as the run was trained
     split, skipped = load_data(spec, skip_unreadable=True)
     if not split.test:
         raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
@@ -230,7 +243,7 @@ def calibrate_run(
     from edge.verdicts import ConformalThreshold
 
     if len(good_images) == 0:
-        raise ValueError(f"{run_dir}: no held-out good images to calibrate thresholds on")
+        raise InputError(f"{run_dir}: no held-out good images to calibrate thresholds on")
     maps, scores = runs.load_detector(run_dir).score(good_images, batch_size)
     thresholds = metrics.calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
     bound = ConformalThreshold(thresholds["image"], target_fpr, thresholds["supported_fpr"], len(scores))
@@ -261,10 +274,11 @@ def calibrate_job(
     config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
     paths = find_images(good)
     if not paths:
-        raise ValueError(f"no images in {', '.join(map(str, good))}")
+        raise InputError(f"no images in {', '.join(map(str, good))}")
     images = np.stack([read_image(p, config.image_size, config.channels) for p in paths])
-    thresholds = calibrate_run(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
-    runs.save_config(run_dir, config)
+    with runs.run_lock(run_dir, "riad-tf calibrate"):
+        thresholds = calibrate_run(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
+        runs.save_config(run_dir, config)
     return thresholds
 
 

@@ -12,6 +12,16 @@ Layout of `RUN/` (the names are this module's constants; nothing else spells the
         best_weights.npz      BEST_WEIGHTS_FILE: the epoch with the lowest validation loss
     logs/                     LOGS_DIR: TensorBoard event files
     eval/                     EVAL_DIR: `riad-tf evaluate`'s default output (metrics, report)
+    .lock                     LOCK_FILE: held while a command writes the run (`run_lock`)
+
+What a user can rely on: outputs are written to a temporary name and renamed,
+so a file is either the old one or the new one; `train` and `calibrate` hold
+the run's lock, so a second writer is refused (a lock left by a killed process
+is released by the system and taken over); a re-run with another data set or
+another configuration is refused before anything is written (`check_rerun`);
+and free space and writability are checked before training starts
+(`check_writable`). Temporaries of an interrupted save are removed on the next
+start (`remove_temporaries`).
 
 Example:
 
@@ -27,11 +37,19 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import shutil
+import socket
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from edge.errors import ConfigError, InputError, OutputError, RunLocked, one_line
 from edge.files import atomic_path, atomic_write_text
 from riad_tf.config import RiadConfig
 
@@ -45,6 +63,9 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best_weights.npz"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
+LOCK_FILE = ".lock"
+# Keys that may change when a run is resumed: a longer schedule, another place to train.
+RESUMABLE_KEYS = frozenset({"epochs", "lr_decay_epoch", "strategy", "xla"})
 REPRESENTATIVE_IMAGES = 128  # int8 calibration images, at most
 
 
@@ -82,7 +103,10 @@ def load_unet(run_dir):
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model; has training finished?")
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # Keras reports a damaged archive in many ways (zipfile, h5py, JSON, "not found")
+        raise InputError(f"{path}: cannot load the model, the file is damaged: {one_line(err)}") from None
 
 
 def load_detector(run_dir):
@@ -141,3 +165,101 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
     split, _ = load_split(spec, skip_unreadable=True)
     kept, _ = split_holdout(split.train, config.val_fraction, config.seed)
     return load_arrays(kept[:limit], config)
+
+
+# ----------------------------------------------------------------------------
+# Safe writing: lock, re-run check, space, temporaries
+
+
+@contextlib.contextmanager
+def run_lock(run_dir, command: str = "riad-tf") -> Iterator[None]:
+    """Holds `RUN/.lock` (an OS file lock) while a command writes the run.
+
+    A second writer gets `RunLocked` naming the holder. The system releases
+    the lock when its process ends, even by `kill -9`, so a stale lock is
+    simply taken over.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish or stop it") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {started})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def check_rerun(run_dir, config: RiadConfig, spec: dict | None) -> None:
+    """Refuses, before anything is written, to train into a run of another configuration or data set.
+
+    Only `RESUMABLE_KEYS` may differ from the stored config (resuming with more
+    epochs, say); the data set must be the recorded one.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).is_file():
+        old, new = load_config(run_dir).to_dict(), config.to_dict()
+        changed = sorted(k for k in new if k not in RESUMABLE_KEYS and old.get(k) != new[k])
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k)} -> {new[k]}" for k in changed[:4])
+            raise ConfigError(f"{run_dir} holds a run of another configuration ({detail}); use another --out")
+    stored = load_data_spec(run_dir)
+    if stored is not None and spec is not None and _without_options(stored) != _without_options(spec):
+        raise InputError(f"{run_dir} was trained on another data set ({DATA_FILE}); use another --out")
+
+
+def _without_options(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "skip_unreadable"}
+
+
+def estimated_run_bytes(config: RiadConfig) -> int:
+    """A generous estimate of what training writes: the model, two checkpoints with Adam's state, the best weights.
+
+    About 47.5 parameters per squared width (29 M at the default widths).
+    """
+    parameters = 47.5 * sum(w * w for w in config.unet_widths)
+    return int(parameters * 4 * 9) + 32 * 2**20
+
+
+def check_writable(folder, need_bytes: int = 0) -> None:
+    """Raises `OutputError` unless `folder` can be created and written and has `need_bytes` free."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write-test") as tmp:
+            Path(tmp).write_bytes(b"ok")
+        (folder / ".write-test").unlink()
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot write here: {err.strerror or err}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise OutputError(
+            f"{folder}: {free / 2**20:.0f} MiB free, training this model needs about {need_bytes / 2**20:.0f} MiB"
+        )
+
+
+def remove_temporaries(run_dir) -> list[Path]:
+    """Deletes what an interrupted save left behind (hidden `.NAME.*` temporaries, `ckpt-*_temp` folders)."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob(".*.*") if p.name not in (LOCK_FILE,) and p.is_file()]
+    found += [p for p in (run_dir / CHECKPOINT_DIR).glob("*_temp*")] if (run_dir / CHECKPOINT_DIR).is_dir() else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if found:
+        logging.getLogger(__name__).info(f"removed {len(found)} temporary file(s) of an interrupted run in {run_dir}")
+    return found

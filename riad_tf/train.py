@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from edge.errors import InputError
 from edge.files import atomic_path, atomic_write_text
 from riad_tf.batchnorm import (
     DIVERGENCE_RATIO,
@@ -459,16 +460,16 @@ def float32_copy(unet, config: RiadConfig, weights: list[np.ndarray] | None = No
 def _batching(config: RiadConfig, replicas: int, num_images: int) -> tuple[int, bool, int]:
     """(global batch, drop the remainder, steps per epoch); raises on settings that cannot train."""
     if num_images == 0:
-        raise ValueError("no training images")
+        raise InputError("no training images")
     if config.xla and config.sync_batchnorm and replicas > 1:
-        raise ValueError(
+        raise InputError(
             "xla cannot compile synchronised batch norm across replicas: set xla or sync_batchnorm to false"
         )
     global_batch = config.batch_size * replicas
     # Equal shares for every replica: with more than one, each epoch drops its last partial batch.
     drop_remainder = replicas > 1
     if drop_remainder and num_images < global_batch:
-        raise ValueError(
+        raise InputError(
             f"{num_images} training images are fewer than one global batch ({config.batch_size} x {replicas} replicas)"
         )
     steps = num_images // global_batch if drop_remainder else -(-num_images // global_batch)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from edge.errors import ConfigError
 from riad_tf.config import RiadConfig
 from riad_tf.distribute import (
     cluster_resolver,
@@ -125,7 +126,7 @@ def test_kubernetes_resolver_task_is_place_among_sorted_pods(monkeypatch):
     assert (resolver.task_type, resolver.task_id) == ("worker", 2) and workers[2].startswith("10.0.0.2:")
     assert set(selectors) == {"app=riad-train"}
     monkeypatch.setenv("POD_NAME", "someone-else")
-    with pytest.raises(RuntimeError, match="someone-else"):
+    with pytest.raises(ConfigError, match="someone-else"):
         cluster_resolver("kubernetes", k8s_client=FakeCoreV1())
 
 

@@ -418,7 +418,7 @@ def test_cli_errors_are_one_line(tmp_path, toy_unet):
     model = tmp_path / "model.pb"
     model.write_bytes(b"")
     result = CliRunner().invoke(main, ["bench", str(model)])
-    assert result.exit_code == 1 and "metadata not found" in result.output
+    assert result.exit_code == 3 and "metadata not found" in result.output
 
 
 # ----------------------------------------------------------------------------

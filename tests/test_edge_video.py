@@ -189,13 +189,13 @@ def test_bad_videos_fail_with_one_line_naming_the_file(onnx_model, tmp_path):
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     out = tmp_path / "scores.csv"
     result = run_video(onnx_model, corrupt, "--output", out)
-    assert result.exit_code == 1 and str(corrupt) in result.output, result.output
+    assert result.exit_code == 3 and str(corrupt) in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
     zero = tmp_path / "zero.avi"  # a valid container without a frame
     cv2.VideoWriter(str(zero), cv2.VideoWriter_fourcc(*"FFV1"), 10, FRAME_SHAPE[::-1]).release()
     result = run_video(onnx_model, zero, "--output", out)
-    assert result.exit_code == 1 and str(zero) in result.output and "no frames" in result.output, result.output
+    assert result.exit_code == 3 and str(zero) in result.output and "no frames" in result.output, result.output
 
     missing = tmp_path / "missing.avi"
     result = run_video(onnx_model, missing, "--output", out)
@@ -204,14 +204,14 @@ def test_bad_videos_fail_with_one_line_naming_the_file(onnx_model, tmp_path):
     empty = tmp_path / "empty_frames"
     empty.mkdir()
     result = run_video(onnx_model, empty, "--output", out)
-    assert result.exit_code == 1 and str(empty) in result.output and not out.exists()
+    assert result.exit_code == 3 and str(empty) in result.output and not out.exists()
 
     broken = tmp_path / "broken_frames"
     broken.mkdir()
     cv2.imwrite(str(broken / "1.png"), np.zeros((8, 8), np.uint8))
     (broken / "2.png").write_bytes(b"not a png")
     result = run_video(onnx_model, broken, "--output", out)
-    assert result.exit_code == 1 and "2.png" in result.output and not out.exists()
+    assert result.exit_code == 3 and "2.png" in result.output and not out.exists()
 
 
 def test_the_video_command_imports_no_tensorflow(onnx_model, video_file, tmp_path):

@@ -452,7 +452,7 @@ def test_cli_stream_writes_records_overlays_and_summary(trained_onnx, tmp_path):
     assert defective and all(Path(f["overlay"]).is_file() for f in defective)
     assert len(list(overlays.iterdir())) == len(defective)  # overlays for defective frames only
     failed = CliRunner().invoke(main, ["stream", str(trained_onnx), "--source", "raw:-"])
-    assert failed.exit_code == 1 and "--width" in failed.output
+    assert failed.exit_code == 3 and "--width" in failed.output
 
 
 def test_stream_package_never_imports_tensorflow():

@@ -300,7 +300,7 @@ def test_evaluate_scores_the_rest_when_one_test_image_is_unreadable(trained_run,
     result = CliRunner().invoke(
         main, ["evaluate", str(trained_run), "--data", str(copy), "--out", str(out), "--no-report"]
     )
-    assert result.exit_code == 1 and broken.name in result.output and "the metrics cover the rest" in result.output
+    assert result.exit_code == 3 and broken.name in result.output and "the metrics cover the rest" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == len(list((dataset / "test").rglob("*.png"))) - 1
     (error,) = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]

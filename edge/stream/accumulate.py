@@ -27,6 +27,7 @@ from collections import deque
 
 import numpy as np
 
+from edge.errors import ConfigError
 from edge.images import ImageError, as_unit_float
 from edge.stream.sources import BadBlock, LineBlock
 
@@ -69,7 +70,7 @@ class FrameAccumulator:
 
     def __init__(self, height: int, overlap: int = 0, width: int | None = None, fixed_block_height: bool = False):
         if height < 1 or not 0 <= overlap < height:
-            raise ValueError(f"frame height must be >= 1 and 0 <= overlap < height, got {height} and {overlap}")
+            raise ConfigError(f"frame height must be >= 1 and 0 <= overlap < height, got {height} and {overlap}")
         self.height, self.overlap, self.width = int(height), int(overlap), width
         self.fixed_block_height = fixed_block_height
         self.block_height: int | None = None

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 
+from edge.errors import ConfigError, InputError
 from edge.stream.accumulate import FrameAccumulator
 from edge.stream.output import LatencyStats, write_overlay
 from edge.stream.regions import RegionTracker
@@ -78,16 +79,16 @@ class StreamSettings:
 
     def __post_init__(self):
         if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.queue_size < 1 or self.batch_frames < 1:
-            raise ValueError("queue_size and batch_frames must be >= 1")
+            raise ConfigError("queue_size and batch_frames must be >= 1")
 
 
 def _thresholds(runner, settings: StreamSettings) -> tuple[float, float | None]:
     known = getattr(runner, "thresholds", None) or {}
     pixel = settings.pixel_threshold if settings.pixel_threshold is not None else known.get("region")
     if pixel is None:
-        raise ValueError("no region threshold: the model metadata has none; give --pixel-threshold")
+        raise InputError("no region threshold: the model metadata has none; give --pixel-threshold")
     image = settings.image_threshold if settings.image_threshold is not None else known.get("image")
     return float(pixel), None if image is None else float(image)
 

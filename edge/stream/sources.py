@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from edge.errors import ConfigError, InputError
 from edge.images import IMAGE_EXTENSIONS, ImageError, frame_files, load_image
 from edge.video_files import VIDEO_EXTENSIONS, decode_video
 
@@ -101,7 +102,7 @@ class FrameFolder:
             raise FileNotFoundError(f"{self.folder}: no such folder")
         self.files = frame_files(self.folder)
         if not self.files:
-            raise ValueError(f"{self.folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InputError(f"{self.folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
 
     def __iter__(self):
         last_height = 0
@@ -153,7 +154,7 @@ class ImageLineScan:
         self.origin = str(image) if isinstance(image, (str, os.PathLike)) else "array"
         self.image = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
         if line_rate < 0 or lines_per_block < 1 or repeat < 1:
-            raise ValueError("line_rate must be >= 0, lines_per_block and repeat >= 1")
+            raise ConfigError("line_rate must be >= 0, lines_per_block and repeat >= 1")
         self.line_rate = float(line_rate)
         self.lines_per_block = int(lines_per_block)
         self.repeat = int(repeat)
@@ -201,9 +202,9 @@ class RawLines:
         closer=None,
     ):
         if dtype not in RAW_DTYPES:
-            raise ValueError(f"{name}: raw dtype must be one of {', '.join(RAW_DTYPES)}, got {dtype!r}")
+            raise InputError(f"{name}: raw dtype must be one of {', '.join(RAW_DTYPES)}, got {dtype!r}")
         if width < 1 or channels not in (1, 3) or lines_per_block < 1:
-            raise ValueError(f"{name}: raw lines need width >= 1 and 1 or 3 channels, got {width} x {channels}")
+            raise InputError(f"{name}: raw lines need width >= 1 and 1 or 3 channels, got {width} x {channels}")
         self.stream, self.name, self._closer = stream, name, closer
         self.width, self.channels, self.dtype = int(width), int(channels), np.dtype(dtype)
         self.line_bytes = self.width * self.channels * self.dtype.itemsize
@@ -253,8 +254,11 @@ def open_raw(target: str, **options) -> RawLines:
     if target.startswith("tcp://"):
         host, _, port = target[len("tcp://") :].rpartition(":")
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            raise ValueError(f"{target}: only loopback TCP sources are supported (127.0.0.1, localhost, ::1)")
-        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+            raise InputError(f"{target}: only loopback TCP sources are supported (127.0.0.1, localhost, ::1)")
+        try:
+            connection = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+        except OSError as err:
+            raise InputError(f"{target}: cannot connect: {err.strerror or err}") from None
         connection.settimeout(None)
         reader = connection.makefile("rb")
 
@@ -279,7 +283,7 @@ _PLUGINS: dict[str, Callable[..., LineSource]] = {}
 def register_source(scheme: str, factory: Callable[..., LineSource]) -> None:
     """Makes `SCHEME:ARGS` open `factory(ARGS, **options)` (a camera SDK adapter, for example)."""
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or scheme in ("raw", "tcp"):
-        raise ValueError(f"{scheme!r} is not a usable source scheme")
+        raise InputError(f"{scheme!r} is not a usable source scheme")
     _PLUGINS[scheme] = factory
 
 
@@ -313,7 +317,7 @@ def open_source(
     scheme, sep, rest = spec.partition(":")
     if spec.startswith("tcp://") or (sep and scheme == "raw"):
         if not width:
-            raise ValueError(f"{spec}: raw lines need --width (and --dtype, --channels)")
+            raise InputError(f"{spec}: raw lines need --width (and --dtype, --channels)")
         return open_raw(
             spec if spec.startswith("tcp://") else rest,
             width=width,
@@ -324,7 +328,7 @@ def open_source(
     if sep and len(scheme) > 1 and not Path(spec).exists():
         factory = _plugin(scheme)
         if factory is None:
-            raise ValueError(f"{spec}: no source plug-in registered for {scheme!r}")
+            raise InputError(f"{spec}: no source plug-in registered for {scheme!r}")
         return factory(
             rest, width=width, channels=channels, dtype=dtype, line_rate=line_rate, lines_per_block=lines_per_block
         )
@@ -337,4 +341,4 @@ def open_source(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
         return ImageLineScan(path, line_rate=line_rate, lines_per_block=lines_per_block, repeat=repeat)
-    raise ValueError(f"{spec}: not a folder, video, image, raw:TARGET, tcp://127.0.0.1:PORT or registered plug-in")
+    raise InputError(f"{spec}: not a folder, video, image, raw:TARGET, tcp://127.0.0.1:PORT or registered plug-in")

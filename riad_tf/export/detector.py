@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from edge.errors import ConfigError
 from edge.files import atomic_write_bytes
 from edge.images import to_model_input
 from edge.inpaint import masked_copies
@@ -117,7 +118,7 @@ def export_detector(
         detector(tf.zeros((1, *config.input_shape)))
     representative = _prepare_images(representative_images, config, uint8_input)
     if precision == "int8" and trt and representative is None:
-        raise ValueError("an int8 TensorRT engine needs representative_images for its calibration")
+        raise ConfigError("an int8 TensorRT engine needs representative_images for its calibration")
     onnx_int8 = "onnx" in formats and precision == "int8" and representative is not None and not trt
     if "onnx" in formats and precision != "fp32" and not trt and not onnx_int8:
         warnings.warn(
@@ -178,14 +179,14 @@ def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:
         formats = (formats,)
     unknown = set(formats) - set(FORMATS)
     if unknown:
-        raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
+        raise ConfigError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
-        raise ValueError(f"batch must be a positive int or None (dynamic), got {batch!r}")
+        raise ConfigError(f"batch must be a positive int or None (dynamic), got {batch!r}")
     formats = tuple(f for f in FORMATS if f in formats or (f == "onnx" and trt))
     if not formats:
-        raise ValueError("nothing to export: give formats (tflite, onnx) or trt=True")
+        raise ConfigError("nothing to export: give formats (tflite, onnx) or trt=True")
     return formats
 
 
@@ -195,7 +196,7 @@ def _prepare_images(images, config, uint8_input: bool) -> np.ndarray | None:
         return None
     images = np.asarray(images)
     if images.ndim not in (3, 4) or len(images) == 0:
-        raise ValueError(f"representative_images must be a non-empty (N, H, W[, C]) array, got shape {images.shape}")
+        raise ConfigError(f"representative_images must be a non-empty (N, H, W[, C]) array, got shape {images.shape}")
     images = images[:MAX_CALIBRATION_IMAGES]
     return to_model_input(list(images), config.image_size, config.channels, "uint8" if uint8_input else "float32")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from edge.errors import RiadError
 
-class ExportError(ValueError):
+
+class ExportError(RiadError, ValueError):
     """An export that cannot be completed; `written` holds the files already written."""
 
     def __init__(self, message: str, written: dict | None = None):

@@ -35,6 +35,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edge.errors import InputError
 from edge.files import atomic_write_text
 from edge.temporal import minmax_normalise, temporal_smoothing
 from edge.verdicts import conformal_threshold
@@ -195,7 +196,7 @@ def calibrate_video_run(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> 
         maps.append(clip_maps)
         smoothed.append(temporal_smoothing(clip_scores, config.temporal_window))
     if not scores or sum(len(s) for s in scores) == 0:
-        raise ValueError(f"{run_dir}: no held-out normal frames to calibrate thresholds on")
+        raise InputError(f"{run_dir}: no held-out normal frames to calibrate thresholds on")
     thresholds = metrics.calibrate(np.concatenate(scores), np.concatenate(maps), config.target_fpr)
     thresholds["smoothed_frame"] = conformal_threshold(np.concatenate(smoothed), config.target_fpr).threshold
     thresholds["temporal_window"] = config.temporal_window

@@ -1,0 +1,293 @@
+"""Faults through the command lines: each ends in one clear line and an exit status, nothing lost, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edge.cli import main as edge_main
+from riad_tf.cli import main
+from riad_tf.synthetic import make_synthetic_dataset
+
+TINY = ["--image-size", "32", "--batch-size", "4", "--no-progress", "--set", "widths=[4,8,8,16,16]"]
+TINY += ["--set", "ks=[2,4]", "--set", "smoothing=5"]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    first = make_synthetic_dataset(root / "a", image_size=32, n_train=8, n_test_good=2, n_test_defect=2)
+    second = make_synthetic_dataset(root / "b", image_size=32, n_train=8, n_test_good=2, n_test_defect=2, seed=1)
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def trained(datasets, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(run), "--epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from riad_tf.export import export_run
+
+    return export_run(trained, tmp_path_factory.mktemp("export"), formats=("onnx",), batch=None)["onnx"]
+
+
+Failure = namedtuple("Failure", "code line")
+
+
+def _failure(result) -> Failure:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return Failure(result.exit_code, lines[0])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--epochs", "-3"], "epochs must be at least 1"),
+        (["--learning-rate", "-1"], "learning_rate must be positive"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--set", "ks=[]"], "ks must list at least one"),
+        (["--set", "ks=[3]"], "ks: region size k=3"),
+        (["--set", "epochs=ten"], "epochs must be an integer"),
+        (["--set", "channels=x"], "channels must be an integer"),
+    ],
+)
+def test_bad_config_values_are_refused_naming_the_key(options, words, datasets, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(out), *TINY, *options])
+    failure = _failure(result)
+    assert failure.code == 4 and words in failure.line
+    assert not out.exists()  # refused before anything is written
+
+
+def test_a_square_image_size_may_be_one_number(datasets, tmp_path):
+    from riad_tf.config import RiadConfig
+
+    assert RiadConfig(image_size=64, ks=(2, 4), smoothing=5).image_size == (64, 64)
+    config = tmp_path / "c.yaml"
+    config.write_text("image_size: 64\nks: [2, 4]\n")
+    assert RiadConfig.load(config).image_size == (64, 64)
+
+
+# ----------------------------------------------------------------------------
+# Output folders
+
+
+def test_an_output_that_cannot_be_written_exits_5(datasets, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(blocker / "run"), *TINY])
+    failure = _failure(result)
+    assert failure.code == 5 and "a-file" in failure.line
+
+
+def test_too_little_free_space_is_found_before_training(datasets, tmp_path, monkeypatch):
+    import riad_tf.run
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(riad_tf.run.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    out = tmp_path / "run"
+    failure = _failure(CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(out), *TINY]))
+    assert failure.code == 5 and "1 MiB free" in failure.line
+    assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------
+# Re-runs, locks, leftovers
+
+
+def test_a_failed_re_run_leaves_a_finished_run_as_it_was(trained, datasets):
+    before = _snapshot(trained)
+    other_data = CliRunner().invoke(main, ["train", "--data", str(datasets[1]), "--out", str(trained), *TINY])
+    assert _failure(other_data).code == 3 and "another data set" in _failure(other_data).line
+    other_config = CliRunner().invoke(
+        main, ["train", "--data", str(datasets[0]), "--out", str(trained), *TINY, "--set", "n=4"]
+    )
+    assert _failure(other_config).code == 4 and "n: 3 -> 4" in _failure(other_config).line
+    assert _snapshot(trained) == before
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_releases_the_lock(trained, datasets):
+    from riad_tf.run import LOCK_FILE, run_lock
+
+    with run_lock(trained, "the test's own writer"):
+        result = CliRunner().invoke(main, ["calibrate", str(trained), "--good", str(datasets[0] / "test" / "good")])
+        failure = _failure(result)
+        assert failure.code == 8 and "the test's own writer" in failure.line and "pid" in failure.line
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from riad_tf.run import run_lock\nimport time\nwith run_lock({str(trained)!r}):\n"
+            "    print('locked', flush=True)\n    time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # kill -9: no cleanup runs
+    holder.wait()
+    assert (trained / LOCK_FILE).read_text().strip()  # the dead holder's note is still there
+    with run_lock(trained, "after the kill"):  # and the lock is taken over all the same
+        pass
+
+
+def test_temporaries_of_an_interrupted_save_are_removed_on_the_next_start(trained, datasets):
+    from riad_tf.run import remove_temporaries
+
+    leftovers = [trained / ".model.keras.x1y2.keras", trained / "checkpoints" / "ckpt-9_temp" / "part"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    removed = remove_temporaries(trained)
+    assert not any(p.exists() for p in leftovers) and len(removed) == 2
+    assert (trained / "model.keras").is_file() and (trained / ".lock").exists()
+
+
+def test_skip_unreadable_is_remembered_by_evaluate(datasets, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(datasets[0], data)
+    broken = sorted((data / "train" / "good").glob("*.png"))[0]
+    broken.write_bytes(broken.read_bytes()[:60])
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--skip-unreadable", *TINY]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert json.loads((run / "data.json").read_text())["skip_unreadable"] is True
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--no-report"])
+    assert result.exit_code == 0, result.output
+
+
+def test_masks_in_mvtec_train_good_are_left_out_with_a_warning(datasets, tmp_path):
+    from riad_tf.data import load_mvtec
+
+    data = tmp_path / "data"
+    shutil.copytree(datasets[0], data)
+    good = data / "train" / "good"
+    Image.open(next(good.glob("*.png"))).convert("RGB").save(good / "000.jpg")  # 000.png now reads as its mask
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", *TINY]
+    )
+    assert result.exit_code == 0 and "left out as masks" in result.output and "000.png" in result.output
+    assert len(load_mvtec(data).train) == 8  # 000.jpg replaces 000.png
+
+
+# ----------------------------------------------------------------------------
+# Model and deployment files
+
+
+def test_a_damaged_keras_model_is_named(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes()[:500])
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--no-report"])
+    failure = _failure(result)
+    assert failure.code == 3 and "model.keras: cannot load the model" in failure.line
+
+
+def _edit_metadata(model: Path, folder: Path, change) -> Path:
+    copy = folder / model.name
+    shutil.copy(model, copy)
+    meta = json.loads(Path(f"{model}.json").read_text())
+    change(meta)
+    Path(f"{copy}.json").write_text(json.dumps(meta))
+    return copy
+
+
+def _set(keys, value):
+    def change(meta):
+        target = meta
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda meta: meta.clear() or meta.update({"list": True}), "not riad-edge metadata"),
+        (_set(["config", "ks"], []), "config ks must be a non-empty list"),
+        (_set(["config", "channels"], "x"), "config channels must be 1 or 3"),
+        (_set(["config", "image_size"], [64, 64]), "disagrees with the config's image_size"),
+        (_set(["thresholds"], {"image": None}), "numeric image threshold"),
+        (_set(["sha256"], ""), "--no-integrity-check"),
+        (_set(["sha256"], None), "--no-integrity-check"),
+    ],
+)
+def test_broken_deployment_files_are_refused(change, words, exported, trained, tmp_path):
+    model = _edit_metadata(exported, tmp_path, change)
+    image = sorted(Path(json.loads((trained / "data.json").read_text())["path"]).glob("test/good/*.png"))[0]
+    failure = _failure(CliRunner().invoke(edge_main, ["infer", str(model), str(image)]))
+    assert failure.code == 3 and words in failure.line
+
+
+def test_metadata_that_is_a_list_and_a_corrupt_model_with_a_matching_sha256(exported, trained, tmp_path):
+    from edge.metadata import file_sha256
+
+    listed = tmp_path / "listed" / exported.name
+    listed.parent.mkdir()
+    shutil.copy(exported, listed)
+    Path(f"{listed}.json").write_text("[1, 2]")
+    image = sorted(Path(json.loads((trained / "data.json").read_text())["path"]).glob("test/good/*.png"))[0]
+    assert _failure(CliRunner().invoke(edge_main, ["infer", str(listed), str(image)])).code == 3
+
+    corrupt = _edit_metadata(exported, tmp_path, lambda meta: None)
+    corrupt.write_bytes(b"\x08\x01garbage that is not a protobuf model")
+    meta = json.loads(Path(f"{corrupt}.json").read_text())
+    Path(f"{corrupt}.json").write_text(json.dumps({**meta, "sha256": file_sha256(corrupt)}))
+    failure = _failure(CliRunner().invoke(edge_main, ["infer", str(corrupt), str(image)]))
+    assert failure.code == 3 and "ONNX Runtime cannot load this model" in failure.line
+
+
+def test_skipping_the_integrity_check_takes_a_flag(exported, trained, tmp_path):
+    model = _edit_metadata(exported, tmp_path, _set(["sha256"], ""))
+    image = sorted(Path(json.loads((trained / "data.json").read_text())["path"]).glob("test/good/*.png"))[0]
+    result = CliRunner().invoke(edge_main, ["infer", str(model), str(image), "--no-integrity-check"])
+    assert result.exit_code == 0 and "without checking its sha256" in result.output
+    assert np.isfinite(json.loads(result.stdout.strip())["score"])
+
+
+# ----------------------------------------------------------------------------
+# Bugs are not user errors
+
+
+def test_an_internal_bug_keeps_its_traceback(trained, monkeypatch):
+    import riad_tf.jobs
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not the user's fault")
+
+    monkeypatch.setattr(riad_tf.jobs, "evaluate_job", broken)
+    result = CliRunner().invoke(main, ["evaluate", str(trained), "--no-report"])
+    assert isinstance(result.exception, ValueError) and "Error: an internal bug" not in result.output
+
+
+def test_a_refused_connection_is_an_input_error(exported):
+    failure = _failure(
+        CliRunner().invoke(edge_main, ["stream", str(exported), "--source", "tcp://127.0.0.1:9", "--width", "64"])
+    )
+    assert failure.code == 3 and "cannot connect" in failure.line

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -150,6 +151,19 @@ def cluster_resolver(name: str, k8s_client=None):
     raise ConfigError(f"{name!r} is not a multi-worker strategy (one of {', '.join(MULTI_WORKER)})")
 
 
+def _warn_listening(resolver) -> None:
+    """Says where TensorFlow's worker server listens: every interface, no authentication (docs/distributed.md)."""
+    try:
+        address = resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
+    except (ValueError, KeyError, TypeError):
+        return
+    port = address.rpartition(":")[2]
+    logging.getLogger(__name__).warning(
+        f"note: TensorFlow's worker server listens on port {port} of every network interface, without "
+        "authentication, whatever host TF_CONFIG names; keep the cluster on a private network or firewall the port"
+    )
+
+
 def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf.distribute.Strategy:
     """Creates the strategy `name` (one of `riad_tf.config.STRATEGIES`).
 
@@ -172,6 +186,7 @@ def make_strategy(name: str = "default", devices: list[str] | None = None) -> tf
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices or _local_devices())
     resolver = cluster_resolver(name)
+    _warn_listening(resolver)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     except RuntimeError as err:

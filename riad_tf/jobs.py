@@ -179,6 +179,7 @@ def evaluate_job(
     if not split.test:
         raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
     out_dir = Path(out_dir or runs.eval_dir(run_dir))
+    runs.check_writable(out_dir)  # before the scoring, not after it
     job = evaluate_video_run if _is_video(split) else evaluate_run
     summary = job(run_dir, split.test, out_dir, batch_size=batch_size, report=report)
     errors = "".join(json.dumps(error_record(path, f"{path}: {reason}")) + "\n" for path, reason in skipped)

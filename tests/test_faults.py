@@ -291,3 +291,12 @@ def test_a_refused_connection_is_an_input_error(exported):
         CliRunner().invoke(edge_main, ["stream", str(exported), "--source", "tcp://127.0.0.1:9", "--width", "64"])
     )
     assert failure.code == 3 and "cannot connect" in failure.line
+
+
+def test_evaluate_and_export_check_their_output_before_working(trained, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    evaluate = CliRunner().invoke(main, ["evaluate", str(trained), "--out", str(blocker / "eval"), "--no-report"])
+    assert _failure(evaluate).code == 5
+    export = CliRunner().invoke(main, ["export", str(trained), "--onnx", "--out", str(blocker / "export")])
+    assert _failure(export).code == 5

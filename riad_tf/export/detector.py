@@ -28,7 +28,7 @@ from riad_tf.export.metadata import verify_model, write_model
 from riad_tf.export.onnx import convert_onnx, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
-from riad_tf.run import load_detector, load_preprocessing, load_thresholds
+from riad_tf.run import check_writable, load_detector, load_preprocessing, load_thresholds
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -58,6 +58,7 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
         FileNotFoundError: RUN is not a trained run.
         ExportError, ValueError: see `export_detector`.
     """
+    check_writable(out_dir)  # before the conversions, not after them
     detector = load_detector(run_dir)
     recorded = dict(thresholds=load_thresholds(run_dir), preprocessing=load_preprocessing(run_dir))
     return export_detector(detector, out_dir, **recorded, **options)

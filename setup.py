@@ -27,6 +27,9 @@ TF = [
 
 EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0", "opencv-python-headless>=4.10"]
 
+# `riad-edge serve`: a small, well-kept HTTP server and the Prometheus client.
+SERVE = ["aiohttp>=3.9,<4", "prometheus-client>=0.20"]
+
 # Export converts with tf2onnx and checks every exported model in the runtimes the device uses.
 TF += ["tf2onnx>=1.17", "onnx>=1.17"] + [req for req in EDGE if req not in TF]
 
@@ -43,7 +46,8 @@ setup(
     extras_require={
         "tf": TF,
         "edge": EDGE,
-        "dev": TF + ["pytest>=8.0", "ruff>=0.17,<0.18"],
+        "serve": EDGE + SERVE,
+        "dev": TF + SERVE + ["pytest>=8.0", "ruff>=0.17,<0.18"],
     },
     entry_points={
         "console_scripts": [

@@ -51,15 +51,31 @@ _runtime_options = [
     click.option(
         "--no-integrity-check", is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."
     ),
+    click.option(
+        "--provider",
+        type=click.Choice(["cpu", "cuda", "tensorrt", "openvino"]),
+        default=None,
+        help="ONNX Runtime execution provider (default: every one installed). A missing one is an error.",
+    ),
 ]
 
 
-def _open_runner(model, threads, max_batch, memory_mb, no_integrity_check):
+def _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider):
+    from edge.onnxrt import execution_providers
     from edge.runner import Runner
 
     if no_integrity_check:
         log.warning(f"{model}: --no-integrity-check: the model is run without checking its sha256")
-    return Runner.open(model, threads=threads, max_batch=max_batch, memory_mb=memory_mb, verify=not no_integrity_check)
+    if provider is not None and not str(model).endswith(".onnx"):
+        raise click.UsageError("--provider is for .onnx models (ONNX Runtime)")
+    return Runner.open(
+        model,
+        threads=threads,
+        max_batch=max_batch,
+        memory_mb=memory_mb,
+        verify=not no_integrity_check,
+        providers=execution_providers(provider),
+    )
 
 
 def _with_runtime_options(command):
@@ -103,6 +119,7 @@ def infer(
     max_batch,
     memory_mb,
     no_integrity_check,
+    provider,
 ):
     """Score image files: one JSON line per image (docs/deployment.md, "Verdicts").
 
@@ -114,7 +131,7 @@ def infer(
     """
     from edge.inspection import inspect_files
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     paths = find_images(images)
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
@@ -141,11 +158,11 @@ def infer(
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
 @_with_runtime_options
 @_friendly_errors
-def bench(model, batches, iters, warmup, threads, max_batch, memory_mb, no_integrity_check):
+def bench(model, batches, iters, warmup, threads, max_batch, memory_mb, no_integrity_check, provider):
     """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
     from edge.bench import benchmark
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     for record in benchmark(runner, int_list(batches, positive=True, what="batch sizes"), iters=iters, warmup=warmup):
         click.echo(json.dumps({"model": Path(model).name, **record}))
 
@@ -309,12 +326,13 @@ def stream(
     max_batch,
     memory_mb,
     no_integrity_check,
+    provider,
 ):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
     from edge.files import atomic_write_bytes
     from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     settings = StreamSettings(
         frame_height=frame_height,
         overlap=overlap,
@@ -369,7 +387,7 @@ def stream(
 @_with_runtime_options
 @_friendly_errors
 def video_command(
-    model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb, no_integrity_check
+    model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb, no_integrity_check, provider
 ):
     """Score every frame of a video file or frame folder, with the paper's temporal smoothing.
 
@@ -381,7 +399,7 @@ def video_command(
     from edge.files import atomic_write_bytes
     from edge.video import score_video
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check)
+    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)
     if scores.anomalous is None and (runner.thresholds or {}).get("smoothed_frame") is not None:
@@ -410,6 +428,70 @@ def _progress_reporter(name, every_s: float = 5.0):
             log.info(f"{name}: {frames} frames, {frames / seconds:.1f} frames/s")
 
     return report
+
+
+@main.command()
+@_model_argument
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (another one only when asked)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0: any free one).")
+@click.option(
+    "--token", default=None, envvar="RIAD_SERVE_TOKEN", help="Bearer token required on requests (env RIAD_SERVE_TOKEN)."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Most images scored together."
+)
+@click.option(
+    "--max-wait-ms", type=float, default=5.0, show_default=True, help="Longest wait for more images to batch."
+)
+@click.option(
+    "--queue",
+    "queue_size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images waiting, at most; beyond: HTTP 503.",
+)
+@size_mode_options
+@click.option(
+    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+)
+@_with_runtime_options
+@_friendly_errors
+def serve(
+    model,
+    host,
+    port,
+    token,
+    batch_size,
+    max_wait_ms,
+    queue_size,
+    tile,
+    resize,
+    image_threshold,
+    threads,
+    max_batch,
+    memory_mb,
+    no_integrity_check,
+    provider,
+):
+    """Serve the model over HTTP: POST an image to /predict, get its record (edge/serve.py, docs/deployment.md)."""
+    from edge.serve import ServeSettings
+    from edge.serve import serve as run_service
+
+    _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)  # fail now, before listening
+    settings = ServeSettings(
+        max_batch=batch_size,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        token=token,
+        mode=size_mode(tile, resize),
+        image_threshold=image_threshold,
+    )
+    run_service(
+        lambda: _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider), settings, host, port
+    )
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ class ImageError(InputError):
     """An image that cannot be read or used; the message names the file."""
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path, name: str | None = None) -> Image.Image:
     """Opens and fully decodes an image file (its first frame), so a truncated file fails here.
 
     Args:
-        path: PNG, JPEG, BMP or TIFF file.
+        path: PNG, JPEG, BMP or TIFF file (or a binary file object).
+        name: what error messages call it (default: `path`).
 
     Returns:
         The decoded Pillow image, detached from the file.
@@ -58,20 +59,21 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     >>> open_image("part.png").size                           # doctest: +SKIP
     (640, 480)
     """
+    name = path if name is None else name
     try:
         with Image.open(path) as image:
             image.load()
             return image.copy()
     except FileNotFoundError:
-        raise ImageError(f"{path}: cannot read image: file not found") from None
+        raise ImageError(f"{name}: cannot read image: file not found") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: cannot read image: not an image file, or a format Pillow does not know") from None
+        raise ImageError(f"{name}: cannot read image: not an image file, or a format Pillow does not know") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImageError(f"{path}: cannot read image: {reason}") from None
+        raise ImageError(f"{name}: cannot read image: {reason}") from None
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path, name: str | None = None) -> np.ndarray:
     """Decodes an image file to float32 `(H, W, 1)` (grey) or `(H, W, 3)` in [0, 1].
 
     8-bit images are divided by 255, 16-bit ones by 65535; palette images
@@ -85,7 +87,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     >>> load_image("part.png").shape                          # doctest: +SKIP
     (480, 640, 3)
     """
-    return _to_float(open_image(path))
+    return _to_float(open_image(path, name))
 
 
 def _to_float(image: Image.Image) -> np.ndarray:
@@ -258,12 +260,23 @@ def save_map_png(path: str | os.PathLike, anomaly_map: np.ndarray, vmax: float |
     np.uint8(255)
     """
     path = Path(path)
-    values = np.asarray(anomaly_map, np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"{path}: an anomaly map must be 2-D (H, W), got shape {values.shape}")
-    top = float(values.max()) if vmax is None else float(vmax)
-    scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
-    image = Image.fromarray(np.round(scaled * 255).astype(np.uint8))  # 2-D uint8: mode "L"
+    if np.ndim(anomaly_map) != 2:
+        raise ValueError(f"{path}: an anomaly map must be 2-D (H, W), got shape {np.shape(anomaly_map)}")
+    image = Image.fromarray(map_to_grey(anomaly_map, vmax))  # 2-D uint8: mode "L"
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path
+
+
+def map_to_grey(anomaly_map: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """An anomaly map as uint8 grey: 0 -> 0, `vmax` -> 255 (clipped); `vmax` defaults to the map's maximum.
+
+    Example:
+
+    >>> map_to_grey(np.array([[0.0, 0.5], [1.0, 2.0]]), vmax=1.0).tolist()
+    [[0, 128], [255, 255]]
+    """
+    values = np.asarray(anomaly_map, np.float64)
+    top = float(values.max()) if vmax is None else float(vmax)
+    scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
+    return np.round(scaled * 255).astype(np.uint8)

@@ -71,8 +71,13 @@ def size_problem(shape: tuple[int, int], native_size: Sequence[int] | None) -> s
     )
 
 
-def inspect_files(
-    paths: Sequence[Path],
+def inspect_files(paths: Sequence[Path], *args, **kwargs) -> Iterator[dict]:
+    """Yields one record per image file, in order: `inspect` of the files (same arguments after `paths`)."""
+    return inspect([(Path(p), lambda p=p: load_image(p)) for p in paths], *args, **kwargs)
+
+
+def inspect(
+    items: Sequence[tuple[object, Callable[[], np.ndarray]]],
     score: ScoreFunction,
     model_size: tuple[int, int],
     channels: int,
@@ -81,11 +86,14 @@ def inspect_files(
     mode: str = "strict",
     maps: MapNames | None = None,
     batch_size: int = 8,
+    on_map: Callable[[dict, np.ndarray], None] | None = None,
 ) -> Iterator[dict]:
-    """Yields one record per file (`edge.predictions`), in order.
+    """Yields one record per image (`edge.predictions`), in order.
 
     Args:
-        paths: image files.
+        items: (name, load) pairs: the record's `path`, and a function that
+            decodes the image (`edge.images.load_image`) or raises `ValueError`
+            / `OSError`, which gives the image an error record.
         score: float32 `(B, H, W, C)` in [0, 1] at `model_size` -> `(maps, scores)`.
         model_size: the model's (height, width).
         channels: the model's channels.
@@ -95,23 +103,25 @@ def inspect_files(
         mode: "strict", "resize" or "tile" for inputs of another size (module docstring).
         maps: where to write the map files, or None.
         batch_size: images (or tiles) per call of `score`.
+        on_map: called with each scored image's record and its map (stitched, when tiled).
     """
     if mode not in SIZE_MODES:
         raise ValueError(f"mode must be one of {', '.join(SIZE_MODES)}, got {mode!r}")
-    pending: list[tuple[Path, np.ndarray]] = []
+    pending: list[tuple[object, np.ndarray, tuple[int, int]]] = []  # (name, model input, native shape)
 
     def flush() -> Iterator[dict]:
         if pending:
-            batch = np.stack([image for _, image in pending])
+            batch = np.stack([image for _, image, _ in pending])
             batch_maps, batch_scores = score(batch)
-            for (path, _), anomaly_map, value in zip(pending, batch_maps, batch_scores):
-                yield _record(path, float(value), np.asarray(anomaly_map), thresholds, maps, sizes[path])
+            for (path, _, shape), anomaly_map, value in zip(pending, batch_maps, batch_scores):
+                yield _with_map(
+                    _record(path, float(value), np.asarray(anomaly_map), thresholds, maps, shape), anomaly_map, on_map
+                )
             pending.clear()
 
-    sizes: dict[Path, tuple[int, int]] = {}
-    for path in map(Path, paths):
+    for path, load in items:
         try:
-            image = load_image(path)
+            image = load()
             problem = _problem(path, image, native_size, mode)
         except (ValueError, OSError) as err:
             problem = str(err)
@@ -120,16 +130,17 @@ def inspect_files(
             if problem:
                 yield error_record(path, problem)
             else:
-                yield _tiled(path, image, score, model_size, channels, native_size, thresholds, maps, batch_size)
+                yield _tiled(
+                    path, image, score, model_size, channels, native_size, thresholds, maps, batch_size, on_map
+                )
             continue
-        sizes[path] = image.shape[:2]
-        pending.append((path, to_model_input([image], model_size, channels, "float32")[0]))
+        pending.append((path, to_model_input([image], model_size, channels, "float32")[0], image.shape[:2]))
         if len(pending) >= batch_size:
             yield from flush()
     yield from flush()
 
 
-def _problem(path: Path, image: np.ndarray, native_size, mode: str) -> str | None:
+def _problem(path, image: np.ndarray, native_size, mode: str) -> str | None:
     """Why an image cannot be scored as it is, or None."""
     if not np.all(np.isfinite(image)):
         return f"{path}: the image holds NaN or infinite values"
@@ -137,7 +148,13 @@ def _problem(path: Path, image: np.ndarray, native_size, mode: str) -> str | Non
     return f"{path}: {problem}" if problem and mode == "strict" else None
 
 
-def _tiled(path, image, score, model_size, channels, native_size, thresholds, maps, batch_size) -> dict:
+def _with_map(record: dict, anomaly_map, on_map) -> dict:
+    if on_map is not None and "error" not in record:
+        on_map(record, np.asarray(anomaly_map))
+    return record
+
+
+def _tiled(path, image, score, model_size, channels, native_size, thresholds, maps, batch_size, on_map) -> dict:
     """One image scaled as training scaled its images, scored tile by tile, maps stitched."""
     scale = (model_size[0] / native_size[0], model_size[1] / native_size[1])
     scaled_size = (max(1, round(image.shape[0] * scale[0])), max(1, round(image.shape[1] * scale[1])))
@@ -151,7 +168,9 @@ def _tiled(path, image, score, model_size, channels, native_size, thresholds, ma
         tile_scores.append(np.asarray(chunk_scores, np.float32))
     total, count = tile_sums(np.concatenate(tile_maps), origins, scaled_size)
     stitched = total / np.maximum(count, 1.0)
-    record = _record(path, float(stitched.max()), stitched, thresholds, maps, image.shape[:2])
+    record = _with_map(
+        _record(path, float(stitched.max()), stitched, thresholds, maps, image.shape[:2]), stitched, on_map
+    )
     if "error" not in record:
         to_image = (image.shape[0] / scaled_size[0], image.shape[1] / scaled_size[1])
         record["tiles"] = [

@@ -17,9 +17,37 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.errors import InputError, one_line
+from edge.errors import InputError, RuntimeUnavailable, one_line
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+# `--provider` names and ONNX Runtime's execution providers (the CPU one always follows as the fallback).
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def execution_providers(name: str | None) -> list[str] | None:
+    """ONNX Runtime's providers for a `--provider` name, or None for every available one.
+
+    Raises:
+        RuntimeUnavailable: the installed ONNX Runtime lacks the provider; the message names what it has
+            (CPU and GPU builds of ONNX Runtime are separate wheels: docs/deployment.md).
+    """
+    if name is None:
+        return None
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[name]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise RuntimeUnavailable(
+            f"--provider {name}: this ONNX Runtime ({ort.__version__}) has {', '.join(available)}; "
+            f"{wanted} needs another build (docs/deployment.md, 'Runtimes')"
+        )
+    return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
 
 
 class OnnxSession:

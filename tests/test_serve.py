@@ -86,7 +86,9 @@ def test_records_equal_riad_edge_infer_and_concurrent_requests_share_a_call(mode
     assert all(status == 200 for status, _ in answers)
     for (_, record), want in zip(answers, expected):
         assert record.pop("timing_ms") > 0
-        check_record(record)  # docs/records.md        assert record.keys() == want.keys() and record["anomalous"] == want["anomalous"]
+        check_record(
+            record
+        )  # docs/records.md        assert record.keys() == want.keys() and record["anomalous"] == want["anomalous"]
         assert record["score"] == pytest.approx(want["score"], abs=1e-6)
     assert sum(counting.calls) == 6 and len(counting.calls) < 6  # micro-batched
 

@@ -100,6 +100,10 @@ def _json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")(command)
 
 
+def _folders(name: str, help: str, multiple: bool = True):
+    return click.option(name, multiple=multiple, type=click.Path(exists=True, file_okay=False), help=help)
+
+
 def _data_options(command):
     options = [
         click.option(
@@ -115,29 +119,10 @@ def _data_options(command):
             show_default=True,
             help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md.",
         ),
-        click.option(
-            "--normal",
-            multiple=True,
-            type=click.Path(exists=True, file_okay=False),
-            help="Folder of good images (folders layout; repeatable).",
-        ),
-        click.option(
-            "--abnormal",
-            multiple=True,
-            type=click.Path(exists=True, file_okay=False),
-            help="Folder of defective images (repeatable).",
-        ),
-        click.option(
-            "--masks",
-            type=click.Path(exists=True, file_okay=False),
-            help="Folder of masks NAME_mask.png or NAME.png (default: beside the images).",
-        ),
-        click.option(
-            "--test-normal",
-            multiple=True,
-            type=click.Path(exists=True, file_okay=False),
-            help="Folder of good test images (default: a share of --normal).",
-        ),
+        _folders("--normal", "Folder of good images (folders layout; repeatable)."),
+        _folders("--abnormal", "Folder of defective images (repeatable)."),
+        _folders("--masks", "Folder of masks NAME_mask.png or NAME.png (default: beside the images).", multiple=False),
+        _folders("--test-normal", "Folder of good test images (default: a share of --normal)."),
         click.option(
             "--skip-unreadable", is_flag=True, help="Skip unreadable images (and say how many) instead of stopping."
         ),

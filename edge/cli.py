@@ -136,14 +136,14 @@ def infer(
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
     thresholds = with_overrides(runner.thresholds, image_threshold)
-    native = (runner.metadata.preprocessing or {}).get("native_size")
+    preprocessing = runner.metadata.preprocessing
     records = inspect_files(
         paths,
         runner,
         runner.image_size,
         runner.channels,
         thresholds,
-        native_size=native,
+        preprocessing=preprocessing,
         mode=size_mode(tile, resize),
         maps=MapNames(maps_dir, thresholds, float_maps) if maps_dir is not None else None,
         batch_size=max(1, batch_size),

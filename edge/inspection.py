@@ -21,7 +21,7 @@
 Example:
 
 >>> records = inspect_files(paths, runner, runner.image_size, runner.channels,   # doctest: +SKIP
-...                         runner.thresholds, native_size=(512, 512), mode="tile")
+...                         runner.thresholds, preprocessing=runner.metadata.preprocessing, mode="tile")
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def preprocessing_record(native_sizes: Sequence[tuple[int, int]]) -> dict:
         native_sizes: (height, width) of every training image before resizing.
 
     Returns:
-        `{"native_size": [h, w] (the most common), "mixed_sizes": bool, "resize": ...}`.
+        `{"native_size": [h, w] (the most common), "mixed_sizes": bool, "size_range": [[h, w] smallest,
+        [h, w] largest], "aspect_range": [w/h smallest, largest], "resize": ...}`.
 
     Example:
 
@@ -58,13 +59,40 @@ def preprocessing_record(native_sizes: Sequence[tuple[int, int]]) -> dict:
     """
     sizes, counts = np.unique(np.asarray(native_sizes, np.int64).reshape(-1, 2), axis=0, return_counts=True)
     common = sizes[int(np.argmax(counts))]
-    return {"native_size": [int(common[0]), int(common[1])], "mixed_sizes": len(sizes) > 1, "resize": RESIZE}
+    aspects = sizes[:, 1] / sizes[:, 0]
+    return {
+        "native_size": [int(common[0]), int(common[1])],
+        "mixed_sizes": len(sizes) > 1,
+        "size_range": [sizes.min(axis=0).tolist(), sizes.max(axis=0).tolist()],
+        "aspect_range": [round(float(aspects.min()), 4), round(float(aspects.max()), 4)],
+        "resize": RESIZE,
+    }
 
 
-def size_problem(shape: tuple[int, int], native_size: Sequence[int] | None) -> str | None:
-    """Why an input of `shape` cannot simply be resized to the model, or None when it can."""
+def size_problem(shape: tuple[int, int], preprocessing: dict | None) -> str | None:
+    """Why an input of `shape` cannot simply be resized to the model, or None when it can.
+
+    Training images of one size: only that size. Of mixed sizes (all squeezed to the model's size
+    in training): any size whose width/height lies within theirs (5 % slack).
+
+    Example:
+
+    >>> record = preprocessing_record([(200, 300), (240, 330)])
+    >>> size_problem((400, 620), record) is None, size_problem((220, 600), record) is None
+    (True, False)
+    """
+    native_size = (preprocessing or {}).get("native_size")
     if native_size is None or tuple(shape) == tuple(native_size):
         return None
+    if preprocessing.get("mixed_sizes") and "aspect_range" in preprocessing:
+        low, high = preprocessing["aspect_range"]
+        if 0.95 * low <= shape[1] / shape[0] <= 1.05 * high:
+            return None  # training squeezed images of such shapes to the model's size alike
+        return (
+            f"the image is {shape[0]} x {shape[1]} px (width/height {shape[1] / shape[0]:.2f}) but the model was "
+            f"trained on images with width/height {low:.2f} to {high:.2f}; pass --tile to inspect it in tiles at "
+            "the training scale, or --resize to squeeze it"
+        )
     return (
         f"the image is {shape[0]} x {shape[1]} px but the model was trained on {native_size[0]} x {native_size[1]} "
         "images; pass --tile to inspect it in tiles at the training scale, or --resize to squeeze it"
@@ -82,7 +110,7 @@ def inspect(
     model_size: tuple[int, int],
     channels: int,
     thresholds: dict | None,
-    native_size: Sequence[int] | None = None,
+    preprocessing: dict | None = None,
     mode: str = "strict",
     maps: MapNames | None = None,
     batch_size: int = 8,
@@ -98,8 +126,8 @@ def inspect(
         model_size: the model's (height, width).
         channels: the model's channels.
         thresholds: the thresholds in force (`edge.predictions.with_overrides`) or None.
-        native_size: the training images' (height, width) (`preprocessing_record`);
-            None when unknown: every input is resized, as before.
+        preprocessing: the run's or the export's `preprocessing_record`; None
+            when unknown: every input is resized, as before.
         mode: "strict", "resize" or "tile" for inputs of another size (module docstring).
         maps: where to write the map files, or None.
         batch_size: images (or tiles) per call of `score`.
@@ -122,16 +150,16 @@ def inspect(
     for path, load in items:
         try:
             image = load()
-            problem = _problem(path, image, native_size, mode)
+            problem = _problem(path, image, preprocessing, mode)
         except (ValueError, OSError) as err:
             problem = str(err)
-        if problem or (mode == "tile" and size_problem(image.shape[:2], native_size)):
+        if problem or (mode == "tile" and size_problem(image.shape[:2], preprocessing)):
             yield from flush()  # records stay in input order
             if problem:
                 yield error_record(path, problem)
             else:
                 yield _tiled(
-                    path, image, score, model_size, channels, native_size, thresholds, maps, batch_size, on_map
+                    path, image, score, model_size, channels, preprocessing, thresholds, maps, batch_size, on_map
                 )
             continue
         pending.append((path, to_model_input([image], model_size, channels, "float32")[0], image.shape[:2]))
@@ -140,11 +168,11 @@ def inspect(
     yield from flush()
 
 
-def _problem(path, image: np.ndarray, native_size, mode: str) -> str | None:
+def _problem(path, image: np.ndarray, preprocessing, mode: str) -> str | None:
     """Why an image cannot be scored as it is, or None."""
     if not np.all(np.isfinite(image)):
         return f"{path}: the image holds NaN or infinite values"
-    problem = size_problem(image.shape[:2], native_size)
+    problem = size_problem(image.shape[:2], preprocessing)
     return f"{path}: {problem}" if problem and mode == "strict" else None
 
 
@@ -154,8 +182,9 @@ def _with_map(record: dict, anomaly_map, on_map) -> dict:
     return record
 
 
-def _tiled(path, image, score, model_size, channels, native_size, thresholds, maps, batch_size, on_map) -> dict:
-    """One image scaled as training scaled its images, scored tile by tile, maps stitched."""
+def _tiled(path, image, score, model_size, channels, preprocessing, thresholds, maps, batch_size, on_map) -> dict:
+    """One image scaled as training scaled its (most common) size, scored tile by tile, maps stitched."""
+    native_size = preprocessing["native_size"]
     scale = (model_size[0] / native_size[0], model_size[1] / native_size[1])
     scaled_size = (max(1, round(image.shape[0] * scale[0])), max(1, round(image.shape[1] * scale[1])))
     scaled = to_model_input([image], scaled_size, channels, "float32")[0]

@@ -227,7 +227,7 @@ class Service:
 
     def _score(self, runner, batch: list[_Request]) -> list[dict]:
         thresholds = with_overrides(runner.thresholds, self.settings.image_threshold)
-        native = (getattr(runner.metadata, "preprocessing", None) or {}).get("native_size")
+        preprocessing = getattr(runner.metadata, "preprocessing", None)
         wanted = {id(item): item.want_map for item in batch}
         maps: list[tuple[dict, np.ndarray]] = []
         items = [(item.name, lambda item=item: load_image(io.BytesIO(item.body), item.name)) for item in batch]
@@ -238,7 +238,7 @@ class Service:
                 runner.image_size,
                 runner.channels,
                 thresholds,
-                native_size=native,
+                preprocessing=preprocessing,
                 mode=self.settings.mode,
                 batch_size=len(batch),
                 on_map=lambda record, anomaly_map: maps.append((record, anomaly_map)),

@@ -59,7 +59,7 @@ class ConformalThreshold:
         needed = math.ceil((1 - self.target_fpr) / self.target_fpr) if self.target_fpr > 0 else None
         need = f"needs at least {needed} good images" if needed else "cannot be guaranteed by any number of images"
         return (
-            f"warning: a {what} false-positive rate of {self.target_fpr:g} {need}; with {self.num_images} the "
+            f"warning: a false-positive rate of {self.target_fpr:g} for {what}s {need}; with {self.num_images} the "
             f"{what} threshold is their largest score and a new good image exceeds it with probability up to "
             f"{self.supported_fpr:.3g} (1/(n+1))"
         )

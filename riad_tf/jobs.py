@@ -397,14 +397,14 @@ def predict_images(
     detector = runs.load_detector(run_dir)
     config = detector.config
     thresholds = with_overrides(runs.load_thresholds(run_dir), image_threshold)
-    native = (runs.load_preprocessing(run_dir) or {}).get("native_size")
+    preprocessing = runs.load_preprocessing(run_dir)
     yield from inspect_files(
         paths,
         lambda images: detector.score(images, batch_size),
         config.image_size,
         config.channels,
         thresholds,
-        native_size=native,
+        preprocessing=preprocessing,
         mode=mode,
         maps=MapNames(maps_dir, thresholds, float_maps) if maps_dir is not None else None,
         batch_size=batch_size,

@@ -150,13 +150,13 @@ def inspect(
     for path, load in items:
         try:
             image = load()
-            problem = _problem(path, image, preprocessing, mode)
+            problem, other_size = _problems(path, image, preprocessing)
         except (ValueError, OSError) as err:
-            problem = str(err)
-        if problem or (mode == "tile" and size_problem(image.shape[:2], preprocessing)):
+            problem, other_size = str(err), None
+        if problem or (other_size and mode != "resize"):
             yield from flush()  # records stay in input order
-            if problem:
-                yield error_record(path, problem)
+            if problem or mode == "strict":
+                yield error_record(path, problem or f"{path}: {other_size}")
             else:
                 yield _tiled(
                     path, image, score, model_size, channels, preprocessing, thresholds, maps, batch_size, on_map
@@ -168,12 +168,11 @@ def inspect(
     yield from flush()
 
 
-def _problem(path, image: np.ndarray, preprocessing, mode: str) -> str | None:
-    """Why an image cannot be scored as it is, or None."""
+def _problems(path, image: np.ndarray, preprocessing) -> tuple[str | None, str | None]:
+    """(why the image cannot be scored at all, why it cannot simply be resized): each None when there is none."""
     if not np.all(np.isfinite(image)):
-        return f"{path}: the image holds NaN or infinite values"
-    problem = size_problem(image.shape[:2], preprocessing)
-    return f"{path}: {problem}" if problem and mode == "strict" else None
+        return f"{path}: the image holds NaN or infinite values", None
+    return None, size_problem(image.shape[:2], preprocessing)
 
 
 def _with_map(record: dict, anomaly_map, on_map) -> dict:

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import json
 import logging
 import signal
 import time
@@ -277,8 +278,6 @@ async def _image_body(request) -> tuple[bytes, str]:
 
 
 def _strict_json(value) -> str:
-    import json
-
     return json.dumps(value, allow_nan=False)
 
 

@@ -44,8 +44,13 @@ class ConformalThreshold:
 
     threshold: float
     target_fpr: float
-    supported_fpr: float
+    rank: int  # the threshold is the rank-th smallest good score
     num_images: int
+
+    @property
+    def supported_fpr(self) -> float:
+        """The bound n images support at this rank: (n + 1 - rank) / (n + 1)."""
+        return (self.num_images + 1 - self.rank) / (self.num_images + 1)
 
     @property
     def supported(self) -> bool:
@@ -53,16 +58,21 @@ class ConformalThreshold:
         return self.supported_fpr <= self.target_fpr
 
     def warning(self, what: str = "image") -> str | None:
-        """A one-line warning when the target is not supported; None otherwise."""
-        if self.supported:
-            return None
-        needed = math.ceil((1 - self.target_fpr) / self.target_fpr) if self.target_fpr > 0 else None
-        need = f"needs at least {needed} good images" if needed else "cannot be guaranteed by any number of images"
-        return (
-            f"warning: a false-positive rate of {self.target_fpr:g} for {what}s {need}; with {self.num_images} the "
-            f"{what} threshold is their largest score and a new good image exceeds it with probability up to "
-            f"{self.supported_fpr:.3g} (1/(n+1))"
-        )
+        """A one-line warning when the target is not supported; None otherwise (`support_warning`)."""
+        return support_warning(self.target_fpr, self.supported_fpr, self.num_images, what)
+
+
+def support_warning(target_fpr: float, supported_fpr: float, num_images: int, what: str = "image") -> str | None:
+    """The warning for a target that `num_images` good images cannot support (as `calibrate` records them), or None."""
+    if supported_fpr <= target_fpr:
+        return None
+    needed = math.ceil((1 - target_fpr) / target_fpr) if target_fpr > 0 else None
+    need = f"needs at least {needed} good images" if needed else "cannot be guaranteed by any number of images"
+    return (
+        f"warning: a false-positive rate of {target_fpr:g} for {what}s {need}; with {num_images} the "
+        f"{what} threshold is their largest score and a new good image exceeds it with probability up to "
+        f"{supported_fpr:.3g} (1/(n+1))"
+    )
 
 
 def conformal_threshold(good_scores, target_fpr: float) -> ConformalThreshold:
@@ -88,7 +98,7 @@ def conformal_threshold(good_scores, target_fpr: float) -> ConformalThreshold:
     k = min(n + 1, math.ceil(round((n + 1) * (1.0 - target_fpr), 9)))
     k = max(k, 1)
     rank = min(k, n)
-    return ConformalThreshold(float(scores[rank - 1]), float(target_fpr), (n + 1 - rank) / (n + 1), n)
+    return ConformalThreshold(float(scores[rank - 1]), float(target_fpr), rank, n)
 
 
 def region_score(anomaly_map: np.ndarray, min_area: int = 1) -> float:

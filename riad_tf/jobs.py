@@ -241,15 +241,15 @@ def calibrate_run(
     above thresholds["region"], the same value. When `target_fpr` needs more
     images than given, says so on stderr and records the rate they support.
     """
-    from edge.verdicts import ConformalThreshold
+    from edge.verdicts import support_warning
 
     if len(good_images) == 0:
         raise InputError(f"{run_dir}: no held-out good images to calibrate thresholds on")
     maps, scores = runs.load_detector(run_dir).score(good_images, batch_size)
     thresholds = metrics.calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
-    bound = ConformalThreshold(thresholds["image"], target_fpr, thresholds["supported_fpr"], len(scores))
-    if bound.warning():
-        log.warning(bound.warning())
+    warning = support_warning(target_fpr, thresholds["supported_fpr"], thresholds["num_images"])
+    if warning:
+        log.warning(warning)
     runs.save_thresholds(run_dir, thresholds)
     return thresholds
 

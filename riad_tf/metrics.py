@@ -374,8 +374,7 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area:
         scores = np.array([region_score(m, min_region_area) for m in maps])
     image = conformal_threshold(scores, target_fpr)
     # This calibration's own rate is Beta(n + 1 - k, k)-distributed over calibration sets (continuous scores).
-    rank = round(image.num_images + 1 - image.supported_fpr * (image.num_images + 1))
-    upper = float(beta.ppf(0.9, image.num_images + 1 - rank, rank))
+    upper = float(beta.ppf(0.9, image.num_images + 1 - image.rank, image.rank))
     return {
         "image": image.threshold,
         "region": image.threshold,

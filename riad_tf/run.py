@@ -256,10 +256,12 @@ def check_writable(folder, need_bytes: int = 0) -> None:
 def remove_temporaries(run_dir) -> list[Path]:
     """Deletes what an interrupted save left behind (hidden `.NAME.*` temporaries, `ckpt-*_temp` folders)."""
     run_dir = Path(run_dir)
-    found = [p for p in run_dir.glob(".*.*") if p.name not in (LOCK_FILE,) and p.is_file()]
-    found += [p for p in (run_dir / CHECKPOINT_DIR).glob("*_temp*")] if (run_dir / CHECKPOINT_DIR).is_dir() else []
+    found = [p for p in run_dir.glob(".*.*") if p.is_file()] + list((run_dir / CHECKPOINT_DIR).glob("*_temp*"))
     for path in found:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if found:
         logging.getLogger(__name__).info(f"removed {len(found)} temporary file(s) of an interrupted run in {run_dir}")
     return found

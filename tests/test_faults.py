@@ -83,7 +83,7 @@ def test_bad_config_values_are_refused_naming_the_key(options, words, datasets, 
     assert not out.exists()  # refused before anything is written
 
 
-def test_a_square_image_size_may_be_one_number(datasets, tmp_path):
+def test_a_square_image_size_may_be_one_number(tmp_path):
     from riad_tf.config import RiadConfig
 
     assert RiadConfig(image_size=64, ks=(2, 4), smoothing=5).image_size == (64, 64)

@@ -38,6 +38,7 @@ from edge.metadata import read_metadata
 from edge.predictions import MapNames, with_overrides
 
 log = logging.getLogger("edge.cli")
+STREAM_FREE_BYTES = 16 * 2**20  # refused below this: a stream writes about 0.3 kB a frame, for hours
 
 
 _friendly_errors = friendly_errors  # one line and an exit status per kind of error (edge/errors.py)
@@ -299,6 +300,14 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     "--lines-per-block", type=int, default=64, show_default=True, help="Lines read at a time (raw, replayed image)."
 )
 @click.option("--repeat", type=int, default=1, show_default=True, help="Replayed image: times to replay it.")
+@click.option(
+    "--reconnect",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="TCP source: keep retrying a refused or lost connection this long, with back-off (0: a refusal is an error).",
+)
 @_with_runtime_options
 @_friendly_errors
 def stream(
@@ -322,6 +331,7 @@ def stream(
     line_rate,
     lines_per_block,
     repeat,
+    reconnect,
     threads,
     max_batch,
     memory_mb,
@@ -329,9 +339,14 @@ def stream(
     provider,
 ):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
-    from edge.files import atomic_write_bytes
+    from edge.files import atomic_write_bytes, check_writable
     from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
 
+    for path in (output if output != "-" else None, summary_path):
+        if path:
+            check_writable(Path(path).parent, STREAM_FREE_BYTES, "a stream's output")
+    if overlays:
+        check_writable(overlays, STREAM_FREE_BYTES, "a stream's output")
     runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     settings = StreamSettings(
         frame_height=frame_height,
@@ -354,6 +369,7 @@ def stream(
         line_rate=line_rate,
         lines_per_block=lines_per_block,
         repeat=repeat,
+        reconnect=reconnect,
     )
     writer = JsonLines(output)
     try:
@@ -396,9 +412,10 @@ def video_command(
     `smoothed_frame` threshold for this window `anomalous` (0/1). Prints a
     one-line JSON summary (docs/video.md, "On the device").
     """
-    from edge.files import atomic_write_bytes
+    from edge.files import atomic_write_bytes, check_writable
     from edge.video import score_video
 
+    check_writable(Path(output).parent)  # before the decoding, not after it
     runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from edge.errors import OutputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: the mode a plain open() would give new files
@@ -58,3 +61,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` (UTF-8) to `path` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode())
+
+
+def check_writable(folder: str | os.PathLike, need_bytes: int = 0, purpose: str = "this") -> None:
+    """Checks before long work that `folder` can be created and written and has `need_bytes` free.
+
+    Args:
+        folder: the output folder (created when missing).
+        need_bytes: free space wanted.
+        purpose: what needs the space, for the message ("training this model").
+
+    Raises:
+        OutputError: one line naming the folder and the problem.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write-test") as tmp:
+            Path(tmp).write_bytes(b"ok")
+        (folder / ".write-test").unlink()
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot write here: {err.strerror or err}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise OutputError(f"{folder}: {free / 2**20:.0f} MiB free, {purpose} needs about {need_bytes / 2**20:.0f} MiB")

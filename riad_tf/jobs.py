@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edge.errors import InputError
-from edge.files import atomic_write_text
+from edge.files import atomic_write_text, check_writable
 from edge.inspection import inspect_files, preprocessing_record
 from edge.predictions import MapNames, error_record, with_overrides
 from riad_tf import metrics
@@ -136,7 +136,7 @@ def train_job(
         thresholds = _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=False)
         log.info("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
         return thresholds
-    runs.check_writable(out_dir, runs.estimated_run_bytes(config))
+    check_writable(out_dir, runs.estimated_run_bytes(config), "training this model")
     with runs.run_lock(out_dir, "riad-tf train"):
         runs.remove_temporaries(out_dir)
         return _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=True)
@@ -179,7 +179,7 @@ def evaluate_job(
     if not split.test:
         raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
     out_dir = Path(out_dir or runs.eval_dir(run_dir))
-    runs.check_writable(out_dir)  # before the scoring, not after it
+    check_writable(out_dir)  # before the scoring, not after it
     job = evaluate_video_run if _is_video(split) else evaluate_run
     summary = job(run_dir, split.test, out_dir, batch_size=batch_size, report=report)
     errors = "".join(json.dumps(error_record(path, f"{path}: {reason}")) + "\n" for path, reason in skipped)

@@ -20,7 +20,7 @@ the run's lock, so a second writer is refused (a lock left by a killed process
 is released by the system and taken over); a re-run with another data set or
 another configuration is refused before anything is written (`check_rerun`);
 and free space and writability are checked before training starts
-(`check_writable`). Temporaries of an interrupted save are removed on the next
+(`edge.files.check_writable`). Temporaries of an interrupted save are removed on the next
 start (`remove_temporaries`).
 
 Example:
@@ -49,7 +49,7 @@ from typing import Iterator
 
 import numpy as np
 
-from edge.errors import ConfigError, InputError, OutputError, RunLocked, one_line
+from edge.errors import ConfigError, InputError, RunLocked, one_line
 from edge.files import atomic_path, atomic_write_text
 from riad_tf.config import RiadConfig
 
@@ -234,23 +234,6 @@ def estimated_run_bytes(config: RiadConfig) -> int:
     """
     parameters = 47.5 * sum(w * w for w in config.unet_widths)
     return int(parameters * 4 * 9) + 32 * 2**20
-
-
-def check_writable(folder, need_bytes: int = 0) -> None:
-    """Raises `OutputError` unless `folder` can be created and written and has `need_bytes` free."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".write-test") as tmp:
-            Path(tmp).write_bytes(b"ok")
-        (folder / ".write-test").unlink()
-    except OSError as err:
-        raise OutputError(f"{folder}: cannot write here: {err.strerror or err}") from None
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise OutputError(
-            f"{folder}: {free / 2**20:.0f} MiB free, training this model needs about {need_bytes / 2**20:.0f} MiB"
-        )
 
 
 def remove_temporaries(run_dir) -> list[Path]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -105,10 +111,10 @@ def test_an_output_that_cannot_be_written_exits_5(datasets, tmp_path):
 
 
 def test_too_little_free_space_is_found_before_training(datasets, tmp_path, monkeypatch):
-    import riad_tf.run
+    import edge.files
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(riad_tf.run.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    monkeypatch.setattr(edge.files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
     out = tmp_path / "run"
     failure = _failure(CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(out), *TINY]))
     assert failure.code == 5 and "1 MiB free" in failure.line
@@ -300,3 +306,163 @@ def test_evaluate_and_export_check_their_output_before_working(trained, tmp_path
     assert _failure(evaluate).code == 5
     export = CliRunner().invoke(main, ["export", str(trained), "--onnx", "--out", str(blocker / "export")])
     assert _failure(export).code == 5
+
+
+# ----------------------------------------------------------------------------
+# The line-scan stream
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _strip(path: Path, lines: int = 640) -> Path:
+    grey = np.random.default_rng(0).integers(100, 156, (lines, 64), dtype=np.uint8)
+    Image.fromarray(grey).save(path)
+    return path
+
+
+class _FillingFile:
+    """A file on a disk with `room` bytes left: a write past it stores what fits, the next one fails (ENOSPC)."""
+
+    def __init__(self, path, room: int):
+        self.file, self.room = open(path, "wb", buffering=0), room
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = self.file.write(bytes(data[: self.room]))
+        self.room -= written
+        return written
+
+    def truncate(self, size: int) -> int:
+        return self.file.truncate(size)
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+
+def test_a_full_disk_ends_the_stream_keeping_every_finished_frame(exported, tmp_path, monkeypatch):
+    import edge.stream.output
+
+    monkeypatch.setattr(edge.stream.output, "open", lambda path, *a, **k: _FillingFile(path, 1500), raising=False)
+    out = tmp_path / "out.jsonl"
+    command = ["stream", str(exported), "--source", str(_strip(tmp_path / "strip.png")), "--output", str(out)]
+    failure = _failure(CliRunner().invoke(edge_main, [*command, "--frame-height", "32", "--overlap", "0"]))
+    assert failure.code == 5 and "out.jsonl" in failure.line and "No space left on device" in failure.line
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # whole records only
+    assert records and all(r["type"] == "frame" for r in records) and len(records) < 20
+    assert [r["frame"] for r in records] == list(range(len(records))) and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_stream_without_free_space_is_refused_before_it_starts(exported, tmp_path, monkeypatch):
+    import edge.files
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(edge.files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    out = tmp_path / "out" / "records.jsonl"
+    command = ["stream", str(exported), "--source", str(_strip(tmp_path / "strip.png")), "--output", str(out)]
+    failure = _failure(CliRunner().invoke(edge_main, command))
+    assert failure.code == 5 and "1 MiB free" in failure.line and not list(out.parent.iterdir())
+
+
+def _start_stream(exported, source: str, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "edge.cli", "stream", str(exported), "--source", source, "--width", "64"]
+    command += ["--frame-height", "32", "--overlap", "0", "--output", str(out)]
+    return subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_within_2_s(stream: subprocess.Popen, out: Path) -> dict:
+    """Waits until the stream writes its output, sends Ctrl-C, returns the summary written on the way out."""
+    partial = out.with_name(out.name + ".partial")
+    started = time.monotonic()
+    while not partial.exists() and stream.poll() is None and time.monotonic() - started < 60:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the capture thread is now waiting in a read
+    sent = time.monotonic()
+    stream.send_signal(signal.SIGINT)
+    try:
+        stream.wait(timeout=10)
+    finally:
+        stream.kill()
+    took = time.monotonic() - sent
+    assert stream.returncode == 0 and took < 2.0, (took, stream.stderr.read())
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[-1]["type"] == "summary" and not partial.exists()
+    return records[-1]
+
+
+def test_ctrl_c_ends_a_stream_whose_tcp_camera_sends_nothing(exported, tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+    out = tmp_path / "tcp.jsonl"
+    stream = _start_stream(exported, f"tcp://127.0.0.1:{server.getsockname()[1]}", out)
+    connection = None
+    try:
+        server.settimeout(60)
+        connection, _ = server.accept()
+        connection.sendall(bytes(64 * 40))  # one frame and a part, then silence
+        summary = _interrupt_within_2_s(stream, out)
+    finally:
+        stream.kill()
+        if connection is not None:
+            connection.close()
+        server.close()
+    assert summary["interrupted"] and summary["lines"] == 40 and summary["frames"] == 2  # the part flushed too
+
+
+def test_ctrl_c_ends_a_stream_whose_fifo_writer_is_silent(exported, tmp_path):
+    fifo = tmp_path / "camera.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "fifo.jsonl"
+    stream = _start_stream(exported, f"raw:{fifo}", out)
+    try:
+        with open(fifo, "wb") as writer:  # opens once the stream has opened its end
+            summary = _interrupt_within_2_s(stream, out)
+    finally:
+        stream.kill()
+    assert summary["interrupted"] and summary["lines"] == 0 and writer.closed
+
+
+def test_a_tcp_camera_that_restarts_is_reconnected_with_back_off():
+    from edge.stream import BadBlock, LineBlock
+    from edge.stream.sources import open_raw
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def camera():  # sends 10 lines, restarts once, sends 10 more, then is gone
+        for value in (1, 2):
+            connection, _ = server.accept()
+            connection.sendall(bytes([value]) * 8 * 10)
+            connection.close()
+        server.close()
+
+    thread = threading.Thread(target=camera, daemon=True)
+    thread.start()
+    source = open_raw(f"tcp://127.0.0.1:{port}", reconnect=1.0, width=8, lines_per_block=4)
+    blocks = []
+    with pytest.raises(ValueError, match=r"cannot connect: Connection refused \(retried for 1 s\)"):
+        blocks.extend(source)
+    lines = np.concatenate([b.lines[:, 0, 0] for b in blocks if isinstance(b, LineBlock)])
+    assert lines.tolist() == [1] * 10 + [2] * 10
+    assert [b.reason for b in blocks if isinstance(b, BadBlock)] == [
+        f"tcp://127.0.0.1:{port}: the stream ended at byte 80; reconnected"
+    ]
+
+
+def test_riad_edge_video_checks_its_output_before_decoding(exported, tmp_path, monkeypatch):
+    import edge.cli
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((32, 32), 120 + index, np.uint8)).save(frames / f"{index:03d}.png")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    opened = []
+    monkeypatch.setattr(edge.cli, "_open_runner", lambda *args: opened.append(args))
+    result = CliRunner().invoke(edge_main, ["video", str(exported), str(frames), "--output", str(blocker / "s.csv")])
+    failure = _failure(result)
+    assert failure.code == 5 and "a-file" in failure.line and not opened

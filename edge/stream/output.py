@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edge.errors import OutputError
 from edge.files import atomic_path
 
 LATENCY_WINDOW = 100_000  # latest latencies kept for the percentiles (bounded memory)
@@ -63,20 +64,47 @@ class LatencyStats:
 
 
 class JsonLines:
-    """JSON records, one a line, to stdout (`path` None or "-") or to a file renamed into place at `close`."""
+    """JSON records, one a line, to stdout (`path` None or "-") or to a file renamed into place at `close`.
+
+    Every record is written whole or not at all: a write that fails (a full
+    disk) or is interrupted cuts the file back to the end of the last whole
+    record and raises `OutputError`, so the file renamed into place by
+    `close()` holds every record up to the last finished one.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path in (None, "-") else Path(path)
+        self.records = 0
         if self.path is None:
             self._file = sys.stdout
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._partial = self.path.with_name(self.path.name + ".partial")
-            self._file = open(self._partial, "w", encoding="utf-8")
+            self._file = open(self._partial, "wb", buffering=0)
+            self._kept = 0  # bytes of whole records
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        if self.path is None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._write_whole(line.encode())
+        self.records += 1
+
+    def _write_whole(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view) :]
+        except BaseException as err:
+            self._file.truncate(self._kept)
+            if not isinstance(err, OSError):
+                raise
+            raise OutputError(
+                f"{self.path}: cannot write: {err.strerror or err}; it keeps the {self.records} whole records before"
+            ) from None
+        self._kept += len(data)
 
     def close(self) -> None:
         if self.path is not None and not self._file.closed:

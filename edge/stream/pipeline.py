@@ -44,7 +44,7 @@ PROGRESS_EVERY_S = 5.0  # a progress line on stderr this often
 
 POLICIES = ("block", "drop")
 _END = object()
-STOP_GRACE_S = 2.0  # how long Ctrl-C waits for a capture thread stuck in a read
+STOP_GRACE_S = 1.5  # Ctrl-C: the most time left for the frames in flight (a stuck source is abandoned)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +112,14 @@ class StreamPipeline:
         self._errors: list[BaseException] = []
         self.frames_dropped = 0
         self.accumulator: FrameAccumulator | None = None
+        self._source = None
 
     def stop(self) -> None:
         """Asks the capture to end; the pipeline then flushes and returns (also what Ctrl-C does)."""
         self._stop.set()
+        interrupt = getattr(self._source, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
 
     # ------------------------------------------------------------------
     # Capture and inference threads
@@ -136,6 +140,7 @@ class StreamPipeline:
         except Exception as err:  # a source that fails outright ends the stream, reported
             self._faults.append(f"source failed: {str(err).splitlines()[0] if str(err) else repr(err)}")
         finally:
+            _close(source)  # here, not in the output thread: a source is used by one thread only
             for frame in accumulator.flush(time.perf_counter()):
                 self._offer(frame, force=True)
             self._frames.put(_END)
@@ -185,11 +190,15 @@ class StreamPipeline:
         """Inspects the whole source; writes records to `writer` (`.write(dict)`); returns the summary.
 
         The summary is also written as the last record. Ctrl-C ends the
-        stream early, with everything flushed (`"interrupted": true`).
+        stream early, with everything flushed (`"interrupted": true`), within
+        `STOP_GRACE_S` whatever the source is doing. The source is closed by
+        the capture thread when it ends.
 
         Raises:
-            the runner's error, after the summary is written, if inference failed.
+            the runner's error, after the summary is written, if inference failed;
+            the writer's error (a full disk: `edge.errors.OutputError`), at once.
         """
+        self._source = source
         fixed = bool(getattr(source, "fixed_block_height", False))
         self.accumulator = FrameAccumulator(self.settings.frame_height, self.settings.overlap, fixed_block_height=fixed)
         state = _OutputState(self)
@@ -210,10 +219,10 @@ class StreamPipeline:
                 self._consume(state, writer, deadline=time.perf_counter() + STOP_GRACE_S)
             except KeyboardInterrupt:
                 pass
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+        except BaseException:  # the output failed (a full disk): the capture stops, the error goes up
+            self.stop()
+            threading.Thread(target=self._discard_results, daemon=True, name="discard").start()
+            raise
         state.finish(writer)
         summary = state.summary(time.perf_counter() - started, interrupted)
         writer.write(summary)
@@ -235,9 +244,20 @@ class StreamPipeline:
                 return
             state.emit(item, writer)
 
+    def _discard_results(self) -> None:
+        """After an output failure: empty the results queue so that inference and capture can end."""
+        while self._results.get() is not _END:
+            pass
+
     def _write_faults(self, writer) -> None:
         while self._faults:
             writer.write({"type": "fault", "time": round(time.time(), 6), "reason": self._faults.popleft()})
+
+
+def _close(source) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
 
 
 class _OutputState:

@@ -30,10 +30,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import select
 import socket
+import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
@@ -45,7 +49,10 @@ from edge.images import IMAGE_EXTENSIONS, ImageError, frame_files, load_image
 from edge.video_files import VIDEO_EXTENSIONS, decode_video
 
 RAW_DTYPES = ("uint8", "uint16", "float32")
+POLL_S = 0.1  # a silent pipe or socket looks at interrupt() this often
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 8.0  # TCP reconnection waits: first, then doubling up to
 ENTRY_POINT_GROUP = "riad_edge.sources"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -72,6 +79,12 @@ class LineSource(Protocol):
     A source whose blocks are whole frames of one height may set the class
     attribute `fixed_block_height = True`: a block of another height is then
     reported and skipped as a short or wrong-size frame.
+
+    The pipeline iterates and closes a source in its capture thread. On
+    Ctrl-C it calls the source's `interrupt()`, if it has one, from another
+    thread: a source that can block waiting for data implements it to end
+    its iteration soon (see `RawLines`); one that cannot is abandoned after
+    the pipeline's grace period.
 
     A camera SDK adapter (GenICam via Harvesters, a vendor SDK) implements
     this and is registered with `register_source("scheme", factory)`; the core
@@ -183,12 +196,20 @@ class RawLines:
     """Raw lines from a binary stream: `width x channels` values of `dtype` per line, row-major.
 
     Args:
-        stream: a readable binary file object (stdin's buffer, a file, a socket file).
+        stream: a readable binary file object (stdin's buffer, a file, a FIFO, a socket).
         width, channels, dtype: the line format ("uint8", "uint16", "float32").
         lines_per_block: lines read per block.
         name: the stream's name for messages.
+        closer: called by `close()` (None: nothing to close).
+        reopen: for a source that can come back (a camera that restarts): called
+            with the interrupt event when the stream ends, returns `(stream,
+            closer)`, or None when interrupted; raises when it gives up.
 
-    A short read at the end (part of a line) becomes a `BadBlock`.
+    A short read at the end (part of a line) becomes a `BadBlock`. A stream
+    with a file descriptor (a pipe, FIFO, socket or terminal) is polled, so
+    `interrupt()` ends the iteration within `POLL_S` even while the sender is
+    silent; Ctrl-C never waits on a blocked read. (Polling needs `select` on
+    that descriptor: Linux and macOS.)
     """
 
     def __init__(
@@ -200,73 +221,139 @@ class RawLines:
         lines_per_block: int = 64,
         name: str = "stream",
         closer=None,
+        reopen=None,
     ):
         if dtype not in RAW_DTYPES:
             raise InputError(f"{name}: raw dtype must be one of {', '.join(RAW_DTYPES)}, got {dtype!r}")
         if width < 1 or channels not in (1, 3) or lines_per_block < 1:
             raise InputError(f"{name}: raw lines need width >= 1 and 1 or 3 channels, got {width} x {channels}")
-        self.stream, self.name, self._closer = stream, name, closer
+        self.name, self._reopen = name, reopen
         self.width, self.channels, self.dtype = int(width), int(channels), np.dtype(dtype)
         self.line_bytes = self.width * self.channels * self.dtype.itemsize
         self.lines_per_block = int(lines_per_block)
+        self._interrupted = threading.Event()
+        self._attach(stream, closer)
+
+    def _attach(self, stream, closer) -> None:
+        self.stream, self._closer, self._fd = stream, closer, _pollable_fd(stream)
 
     def __iter__(self):
         wanted = self.line_bytes * self.lines_per_block
         offset = 0
-        while True:
-            data = _read_up_to(self.stream, wanted)
-            if not data:
-                return
+        while not self._interrupted.is_set():
+            data = self._read(wanted)
             whole = len(data) // self.line_bytes * self.line_bytes
             if whole:
                 lines = np.frombuffer(data[:whole], self.dtype).reshape(-1, self.width, self.channels)
                 yield LineBlock(lines, f"{self.name}@{offset}")
-            if whole < len(data):
+            if whole < len(data) and not self._interrupted.is_set():
                 yield BadBlock(
                     f"{self.name}: short line at byte {offset + whole} ({len(data) - whole} of {self.line_bytes} bytes)",
                     1,
                     self.name,
                 )
-                return
             offset += len(data)
+            if len(data) < wanted and not self._interrupted.is_set():  # the stream ended
+                if self._reopen is None or not self._reconnect():
+                    return
+                yield BadBlock(f"{self.name}: the stream ended at byte {offset}; reconnected", 0, self.name)
+
+    def _reconnect(self) -> bool:
+        self.close()
+        reopened = self._reopen(self._interrupted)
+        if reopened is not None:
+            self._attach(*reopened)
+        return reopened is not None
+
+    def _read(self, size: int) -> bytes:
+        """`size` bytes; fewer at the end of the stream or after `interrupt()`."""
+        chunks, got = [], 0
+        while got < size and not self._interrupted.is_set():
+            if self._fd is None:
+                chunk = self.stream.read(size - got)
+            elif select.select([self._fd], [], [], POLL_S)[0]:
+                chunk = os.read(self._fd, size - got)
+            else:
+                continue  # nothing yet: look at the interrupt again
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def interrupt(self) -> None:
+        """Ends the iteration soon (within `POLL_S` on a silent pipe or socket); safe from another thread."""
+        self._interrupted.set()
 
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
+            self._closer = None
 
 
-def _read_up_to(stream, size: int) -> bytes:
-    """Reads `size` bytes, fewer only at the end of the stream."""
-    chunks, got = [], 0
-    while got < size:
-        chunk = stream.read(size - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+def _pollable_fd(stream) -> int | None:
+    """The descriptor to poll before reading: pipes, FIFOs, sockets, terminals; None for files and the rest."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(os.fstat(fd).st_mode) else fd
 
 
-def open_raw(target: str, **options) -> RawLines:
-    """`-` (stdin), a file path, or `tcp://HOST:PORT` with HOST on loopback."""
+def _connect(target: str, host: str, port: int, patience: float, interrupted: threading.Event | None = None):
+    """A TCP connection to the camera, retried with back-off (0.5 s doubling to 8 s) for up to `patience` s.
+
+    Returns:
+        the socket, or None when `interrupted` is set while waiting.
+
+    Raises:
+        InputError: refused (or unreachable) for longer than `patience`.
+    """
+    delay, give_up = BACKOFF_FIRST_S, time.monotonic() + patience
+    while True:
+        try:
+            connection = socket.create_connection((host, port), timeout=10)
+            connection.settimeout(None)
+            return connection
+        except OSError as err:
+            reason, left = err.strerror or str(err), give_up - time.monotonic()
+            if left <= 0:
+                tried = f" (retried for {patience:g} s)" if patience > 0 else ""
+                raise InputError(f"{target}: cannot connect: {reason}{tried}") from None
+            wait, delay = min(delay, left), min(2 * delay, BACKOFF_MAX_S)
+            log.warning(f"{target}: {reason}; retrying in {wait:.1f} s")
+            if interrupted is None:
+                time.sleep(wait)
+            elif interrupted.wait(wait):
+                return None
+
+
+def open_raw(target: str, reconnect: float = 0.0, **options) -> RawLines:
+    """`-` (stdin), a file path or FIFO, or `tcp://HOST:PORT` with HOST on loopback.
+
+    Args:
+        reconnect: TCP only: seconds to keep retrying a refused or lost connection
+            (a camera that restarts), with back-off; 0: a refused connection is an
+            error and a closed one ends the stream.
+    """
     if target == "-":
         return RawLines(sys.stdin.buffer, name="stdin", **options)
     if target.startswith("tcp://"):
         host, _, port = target[len("tcp://") :].rpartition(":")
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
             raise InputError(f"{target}: only loopback TCP sources are supported (127.0.0.1, localhost, ::1)")
-        try:
-            connection = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
-        except OSError as err:
-            raise InputError(f"{target}: cannot connect: {err.strerror or err}") from None
-        connection.settimeout(None)
-        reader = connection.makefile("rb")
+        if not port.isdigit():
+            raise InputError(f"{target}: the port must be a number")
+        address = (target, host.strip("[]"), int(port), float(reconnect))
 
-        def close():
-            reader.close()
-            connection.close()
+        def reopen(interrupted):
+            connection = _connect(*address, interrupted)
+            return None if connection is None else (connection, connection.close)
 
-        return RawLines(reader, name=target, closer=close, **options)
+        connection = _connect(*address)
+        return RawLines(
+            connection, name=target, closer=connection.close, reopen=reopen if reconnect > 0 else None, **options
+        )
     path = Path(target)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such raw line file")
@@ -308,8 +395,11 @@ def open_source(
     line_rate: float = 0.0,
     lines_per_block: int = 64,
     repeat: int = 1,
+    reconnect: float = 0.0,
 ) -> LineSource:
     """Opens a source from its specification (see the module docstring).
+
+    `reconnect`: seconds a TCP source keeps retrying a refused or lost connection (`open_raw`).
 
     Raises:
         FileNotFoundError, ValueError: a missing path or an unusable specification.
@@ -324,6 +414,7 @@ def open_source(
             channels=channels,
             dtype=dtype,
             lines_per_block=lines_per_block,
+            reconnect=reconnect,
         )
     if sep and len(scheme) > 1 and not Path(spec).exists():
         factory = _plugin(scheme)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.errors import ConfigError
-from edge.files import atomic_write_bytes
+from edge.files import atomic_write_bytes, check_writable
 from edge.images import to_model_input
 from edge.inpaint import masked_copies
 from riad_tf.export.errors import ExportError
@@ -28,7 +28,7 @@ from riad_tf.export.metadata import verify_model, write_model
 from riad_tf.export.onnx import convert_onnx, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
-from riad_tf.run import check_writable, load_detector, load_preprocessing, load_thresholds
+from riad_tf.run import load_detector, load_preprocessing, load_thresholds
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")

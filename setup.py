@@ -27,6 +27,9 @@ TF = [
 
 EDGE = ["onnxruntime>=1.20", "ai-edge-litert>=2.0", "pillow>=10.0", "opencv-python-headless>=4.10"]
 
+# `riad-edge --runtime openvino`: Intel CPUs and iGPUs, reading the exported ONNX (beside ONNX Runtime's CPU wheel).
+OPENVINO = ["openvino>=2025.1,<2027"]
+
 # `riad-edge serve`: a small, well-kept HTTP server and the Prometheus client.
 SERVE = ["aiohttp>=3.9,<4", "prometheus-client>=0.20"]
 
@@ -47,7 +50,8 @@ setup(
         "tf": TF,
         "edge": EDGE,
         "serve": EDGE + SERVE,
-        "dev": TF + SERVE + ["pytest>=8.0", "ruff>=0.17,<0.18"],
+        "openvino": EDGE + OPENVINO,
+        "dev": TF + SERVE + OPENVINO + ["pytest>=8.0", "ruff>=0.17,<0.18"],
     },
     entry_points={
         "console_scripts": [

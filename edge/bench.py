@@ -12,7 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,3 +66,35 @@ def benchmark(
             "backend": runner.session.backend,
             "delegate": runner.session.delegate,
         }
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (or the given text); empty where there is none.
+
+    Example:
+
+    >>> sorted(cpu_flags("flags : fpu avx2 amx_bf16"))
+    ['amx_bf16', 'avx2', 'fpu']
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    return {
+        flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()
+    }
+
+
+def cpu_facts() -> dict:
+    """What a benchmark records about the CPU: model, cores, usable cores, load average, bfloat16 flags."""
+    model = platform.processor() or platform.machine()
+    try:
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        model = names[0].partition(":")[2].strip() if names else model
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    bf16 = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable, "load_average": load, "bf16": bf16}

@@ -14,6 +14,7 @@ message and exit status 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -46,11 +47,17 @@ _friendly_errors = friendly_errors  # one line and an exit status per kind of er
 
 _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False))
 _runtime_options = [
-    click.option("--threads", type=int, default=None, help="CPU threads for LiteRT / ONNX Runtime."),
+    click.option("--threads", type=int, default=None, help="CPU threads of the runtime."),
     click.option("--max-batch", type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
     click.option("--memory-mb", type=int, default=1024, show_default=True, help="Activation memory budget."),
     click.option(
         "--no-integrity-check", is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."
+    ),
+    click.option(
+        "--runtime",
+        type=click.Choice(["onnxruntime", "openvino"]),
+        default=None,
+        help="Runtime for an .onnx model (default: onnxruntime). OpenVINO suits Intel CPUs and iGPUs.",
     ),
     click.option(
         "--provider",
@@ -58,17 +65,42 @@ _runtime_options = [
         default=None,
         help="ONNX Runtime execution provider (default: every one installed). A missing one is an error.",
     ),
+    click.option("--openvino-device", default="CPU", show_default=True, help="--runtime openvino: CPU, GPU, AUTO, ..."),
+    click.option(
+        "--openvino-precision",
+        type=click.Choice(["f32", "bf16", "f16"]),
+        default="f32",
+        show_default=True,
+        help="--runtime openvino: inference precision (f32 keeps the exported model's scores).",
+    ),
 ]
+_RUNTIME_KEYS = (  # the parameter names of the options above, in order
+    "threads",
+    "max_batch",
+    "memory_mb",
+    "no_integrity_check",
+    "runtime",
+    "provider",
+    "openvino_device",
+    "openvino_precision",
+)
 
 
-def _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider):
+def _open_runner(
+    model, threads, max_batch, memory_mb, no_integrity_check, runtime, provider, openvino_device, openvino_precision
+):
+    """The `Runner` the runtime options ask for (`_with_runtime_options` passes their values)."""
     from edge.onnxrt import execution_providers
+    from edge.openvino import OpenVinoSettings
     from edge.runner import Runner
 
     if no_integrity_check:
         log.warning(f"{model}: --no-integrity-check: the model is run without checking its sha256")
-    if provider is not None and not str(model).endswith(".onnx"):
-        raise click.UsageError("--provider is for .onnx models (ONNX Runtime)")
+    onnx = str(model).endswith(".onnx")
+    if (provider is not None or runtime is not None) and not onnx:
+        raise click.UsageError("--runtime and --provider are for .onnx models")
+    if provider is not None and runtime == "openvino":
+        raise click.UsageError("--provider picks an ONNX Runtime provider; it does not go with --runtime openvino")
     return Runner.open(
         model,
         threads=threads,
@@ -76,13 +108,20 @@ def _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provi
         memory_mb=memory_mb,
         verify=not no_integrity_check,
         providers=execution_providers(provider),
+        openvino=OpenVinoSettings(openvino_device, openvino_precision) if runtime == "openvino" else None,
     )
 
 
 def _with_runtime_options(command):
+    """Adds the runtime options; the command receives their values as one dict, `runtime_options`."""
+
+    @functools.wraps(command)
+    def with_runtime(*args, **kwargs):
+        return command(*args, runtime_options={key: kwargs.pop(key) for key in _RUNTIME_KEYS}, **kwargs)
+
     for option in reversed(_runtime_options):
-        command = option(command)
-    return command
+        with_runtime = option(with_runtime)
+    return with_runtime
 
 
 @click.group()
@@ -116,11 +155,7 @@ def infer(
     tile,
     resize,
     image_threshold,
-    threads,
-    max_batch,
-    memory_mb,
-    no_integrity_check,
-    provider,
+    runtime_options,
 ):
     """Score image files: one JSON line per image (docs/deployment.md, "Verdicts").
 
@@ -132,7 +167,7 @@ def infer(
     """
     from edge.inspection import inspect_files
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
+    runner = _open_runner(model, **runtime_options)
     paths = find_images(images)
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
@@ -159,11 +194,11 @@ def infer(
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
 @_with_runtime_options
 @_friendly_errors
-def bench(model, batches, iters, warmup, threads, max_batch, memory_mb, no_integrity_check, provider):
+def bench(model, batches, iters, warmup, runtime_options):
     """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
     from edge.bench import benchmark
 
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
+    runner = _open_runner(model, **runtime_options)
     for record in benchmark(runner, int_list(batches, positive=True, what="batch sizes"), iters=iters, warmup=warmup):
         click.echo(json.dumps({"model": Path(model).name, **record}))
 
@@ -332,11 +367,7 @@ def stream(
     lines_per_block,
     repeat,
     reconnect,
-    threads,
-    max_batch,
-    memory_mb,
-    no_integrity_check,
-    provider,
+    runtime_options,
 ):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
     from edge.files import atomic_write_bytes, check_writable
@@ -347,7 +378,7 @@ def stream(
             check_writable(Path(path).parent, STREAM_FREE_BYTES, "a stream's output")
     if overlays:
         check_writable(overlays, STREAM_FREE_BYTES, "a stream's output")
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
+    runner = _open_runner(model, **runtime_options)
     settings = StreamSettings(
         frame_height=frame_height,
         overlap=overlap,
@@ -402,9 +433,7 @@ def stream(
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per runner call.")
 @_with_runtime_options
 @_friendly_errors
-def video_command(
-    model, video, window, normalise, output, batch_size, threads, max_batch, memory_mb, no_integrity_check, provider
-):
+def video_command(model, video, window, normalise, output, batch_size, runtime_options):
     """Score every frame of a video file or frame folder, with the paper's temporal smoothing.
 
     Writes OUTPUT with one row per frame: frame (1-based), score, smoothed (mean of
@@ -416,7 +445,7 @@ def video_command(
     from edge.video import score_video
 
     check_writable(Path(output).parent)  # before the decoding, not after it
-    runner = _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)
+    runner = _open_runner(model, **runtime_options)
     report = _progress_reporter(video)
     scores = score_video(runner, video, window=window, normalise=normalise, batch_size=batch_size, progress=report)
     if scores.anomalous is None and (runner.thresholds or {}).get("smoothed_frame") is not None:
@@ -487,17 +516,13 @@ def serve(
     tile,
     resize,
     image_threshold,
-    threads,
-    max_batch,
-    memory_mb,
-    no_integrity_check,
-    provider,
+    runtime_options,
 ):
     """Serve the model over HTTP: POST an image to /predict, get its record (edge/serve.py, docs/deployment.md)."""
     from edge.serve import ServeSettings
     from edge.serve import serve as run_service
 
-    _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider)  # fail now, before listening
+    _open_runner(model, **runtime_options)  # fail now, before listening
     settings = ServeSettings(
         max_batch=batch_size,
         max_wait_ms=max_wait_ms,
@@ -506,9 +531,7 @@ def serve(
         mode=size_mode(tile, resize),
         image_threshold=image_threshold,
     )
-    run_service(
-        lambda: _open_runner(model, threads, max_batch, memory_mb, no_integrity_check, provider), settings, host, port
-    )
+    run_service(lambda: _open_runner(model, **runtime_options), settings, host, port)
 
 
 if __name__ == "__main__":

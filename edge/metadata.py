@@ -7,6 +7,10 @@ the training `RiadConfig.to_dict()`, so nothing is specified twice), the
 calibrated thresholds for verdicts, and a sha256 of the model file so a model
 and a metadata file that do not belong together are caught.
 
+The exported `.onnx` and `.tflite` files also carry a copy inside
+(`edge.embedded`), so a model file copied alone still runs; a JSON beside it
+must agree with that copy.
+
 Schema `riad-edge/1` (keys of the JSON object):
 
     schema            "riad-edge/1"
@@ -18,7 +22,7 @@ Schema `riad-edge/1` (keys of the JSON object):
     precision         "fp32" | "fp16" | "int8"
     quantization      one line saying what was quantized and what stayed float
     model_file        the model's file name (beside this JSON)
-    sha256            sha256 of the model file
+    sha256            sha256 of the model file ("" when read from inside the model)
     input_name        name of the input tensor
     input_shape       [batch or null (dynamic), height, width, channels]
     input_dtype       "float32" (values in [0, 1]) | "uint8" (0-255, divided in-graph)
@@ -53,6 +57,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.embedded import comparable, embed, embedded_payload, read_embedded
 from edge.errors import InputError, one_line
 from edge.files import atomic_write_bytes
 
@@ -197,6 +202,22 @@ def write_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Pa
     return atomic_write_bytes(path, text.encode())
 
 
+def update_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
+    """Puts new metadata into an `.onnx` or `.tflite` model and beside it, so both copies agree.
+
+    For a recalibration on the device (new thresholds), without TensorFlow or
+    the ONNX library. The model file is rewritten atomically (its weights
+    unchanged), then the JSON with the new sha256.
+
+    Returns:
+        The JSON's path.
+    """
+    model_path = Path(model_path)
+    model = embed(model_path.read_bytes(), metadata.format, embedded_payload(metadata))
+    atomic_write_bytes(model_path, model)
+    return write_metadata(model_path, dataclasses.replace(metadata, sha256=file_sha256(model_path)))
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -225,7 +246,12 @@ def _check_config(config: dict, input_shape: tuple) -> None:
 
 
 def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMetadata:
-    """Reads `MODEL.json` beside a model file.
+    """Reads a model's metadata: `MODEL.json` beside it, or the copy inside the model file.
+
+    With both, they must agree (`edge.embedded.comparable`: everything but the
+    file's name, sha256 and verification). With only the copy inside (a model
+    file copied alone), `sha256` is "": there is nothing to check it against,
+    and nothing to mismatch.
 
     Args:
         model_path: the model (`.tflite`, `.onnx`, `.engine`).
@@ -237,24 +263,54 @@ def read_metadata(model_path: str | os.PathLike, verify: bool = True) -> ModelMe
 
     Raises:
         MetadataError: one line naming the file: missing, not JSON, wrong
-            schema, or a model file that does not match its sha256.
+            schema, a model file that does not match its sha256, or a JSON
+            that disagrees with the copy inside the model.
     """
     model_path = Path(model_path)
     path = metadata_path(model_path)
-    if not path.is_file():
-        raise MetadataError(f"{path}: metadata not found; copy it with the model (riad-tf export writes it)")
     try:
-        values = json.loads(path.read_text())
+        embedded = read_embedded(model_path) if model_path.is_file() else None
+    except ValueError as err:
+        raise MetadataError(f"{model_path}: the metadata inside is not riad-edge metadata: {one_line(err)}") from None
+    if not path.is_file():
+        if embedded is None:
+            raise MetadataError(
+                f"{path}: metadata not found, and {model_path.name} has none inside; "
+                "copy it with the model (riad-tf export writes it)"
+            )
+        metadata = _from_values({**embedded, "model_file": model_path.name, "sha256": ""}, f"{model_path} (inside)")
+    else:
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise MetadataError(f"{path}: not riad-edge metadata: {one_line(err)}") from None
+        metadata = _from_values(values, path)
+        if embedded is not None:
+            _check_agreement(values, embedded, path, model_path)
+        if verify:
+            _verify_file(model_path, metadata.sha256, path)
+    if verify and metadata.masks_file:
+        _verify_file(model_path.parent / metadata.masks_file, metadata.masks_sha256, path)
+    return metadata
+
+
+def _from_values(values, where) -> ModelMetadata:
+    try:
         if not isinstance(values, dict):
             raise MetadataError(f"a JSON object was expected, found {type(values).__name__}")
-        metadata = ModelMetadata.from_dict(values)
-    except (OSError, ValueError, TypeError) as err:
-        raise MetadataError(f"{path}: not riad-edge metadata: {one_line(err)}") from None
-    if verify:
-        _verify_file(model_path, metadata.sha256, path)
-        if metadata.masks_file:
-            _verify_file(model_path.parent / metadata.masks_file, metadata.masks_sha256, path)
-    return metadata
+        return ModelMetadata.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise MetadataError(f"{where}: not riad-edge metadata: {one_line(err)}") from None
+
+
+def _check_agreement(beside: dict, inside: dict, path: Path, model_path: Path) -> None:
+    beside, inside = comparable(beside), comparable(inside)
+    differing = sorted(k for k in beside.keys() | inside.keys() if beside.get(k) != inside.get(k))
+    if differing:
+        raise MetadataError(
+            f"{path}: disagrees with the metadata inside {model_path.name} on {', '.join(differing)}; "
+            "re-export the model, or delete the JSON to use the copy inside"
+        )
 
 
 def _verify_file(path: Path, expected: str | None, meta_path: Path) -> None:

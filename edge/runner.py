@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -38,19 +38,29 @@ from edge.metadata import EXTENSIONS, ModelMetadata, read_metadata
 from edge.session import Session
 from edge.verdicts import is_anomalous
 
+if TYPE_CHECKING:
+    from edge.openvino import OpenVinoSettings
+
 DEFAULT_MEMORY_MB = 1024
 
 
 def open_session(
-    path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
+    path: str | os.PathLike,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    openvino: OpenVinoSettings | None = None,
 ) -> Session:
-    """The runtime session for a model file, chosen by its extension."""
+    """The runtime session for a model file, chosen by its extension (an `.onnx` on OpenVINO when `openvino` is given)."""
     path = Path(path)
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind == "tflite":
         from edge.litert import LiteRTSession
 
         return LiteRTSession(path, threads)
+    if kind == "onnx" and openvino is not None:
+        from edge.openvino import OpenVinoSession
+
+        return OpenVinoSession(path, threads, openvino)
     if kind == "onnx":
         from edge.onnxrt import OnnxSession
 
@@ -117,6 +127,7 @@ class Runner:
         max_batch: int | None = None,
         memory_mb: int = DEFAULT_MEMORY_MB,
         providers: Sequence[str] | None = None,
+        openvino: OpenVinoSettings | None = None,
         verify: bool = True,
     ) -> "Runner":
         """Opens a model and the metadata beside it.
@@ -126,6 +137,7 @@ class Runner:
             threads: CPU threads of LiteRT / ONNX Runtime (None: their default).
             max_batch, memory_mb: see the class.
             providers: ONNX Runtime execution providers (None: all available).
+            openvino: run an `.onnx` on OpenVINO instead, with these `edge.openvino.OpenVinoSettings`.
             verify: check the model's sha256 against its metadata.
 
         Raises:
@@ -138,7 +150,7 @@ class Runner:
         metadata = read_metadata(path, verify=verify)
         if EXTENSIONS.get(path.suffix.lower()) != metadata.format:
             raise InputError(f"{path}: the metadata describes a {metadata.format} model, not a {path.suffix} file")
-        session = open_session(path, threads, providers)
+        session = open_session(path, threads, providers, openvino)
         return cls(session, metadata, path.parent, max_batch=max_batch, memory_mb=memory_mb)
 
     def _check_session(self) -> None:

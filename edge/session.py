@@ -35,11 +35,11 @@ class Session(Protocol):
     """
 
     backend: str
-    """The runtime: "litert", "onnxruntime" or "tensorrt"."""
+    """The runtime: "litert", "onnxruntime", "openvino" or "tensorrt"."""
 
     delegate: str
     """What runs the model within the runtime: LiteRT's "xnnpack" or "none", ONNX Runtime's
-    first execution provider, or "tensorrt"."""
+    first execution provider, OpenVINO's "DEVICE/precision", or "tensorrt"."""
 
     input_name: str
     """The name of the model's single input tensor."""

@@ -420,6 +420,12 @@ def bench_training(config: RiadConfig, batch: int, precisions, peak, iters, warm
 # The whole benchmark
 
 
+def untrained_detector(config: RiadConfig, seed: int = 0) -> Detector:
+    """A detector with random weights (seeded), for speed measurements: they do not depend on training."""
+    keras.utils.set_random_seed(seed)
+    return Detector(build_unet(config.input_shape, config.unet_widths), config)
+
+
 def machine_info(threads: int | None) -> dict:
     return {
         "platform": platform.platform(),

@@ -341,7 +341,7 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
 @main.command(cls=_TensorFlowCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--out", type=click.Path(file_okay=False), required=True, help="Folder for the models and their metadata."
+    "--out", type=click.Path(file_okay=False), help="Folder for the models and their metadata (--tflite/--onnx/--trt)."
 )
 @click.option("--tflite", is_flag=True, help="TensorFlow Lite model.")
 @click.option("--onnx", is_flag=True, help="ONNX model (TensorRT's parser accepts it).")
@@ -358,28 +358,72 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
 )
 @click.option("--uint8-input", is_flag=True, help="Take uint8 images (0-255) instead of float [0, 1].")
 @click.option("--bare-unet", is_flag=True, help="Export only the U-Net; the edge runner does masks and scoring.")
+@click.option(
+    "--triton",
+    type=click.Path(file_okay=False),
+    help="Triton model repository: the float32 ONNX, dynamic batch, with its config.pbtxt (docs/triton.md).",
+)
+@click.option("--triton-name", default="riad", show_default=True, help="The model's name in the Triton repository.")
+@click.option(
+    "--triton-instance",
+    type=click.Choice(["gpu", "cpu"]),
+    default="gpu",
+    show_default=True,
+    help="Where Triton runs it.",
+)
+@click.option("--triton-max-batch", type=int, default=8, show_default=True, help="Triton's max_batch_size.")
 @_json_option
 @_friendly_errors
-def export(run_dir, out, tflite, onnx, trt, precision, fixed_batch, uint8_input, bare_unet, as_json):
-    """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT)."""
-    from riad_tf.export import export_run
+def export(
+    run_dir,
+    out,
+    tflite,
+    onnx,
+    trt,
+    precision,
+    fixed_batch,
+    uint8_input,
+    bare_unet,
+    triton,
+    triton_name,
+    triton_instance,
+    triton_max_batch,
+    as_json,
+):
+    """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server."""
+    from riad_tf.export import export_run, export_triton
     from riad_tf.run import representative_images
 
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
-    if not formats and not trt:
-        raise click.UsageError("choose at least one of --tflite, --onnx, --trt")
-    representative = representative_images(run_dir) if precision == "int8" else None
-    written = export_run(
-        run_dir,
-        out,
-        formats=formats,
-        precision=precision,
-        batch=fixed_batch or None,
-        uint8_input=uint8_input,
-        bare_unet=bare_unet,
-        trt=trt,
-        representative_images=representative,
-    )
+    if not formats and not trt and not triton:
+        raise click.UsageError("choose at least one of --tflite, --onnx, --trt, --triton")
+    if (formats or trt) and not out:
+        raise click.UsageError("--tflite, --onnx and --trt need --out")
+    if triton and (bare_unet or (precision != "fp32" and not formats and not trt)):
+        raise click.UsageError("--triton serves the whole float32 detector; --bare-unet and --precision do not apply")
+    written = {}
+    if triton:  # first: a --trt export stops with an error where this machine has no TensorRT
+        written |= export_triton(
+            run_dir,
+            triton,
+            model_name=triton_name,
+            max_batch=triton_max_batch,
+            instance_kind=triton_instance,
+            uint8_input=uint8_input,
+        )
+    if formats or trt:
+        representative = representative_images(run_dir) if precision == "int8" else None
+        written |= export_run(
+            run_dir,
+            out,
+            formats=formats,
+            precision=precision,
+            batch=fixed_batch or None,
+            uint8_input=uint8_input,
+            bare_unet=bare_unet,
+            trt=trt,
+            representative_images=representative,
+        )
     for kind, path in written.items():
         log.info(f"{kind}: {path}")
     if as_json:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from edge.bench import cpu_flags
 from edge.errors import ConfigError, RuntimeUnavailable
 from riad_tf.config import MIXED_PRECISION, STRATEGIES
 
@@ -284,15 +285,7 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[str, ...]:
     >>> cpu_bf16_support("flags : fpu avx2 fma")
     ()
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ()
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
+    flags = cpu_flags(cpuinfo)
     return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags)
 
 

@@ -3,8 +3,8 @@
 Every step draws a fresh k from K and a fresh partition for each image
 (`random_grid_masks`), reconstructs it by inpainting (Eq. 2) and minimises
 L = lambda_G L_G + lambda_S L_S + L_2 (Eq. 7) with Adam. The learning rate
-follows `config.lr_schedule` (`learning_rate`): by default a warm-up and a
-cosine decay, set per step; the paper's division by 10 after
+follows `config.lr_schedule` (`learning_rate`): constant by default, or a
+warm-up and a cosine decay set per step; the paper's division by 10 after
 `config.decay_epoch` epochs is `configs/paper.yaml`. After every epoch the
 batch-norm guard (`batchnorm_check`) compares inference- and training-mode
 losses, and the epoch with the lowest validation loss is the one kept.
@@ -284,7 +284,7 @@ def learning_rate(config: RiadConfig, epoch: float, replicas: int = 1) -> float:
     >>> cfg = RiadConfig(learning_rate=1e-4, lr_scaling="linear", lr_schedule="step", epochs=6)
     >>> learning_rate(cfg, 5, replicas=4)
     4e-05
-    >>> cosine = RiadConfig(learning_rate=1e-3, epochs=11, warmup_epochs=1)
+    >>> cosine = RiadConfig(learning_rate=1e-3, lr_schedule="cosine", epochs=11, warmup_epochs=1)
     >>> [round(learning_rate(cosine, e), 6) for e in (0.5, 1, 6, 11)]
     [0.0005, 0.001, 0.0005, 0.0]
     """

@@ -45,16 +45,12 @@ def woven_strip(lines: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def tiny_export(out_dir: Path, size: int = 32) -> list[Path]:
-    import keras
-
+    from riad_tf.benchmark import untrained_detector
     from riad_tf.config import RiadConfig
-    from riad_tf.detector import Detector
     from riad_tf.export import export_detector
-    from riad_tf.model import build_unet
 
-    keras.utils.set_random_seed(0)
     cfg = RiadConfig(image_size=(size, size), channels=1, widths=(8, 16, 16, 32, 32), ks=(2, 4, 8), smoothing=5)
-    detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)
+    detector = untrained_detector(cfg)
     written = export_detector(
         detector, out_dir, formats=("onnx", "tflite"), batch=None, thresholds={"image": 1.0, "region": 1.0}
     )

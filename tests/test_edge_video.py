@@ -20,7 +20,7 @@ from test_video import FRAME_SHAPE, moving_texture
 
 from edge.cli import main
 from edge.images import prepare_image
-from edge.metadata import ModelMetadata, read_metadata, write_metadata
+from edge.metadata import ModelMetadata, read_metadata, update_metadata
 from edge.records import check_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_the_window_and_threshold_come_from_the_metadata(onnx_model, video_file,
     reference = read_csv(_scored(onnx_model, video_file, tmp_path / "ref.csv", "--window", 5))
     smoothed = column(reference, "smoothed")
     meta["thresholds"]["smoothed_frame"] = float(np.median(smoothed))
-    write_metadata(model, ModelMetadata.from_dict(meta))
+    update_metadata(model, ModelMetadata.from_dict(meta))  # the model is recalibrated for 5 frames
 
     out = tmp_path / "five.csv"
     result = run_video(model, video_file, "--output", out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from test_edge import SIZE, _write_toy_unet
 from edge.cli import main
 from edge.records import check_record
 from edge.runner import Runner
-from edge.serve import ServeSettings, Service
+from edge.serve import ServeSettings, Service, _Request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,9 +88,8 @@ def test_records_equal_riad_edge_infer_and_concurrent_requests_share_a_call(mode
     assert all(status == 200 for status, _ in answers)
     for (_, record), want in zip(answers, expected):
         assert record.pop("timing_ms") > 0
-        check_record(
-            record
-        )  # docs/records.md        assert record.keys() == want.keys() and record["anomalous"] == want["anomalous"]
+        check_record(record)  # docs/records.md
+        assert record.keys() == want.keys() and record["anomalous"] == want["anomalous"]
         assert record["score"] == pytest.approx(want["score"], abs=1e-6)
     assert sum(counting.calls) == 6 and len(counting.calls) < 6  # micro-batched
 
@@ -203,3 +204,43 @@ def test_a_missing_execution_provider_is_named(model, tmp_path):
         and "CPUExecutionProvider" in missing.output
         and "CUDAExecutionProvider" in missing.output
     )
+
+
+def test_bursts_past_the_queue_get_503_and_leave_memory_flat(model):
+    import aiohttp
+
+    slow = CountingRunner(Runner.open(model), delay_s=0.02)
+    body = _png(7)
+
+    async def burst(session, url: str, count: int) -> list[int]:
+        answers = await asyncio.gather(*[session.post(url, data=body) for _ in range(count)])
+        for answer in answers:
+            await answer.read()
+        return [answer.status for answer in answers]
+
+    async def scenario():
+        server = TestServer(Service(lambda: slow, ServeSettings(max_batch=2, max_wait_ms=1, queue_size=4)).app())
+        await server.start_server()
+        url = str(server.make_url("/predict"))
+        try:
+            async with aiohttp.ClientSession() as session:  # TestClient would keep every response
+                await burst(session, url, 60)  # warm: the first burst allocates what every later one reuses
+                gc.collect()
+                tracemalloc.start()
+                statuses, traced, alive = [], [], []
+                for _ in range(5):
+                    statuses += await burst(session, url, 60)
+                    gc.collect()
+                    traced.append(tracemalloc.get_traced_memory()[0])
+                    alive.append(sum(isinstance(o, _Request) for o in gc.get_objects()))
+                tracemalloc.stop()
+                return statuses, traced[1:], alive
+        finally:
+            await server.close()
+
+    statuses, traced, alive = _run(scenario())
+    assert set(statuses) == {200, 503} and statuses.count(503) > statuses.count(200)  # the queue held 4
+    assert alive == [0] * 5  # no request outlives its answer
+    # Keep-alive connections hold their last request; beyond that, 240 more requests (750 kB of
+    # images) leave the traced memory where it was.
+    assert max(traced) - min(traced) < 128 * 1024, traced

@@ -340,7 +340,7 @@ def trained_onnx(tmp_path_factory):
     import keras
     import tensorflow as tf
 
-    from edge.metadata import read_metadata, write_metadata
+    from edge.metadata import read_metadata, update_metadata
     from edge.runner import Runner
     from riad_tf.config import RiadConfig
     from riad_tf.detector import Detector
@@ -377,7 +377,7 @@ def trained_onnx(tmp_path_factory):
     pixel = CALIBRATION_MARGIN * float(scored.mean_map.max())
     image = CALIBRATION_MARGIN * float(scored.score)
     metadata = read_metadata(written["onnx"])
-    write_metadata(written["onnx"], dataclasses.replace(metadata, thresholds={"image": image, "region": pixel}))
+    update_metadata(written["onnx"], dataclasses.replace(metadata, thresholds={"image": image, "region": pixel}))
     return written["onnx"]
 
 

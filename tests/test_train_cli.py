@@ -135,7 +135,7 @@ def test_learning_rate_divided_after_five_sixths():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    cfg = RiadConfig(epochs=10, learning_rate=1e-3, warmup_epochs=2)
+    cfg = RiadConfig(epochs=10, learning_rate=1e-3, lr_schedule="cosine", warmup_epochs=2)
     rates = [learning_rate(cfg, e / 4) for e in range(41)]
     assert rates[0] == 0 and rates[4] == pytest.approx(5e-4) and rates[8] == pytest.approx(1e-3)
     assert all(a < b for a, b in zip(rates[:8], rates[1:9]))  # warm-up rises

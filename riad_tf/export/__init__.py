@@ -1,4 +1,4 @@
-"""Export a trained RIAD detector for edge devices: TFLite, ONNX and TensorRT.
+"""Export a trained RIAD detector for edge devices: TFLite, ONNX and TensorRT, and for Triton servers.
 
 The exported graph is the whole of RIAD's inference (Algorithm 3), traced from
 `riad_tf.detector.Detector`: images `(B, H, W, C)` in [0, 1] (or uint8 0-255,
@@ -38,6 +38,7 @@ Modules:
 - `tflite`, `onnx`: conversion and quantization for each format;
 - `metadata`: writing each model with its metadata, and the export-time check;
 - `tensorrt`: the engine built from the ONNX (with `edge.trt_build`);
+- `triton`: `export_triton`, a Triton Inference Server model repository (docs/triton.md);
 - `errors`: `ExportError`.
 
 Example:
@@ -52,6 +53,7 @@ from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import DETECTOR_OUTPUTS, INPUT_NAME, UNET_OUTPUTS
 from riad_tf.export.metadata import FP32_TOLERANCE
 from riad_tf.export.onnx import ONNX_OPSET
+from riad_tf.export.triton import export_triton
 
 __all__ = [
     "DETECTOR_OUTPUTS",
@@ -65,4 +67,5 @@ __all__ = [
     "ExportError",
     "export_detector",
     "export_run",
+    "export_triton",
 ]

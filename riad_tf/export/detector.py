@@ -162,6 +162,10 @@ def export_detector(
             model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
             path = out_dir / f"{stem}_int8.onnx"
             written.update(write_model(path, model, "int8", quantization, scope, common, key="onnx_int8"))
+            log.warning(
+                f"{path.name}: check it on your own good and defective images before use; on a trained "
+                "magnetic-tile model int8 lost most of the pixel accuracy (docs/deployment.md, 'Precision and accuracy')"
+            )
     if verify:
         probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
         for kind in ("tflite", "onnx", "onnx_int8"):

@@ -1,4 +1,4 @@
-"""Writing an exported model with its `MODEL.json`, and checking it against the Keras detector."""
+"""Writing an exported model with its metadata (inside it and in `MODEL.json`), and checking it against Keras."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from edge.embedded import embed, embedded_payload
 from edge.files import atomic_write_bytes
 from edge.metadata import ModelMetadata, file_sha256, read_metadata, write_metadata
 from riad_tf import __version__
@@ -21,7 +22,7 @@ FP32_TOLERANCE = 1e-3
 def write_model(
     path: Path, model: bytes, precision, quantization, scope, common: dict, key: str | None = None
 ) -> dict[str, Path]:
-    """Writes a model file and its metadata, both atomically.
+    """Writes a model file, with its metadata inside (`edge.embedded`) and beside it, all atomically.
 
     Args:
         path: the model file; its suffix is the format ("tflite", "onnx").
@@ -30,7 +31,7 @@ def write_model(
         quantization: one line saying what was quantized.
         scope: the U-Net's name-scope prefix in the graph, or None.
         common: the metadata shared by every model of the export: `config`,
-            `spec`, `thresholds`, `masks_file` and `bare_unet`.
+            `spec`, `thresholds`, `masks_file`, `bare_unet` and `preprocessing`.
         key: the kind of model in the returned dict; defaults to the format.
 
     Returns:
@@ -38,11 +39,13 @@ def write_model(
     """
     model_format = path.suffix[1:]
     key = key or model_format
-    atomic_write_bytes(path, model)
-    return {key: path, f"{key}_metadata": _write_metadata(path, model_format, precision, quantization, scope, **common)}
+    metadata = _metadata(path, model_format, precision, quantization, scope, **common)
+    atomic_write_bytes(path, embed(model, model_format, embedded_payload(metadata)))
+    metadata = dataclasses.replace(metadata, sha256=file_sha256(path))
+    return {key: path, f"{key}_metadata": write_metadata(path, metadata)}
 
 
-def _write_metadata(
+def _metadata(
     path: Path,
     model_format,
     precision,
@@ -55,15 +58,15 @@ def _write_metadata(
     masks_file,
     bare_unet,
     preprocessing=None,
-):
-    """Writes `MODEL.json` beside the model (`edge.metadata`); returns its path."""
-    metadata = ModelMetadata(
+) -> ModelMetadata:
+    """The model's metadata (`edge.metadata`), its sha256 still to be measured."""
+    return ModelMetadata(
         format=model_format,
         graph="unet" if bare_unet else "detector",
         precision=precision,
         quantization=quantization,
         model_file=path.name,
-        sha256=file_sha256(path),
+        sha256="",
         input_name=INPUT_NAME,
         input_shape=tuple(spec.shape.as_list()),
         input_dtype=spec.dtype.name,
@@ -76,7 +79,6 @@ def _write_metadata(
         preprocessing=preprocessing,
         riad_tf_version=__version__,
     )
-    return write_metadata(path, metadata)
 
 
 def verify_model(path: Path, detector, probe: np.ndarray, precision: str, written: dict) -> None:

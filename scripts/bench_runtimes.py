@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""OpenVINO against ONNX Runtime on this CPU, in one run: images/s and agreement, fp32, int8 and bf16.
+
+Not a test. Exports one RIAD detector (default U-Net widths, `--image-size`,
+random weights: speed does not depend on training) to ONNX in float32 and with
+the U-Net quantized to int8 (`riad-tf export --onnx --precision int8`), then
+times every runtime configuration the CPU supports on the same inputs:
+
+    onnxruntime fp32      riad.onnx on ONNX Runtime's CPU provider
+    onnxruntime int8      riad_int8.onnx on ONNX Runtime
+    openvino f32          riad.onnx on OpenVINO, inference precision f32
+    openvino bf16         riad.onnx on OpenVINO, bf16 (only where the CPU has AVX512-BF16 or AMX)
+    openvino int8         riad_int8.onnx on OpenVINO (its quantized layers in int8)
+
+The configurations take turns (`--rounds`), so that a slower phase of a shared
+machine falls on all of them alike. Printed: images/s and per-call latency
+at each batch size, the ratio to ONNX Runtime fp32, and the largest score and
+map difference to ONNX Runtime fp32 on the same images.
+
+    python3 scripts/bench_runtimes.py                                  # about 6 min on 2 cores
+    python3 scripts/bench_runtimes.py --model-dir export/ --batch-sizes 1,8 --json-file runtimes.json
+
+Needs riad-tf's [tf] extra to export (skipped with --model-dir) and OpenVINO
+(`pip install 'riad-tf[openvino]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge.bench import cpu_facts, timed_calls  # noqa: E402
+from edge.runner import Runner  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, help="an export with riad.onnx (and riad_int8.onnx); default: export")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench-runtimes", help="where to export")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="1,8", help="images per call (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=5, help="timed calls per batch size and round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns every configuration takes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="runtime threads (default: all cores)")
+    parser.add_argument("--json-file", type=Path, help="also write the figures here")
+    return parser.parse_args(argv)
+
+
+def sample_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Woven textures `(count, size, size, 3)` in [0, 1], the synthetic data set's."""
+    from riad_tf.synthetic import woven_texture
+
+    rng = np.random.default_rng(seed)
+    return np.stack([woven_texture(size, rng) for _ in range(count)]).astype(np.float32)
+
+
+def export_models(out: Path, size: int) -> Path:
+    """riad.onnx and riad_int8.onnx of an untrained default-width detector at `size` px."""
+    if (out / "riad.onnx").is_file() and (out / "riad_int8.onnx").is_file():
+        return out
+    from riad_tf.benchmark import untrained_detector
+    from riad_tf.config import RiadConfig
+    from riad_tf.export import export_detector
+
+    export_detector(
+        untrained_detector(RiadConfig(image_size=(size, size))),
+        out,
+        formats=("onnx",),
+        precision="int8",
+        batch=None,
+        representative_images=sample_images(32, size, seed=1),
+        verify=False,
+    )
+    return out
+
+
+def configurations(model_dir: Path, bf16: bool) -> list[tuple[str, Path, object]]:
+    from edge.openvino import OpenVinoSettings
+
+    fp32, int8 = model_dir / "riad.onnx", model_dir / "riad_int8.onnx"
+    found = [("onnxruntime fp32", fp32, None), ("openvino f32", fp32, OpenVinoSettings("CPU", "f32"))]
+    if bf16:
+        found.append(("openvino bf16", fp32, OpenVinoSettings("CPU", "bf16")))
+    if int8.is_file():
+        found[1:1] = [("onnxruntime int8", int8, None)]
+        found.append(("openvino int8", int8, OpenVinoSettings("CPU", "f32")))
+    return found
+
+
+def measure(args, model_dir: Path) -> dict:
+    facts = cpu_facts()
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    size = args.image_size
+    images = sample_images(max(batches), size, seed=2)
+    runners = {}
+    for name, path, openvino in configurations(model_dir, bool(facts["bf16"])):
+        runner = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=max(batches))
+        runners[name] = runner
+        size = runner.metadata.image_size[0]
+    probe = sample_images(4, size, seed=3)
+    reference_maps, reference_scores = runners["onnxruntime fp32"](probe)
+    seconds = {(name, b): [] for name in runners for b in batches}
+    for _ in range(args.rounds):
+        for name, runner in runners.items():
+            for b in batches:
+                seconds[(name, b)] += timed_calls(lambda: runner(images[:b]), warmup=1, iters=args.iters)
+    rows = []
+    for name, runner in runners.items():
+        maps, scores = runner(probe)
+        row = {
+            "runtime": name,
+            "score_diff": float(np.abs(scores - reference_scores).max()),
+            "map_diff": float(np.abs(maps - reference_maps).max()),
+        }
+        for b in batches:
+            median = statistics.median(seconds[(name, b)])
+            row[f"b{b}_ms"] = 1e3 * median
+            row[f"b{b}_images_per_s"] = b / median
+        rows.append(row)
+    return {
+        **facts,
+        "threads": args.threads,
+        "image_size": size,
+        "batch_sizes": batches,
+        "rows": rows,
+    }
+
+
+def table(results: dict) -> str:
+    batches = results["batch_sizes"]
+    reference = results["rows"][0]
+    head = ["runtime"] + [f"batch {b}: ms / call, images/s, x ORT fp32" for b in batches]
+    head += ["max score diff", "max map diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in results["rows"]:
+        cells = [row["runtime"]]
+        for b in batches:
+            ratio = row[f"b{b}_images_per_s"] / reference[f"b{b}_images_per_s"]
+            cells.append(f"{row[f'b{b}_ms']:.1f}, {row[f'b{b}_images_per_s']:.2f}, {ratio:.2f}x")
+        cells += [f"{row['score_diff']:.1e}", f"{row['map_diff']:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model_dir = args.model_dir or export_models(args.out, args.image_size)
+    results = measure(args, model_dir)
+    print(
+        f"{results['cpu']}, {results['cores']} cores, bfloat16: {', '.join(results['bf16']) or 'none'}; "
+        f"{results['threads']} threads; {results['image_size']} px, default widths, random weights"
+    )
+    print(table(results))
+    if args.json_file:
+        args.json_file.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,13 +65,12 @@ _runtime_options = [
         default=None,
         help="ONNX Runtime execution provider (default: every one installed). A missing one is an error.",
     ),
-    click.option("--openvino-device", default="CPU", show_default=True, help="--runtime openvino: CPU, GPU, AUTO, ..."),
+    click.option("--openvino-device", default=None, help="--runtime openvino: CPU (default), GPU, AUTO, ..."),
     click.option(
         "--openvino-precision",
         type=click.Choice(["f32", "bf16", "f16"]),
-        default="f32",
-        show_default=True,
-        help="--runtime openvino: inference precision (f32 keeps the exported model's scores).",
+        default=None,
+        help="--runtime openvino: inference precision (default f32, which keeps the exported model's scores).",
     ),
 ]
 _RUNTIME_KEYS = (  # the parameter names of the options above, in order
@@ -101,6 +100,8 @@ def _open_runner(
         raise click.UsageError("--runtime and --provider are for .onnx models")
     if provider is not None and runtime == "openvino":
         raise click.UsageError("--provider picks an ONNX Runtime provider; it does not go with --runtime openvino")
+    if (openvino_device or openvino_precision) and runtime != "openvino":
+        raise click.UsageError("--openvino-device and --openvino-precision need --runtime openvino")
     return Runner.open(
         model,
         threads=threads,
@@ -108,7 +109,9 @@ def _open_runner(
         memory_mb=memory_mb,
         verify=not no_integrity_check,
         providers=execution_providers(provider),
-        openvino=OpenVinoSettings(openvino_device, openvino_precision) if runtime == "openvino" else None,
+        openvino=OpenVinoSettings(openvino_device or "CPU", openvino_precision or "f32")
+        if runtime == "openvino"
+        else None,
     )
 
 

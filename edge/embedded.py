@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 KEY = "riad-edge"
 FILE_FACTS = ("model_file", "sha256", "verification")
+EMBEDDED_FORMATS = ("onnx", "tflite")
 _ONNX_METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
 
 
@@ -202,12 +203,14 @@ def _tflite_with_metadata(model: bytes, key: str, value: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(value, np.uint8)
-    tree.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = key, len(tree.buffers) - 1
-    tree.metadata = [m for m in (tree.metadata or []) if m.name not in (key, key.encode())] + [entry]
+    tree.metadata = tree.metadata or []
+    entry = next((m for m in tree.metadata if m.name in (key, key.encode())), None)
+    if entry is None:  # a new entry and buffer; a replaced entry keeps its buffer, so the file does not grow
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = key, len(tree.buffers)
+        tree.buffers.append(schema.BufferT())
+        tree.metadata.append(entry)
+    tree.buffers[entry.buffer].data = np.frombuffer(value, np.uint8)
     builder = flatbuffers.Builder(len(model) + len(value) + 1024)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

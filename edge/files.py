@@ -77,9 +77,9 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0, purpose: str 
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".write-test") as tmp:
-            Path(tmp).write_bytes(b"ok")
-        (folder / ".write-test").unlink()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as probe:  # unique: runs may start together
+            probe.write(b"ok")
+            probe.flush()
     except OSError as err:
         raise OutputError(f"{folder}: cannot write here: {err.strerror or err}") from None
     free = shutil.disk_usage(folder).free

@@ -57,7 +57,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge.embedded import comparable, embed, embedded_payload, read_embedded
+from edge.embedded import EMBEDDED_FORMATS, comparable, embed, embedded_payload, read_embedded
 from edge.errors import InputError, one_line
 from edge.files import atomic_write_bytes
 
@@ -203,7 +203,7 @@ def write_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Pa
 
 
 def update_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
-    """Puts new metadata into an `.onnx` or `.tflite` model and beside it, so both copies agree.
+    """Puts new metadata into an `.onnx` or `.tflite` model and beside it, so both copies agree (an engine: beside it).
 
     For a recalibration on the device (new thresholds), without TensorFlow or
     the ONNX library. The model file is rewritten atomically (its weights
@@ -213,8 +213,9 @@ def update_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> P
         The JSON's path.
     """
     model_path = Path(model_path)
-    model = embed(model_path.read_bytes(), metadata.format, embedded_payload(metadata))
-    atomic_write_bytes(model_path, model)
+    if metadata.format in EMBEDDED_FORMATS:
+        model = embed(model_path.read_bytes(), metadata.format, embedded_payload(metadata))
+        atomic_write_bytes(model_path, model)
     return write_metadata(model_path, dataclasses.replace(metadata, sha256=file_sha256(model_path)))
 
 

@@ -64,7 +64,10 @@ class OpenVinoSession:
         except ImportError:
             raise RuntimeUnavailable(f"{path}: OpenVINO is not installed (pip install 'riad-tf[openvino]')") from None
         settings = settings or OpenVinoSettings()
-        core = openvino.Core()
+        try:
+            core = openvino.Core()
+        except Exception as err:  # a broken installation or plugin configuration
+            raise RuntimeUnavailable(f"OpenVINO cannot start: {one_line(err)}") from None
         family = settings.device.split(".")[0].split(":")[0]
         if family not in ("AUTO", "MULTI", "HETERO") and family not in {
             d.split(".")[0] for d in core.available_devices

@@ -225,7 +225,7 @@ class Service:
             for item, record in zip(batch, records):
                 if not item.done.done():
                     item.done.set_result(record)
-            del batch, records, item  # an idle service holds no image of the last batch
+            batch = records = item = None  # an idle service holds no image of the last batch
 
     def _score(self, runner, batch: list[_Request]) -> list[dict]:
         thresholds = with_overrides(runner.thresholds, self.settings.image_threshold)

@@ -336,6 +336,9 @@ class _FillingFile:
     def truncate(self, size: int) -> int:
         return self.file.truncate(size)
 
+    def seek(self, offset: int) -> int:
+        return self.file.seek(offset)
+
     def close(self) -> None:
         self.file.close()
 
@@ -466,3 +469,28 @@ def test_riad_edge_video_checks_its_output_before_decoding(exported, tmp_path, m
     result = CliRunner().invoke(edge_main, ["video", str(exported), str(frames), "--output", str(blocker / "s.csv")])
     failure = _failure(result)
     assert failure.code == 5 and "a-file" in failure.line and not opened
+
+
+def test_records_after_a_failed_write_follow_the_last_whole_one(tmp_path, monkeypatch):
+    import edge.stream.output
+    from edge.errors import OutputError
+    from edge.stream import JsonLines
+
+    files = []
+    monkeypatch.setattr(
+        edge.stream.output,
+        "open",
+        lambda path, *a, **k: files.append(_FillingFile(path, 30)) or files[-1],
+        raising=False,
+    )
+    writer = JsonLines(tmp_path / "out.jsonl")
+    writer.write({"type": "frame", "frame": 0})  # 29 bytes
+    with pytest.raises(OutputError):
+        writer.write({"type": "frame", "frame": 1})  # 1 byte fits, then the disk is full
+    files[0].room = 10**6  # space again (another process freed some)
+    writer.write({"type": "summary"})
+    writer.close()
+    assert [json.loads(line)["type"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [
+        "frame",
+        "summary",
+    ]

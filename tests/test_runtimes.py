@@ -88,6 +88,7 @@ def test_riad_edge_infer_on_openvino_prints_the_same_records(exported, images):
     [
         (["--runtime", "openvino", "--openvino-device", "NPU7"], 6, "OpenVINO device 'NPU7' is not here"),
         (["--runtime", "openvino", "--provider", "cpu"], 2, "does not go with --runtime openvino"),
+        (["--openvino-precision", "bf16"], 2, "need --runtime openvino"),
     ],
 )
 def test_openvino_option_mistakes_are_named(exported, images, options, code, words):

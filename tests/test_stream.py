@@ -489,3 +489,14 @@ print('ok')
         timeout=120,
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_source_whose_close_fails_still_ends_the_stream():
+    class BrokenClose(ImageLineScan):
+        def close(self):
+            raise RuntimeError("camera SDK: handle already released")
+
+    records = Records()
+    source = BrokenClose(_flat_strip(96, 64), lines_per_block=32)
+    summary = StreamPipeline(DeviationRunner(), StreamSettings(frame_height=32, overlap=0)).run(source, records)
+    assert summary["frames"] == 3 and "closing the source failed: camera SDK" in records.of("fault")[0]["reason"]

@@ -99,6 +99,7 @@ class JsonLines:
                 view = view[self._file.write(view) :]
         except BaseException as err:
             self._file.truncate(self._kept)
+            self._file.seek(self._kept)  # a later record follows the last whole one, not a hole
             if not isinstance(err, OSError):
                 raise
             raise OutputError(

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 
-from edge.errors import ConfigError, InputError
+from edge.errors import ConfigError, InputError, RiadError, one_line
 from edge.stream.accumulate import FrameAccumulator
 from edge.stream.output import LatencyStats, write_overlay
 from edge.stream.regions import RegionTracker
@@ -139,8 +139,13 @@ class StreamPipeline:
                     break
         except Exception as err:  # a source that fails outright ends the stream, reported
             self._faults.append(f"source failed: {str(err).splitlines()[0] if str(err) else repr(err)}")
+            if isinstance(err, RiadError):  # a clear end (a camera that never came back): a non-zero exit too
+                self._errors.append(err)
         finally:
-            _close(source)  # here, not in the output thread: a source is used by one thread only
+            try:
+                _close(source)  # here, not in the output thread: a source is used by one thread only
+            except Exception as err:
+                self._faults.append(f"closing the source failed: {one_line(err)}")
             for frame in accumulator.flush(time.perf_counter()):
                 self._offer(frame, force=True)
             self._frames.put(_END)
@@ -171,7 +176,7 @@ class StreamPipeline:
                     break
         except BaseException as err:
             self._errors.append(err)
-            self._stop.set()
+            self.stop()  # interrupts a source waiting for data too
             self._drain_frames()
         finally:
             self._results.put(_END)
@@ -195,7 +200,8 @@ class StreamPipeline:
         the capture thread when it ends.
 
         Raises:
-            the runner's error, after the summary is written, if inference failed;
+            the runner's error, after the summary is written, if inference failed
+            (or the source's own `RiadError`, such as a camera that never reconnected);
             the writer's error (a full disk: `edge.errors.OutputError`), at once.
         """
         self._source = source

@@ -269,12 +269,17 @@ class RawLines:
         """`size` bytes; fewer at the end of the stream or after `interrupt()`."""
         chunks, got = [], 0
         while got < size and not self._interrupted.is_set():
-            if self._fd is None:
-                chunk = self.stream.read(size - got)
-            elif select.select([self._fd], [], [], POLL_S)[0]:
-                chunk = os.read(self._fd, size - got)
-            else:
-                continue  # nothing yet: look at the interrupt again
+            try:
+                if self._fd is None:
+                    chunk = self.stream.read(size - got)
+                elif select.select([self._fd], [], [], POLL_S)[0]:
+                    chunk = os.read(self._fd, size - got)
+                else:
+                    continue  # nothing yet: look at the interrupt again
+            except OSError:
+                if self._reopen is None:
+                    raise
+                chunk = b""  # a reset connection ends like a closed one, and is reopened
             if not chunk:
                 break
             chunks.append(chunk)
@@ -314,6 +319,7 @@ def _connect(target: str, host: str, port: int, patience: float, interrupted: th
         try:
             connection = socket.create_connection((host, port), timeout=10)
             connection.settimeout(None)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a camera that lost power is noticed
             return connection
         except OSError as err:
             reason, left = err.strerror or str(err), give_up - time.monotonic()

@@ -374,7 +374,7 @@ def stream(
 ):
     """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
     from edge.files import atomic_write_bytes, check_writable
-    from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source
+    from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source, stop_signals
 
     for path in (output if output != "-" else None, summary_path):
         if path:
@@ -407,7 +407,8 @@ def stream(
     )
     writer = JsonLines(output)
     try:
-        summary = pipeline.run(lines, writer)
+        with stop_signals():  # SIGTERM from a service manager ends the stream as Ctrl-C does
+            summary = pipeline.run(lines, writer)
     finally:
         writer.close()
     if summary_path:

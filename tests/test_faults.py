@@ -377,15 +377,15 @@ def _start_stream(exported, source: str, out: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
 
 
-def _interrupt_within_2_s(stream: subprocess.Popen, out: Path) -> dict:
-    """Waits until the stream writes its output, sends Ctrl-C, returns the summary written on the way out."""
+def _interrupt_within_2_s(stream: subprocess.Popen, out: Path, stop=signal.SIGINT) -> dict:
+    """Waits until the stream writes its output, sends Ctrl-C (or `stop`), returns the summary written on the way out."""
     partial = out.with_name(out.name + ".partial")
     started = time.monotonic()
     while not partial.exists() and stream.poll() is None and time.monotonic() - started < 60:
         time.sleep(0.05)
     time.sleep(0.5)  # the capture thread is now waiting in a read
     sent = time.monotonic()
-    stream.send_signal(signal.SIGINT)
+    stream.send_signal(stop)
     try:
         stream.wait(timeout=10)
     finally:
@@ -415,14 +415,15 @@ def test_ctrl_c_ends_a_stream_whose_tcp_camera_sends_nothing(exported, tmp_path)
     assert summary["interrupted"] and summary["lines"] == 40 and summary["frames"] == 2  # the part flushed too
 
 
-def test_ctrl_c_ends_a_stream_whose_fifo_writer_is_silent(exported, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_a_stream_whose_fifo_writer_is_silent(exported, tmp_path, stop):
     fifo = tmp_path / "camera.fifo"
     os.mkfifo(fifo)
     out = tmp_path / "fifo.jsonl"
     stream = _start_stream(exported, f"raw:{fifo}", out)
     try:
         with open(fifo, "wb") as writer:  # opens once the stream has opened its end
-            summary = _interrupt_within_2_s(stream, out)
+            summary = _interrupt_within_2_s(stream, out, stop)
     finally:
         stream.kill()
     assert summary["interrupted"] and summary["lines"] == 0 and writer.closed

@@ -13,7 +13,7 @@ Example:
 
 from edge.stream.accumulate import Frame, FrameAccumulator
 from edge.stream.output import JsonLines, LatencyStats, write_overlay
-from edge.stream.pipeline import POLICIES, StreamPipeline, StreamSettings
+from edge.stream.pipeline import POLICIES, StreamPipeline, StreamSettings, stop_signals
 from edge.stream.regions import Region, RegionTracker, box_iou, connected_regions
 from edge.stream.scorer import FrameScorer, ScoredFrame
 from edge.stream.sources import (
@@ -48,6 +48,7 @@ __all__ = [
     "ScoredFrame",
     "StreamPipeline",
     "StreamSettings",
+    "stop_signals",
     "StripStitcher",
     "VideoFile",
     "box_iou",

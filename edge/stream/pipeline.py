@@ -25,12 +25,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
+import signal
 import threading
 import time
 from collections import deque
+from typing import Iterator
 
 from edge.errors import ConfigError, InputError, RiadError, one_line
 from edge.stream.accumulate import FrameAccumulator
@@ -258,6 +261,27 @@ class StreamPipeline:
     def _write_faults(self, writer) -> None:
         while self._faults:
             writer.write({"type": "fault", "time": round(time.time(), 6), "reason": self._faults.popleft()})
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM (a service manager stopping the stream) acts as Ctrl-C does, and a
+    SIGINT that the shell set to be ignored (a background job) is heard again. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in previous:
+        signal.signal(number, _interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _interrupt(number, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(number).name)
 
 
 def _close(source) -> None:

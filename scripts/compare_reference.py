@@ -11,10 +11,13 @@ test images with the same metric code (`riad_tf.metrics`):
   set scored after every epoch of `--eval-epochs` and of `--epochs`. Its rate is
   constant, so its state after 13 epochs is that of a 13-epoch run.
 - `riad-tf`: the library's default recipe (configs/default.yaml: learning-rate
-  schedule, precision picked for this CPU, the kept best epoch), one run per
-  value of `--epochs` (the schedule depends on the length), through
-  `riad_tf.train.train` as `riad-tf train` runs it. Its longest run is also
-  scored along the way at `--eval-epochs` for the accuracy-against-time curve.
+  schedule, precision picked for this CPU, the kept best epoch) through
+  `riad_tf.train.train` as `riad-tf train` runs it. With a constant rate (the
+  default) one run of the largest `--epochs` serves every budget, scored after
+  each of them; a schedule that depends on the run's length (`--config
+  configs/cosine_lr.yaml`) gets one run per value of `--epochs`, each ending
+  with its kept epoch. The longest run is also scored at `--eval-epochs` for
+  the accuracy-against-time curve.
 
 Printed and written to OUT/results.md (and results.json, curve.png):
 
@@ -24,6 +27,10 @@ Printed and written to OUT/results.md (and results.json, curve.png):
    training wall time up to it;
 3. time to accuracy: the training wall time each side needed to first reach the
    reference's final image AUROC, pixel AUROC and AUPRO, and the ratio.
+
+With `--seeds 0,1` the whole comparison runs once per seed (its own data split,
+initialisation and masks) in OUT/seed-N, and OUT/results.md holds the
+equal-epoch metrics as means over the seeds, each seed's value beside them.
 
 Training time is the time of the training steps alone (the per-epoch `seconds`
 of each side's history), not of scoring. Data: `--train-images` good images
@@ -37,7 +44,8 @@ Needs PyTorch for the reference (`pip install torch==2.13.0`).
 
 Examples:
 
-    python3 scripts/compare_reference.py                                     # about 90 min on 2 cores
+    python3 scripts/compare_reference.py                                     # about 70 min on 2 cores
+    python3 scripts/compare_reference.py --seeds 0,1 --out runs/compare-seeds  # twice that
     python3 scripts/compare_reference.py --epochs 2 --eval-epochs 1 --train-images 16 \\
         --holdout 8 --test-good 8 --test-defective 8 --widths 8,16,32,32,32 --out runs/compare-smoke
 """
@@ -96,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-good", type=int, default=80)
     parser.add_argument("--test-defective", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        help="several seeds, e.g. 0,1: the whole comparison once per seed in OUT/seed-N, "
+        "and a table of the means (replaces --seed)",
+    )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="threads of both sides (default: all cores)"
     )
@@ -243,7 +256,7 @@ def run_riad(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path:
     command += [
         f"--{k.replace('_', '-')}={v}"
         for k, v in vars(args).items()
-        if k not in ("worker", "run_epochs", "eval_epochs", "epochs")
+        if k not in ("worker", "run_epochs", "eval_epochs", "epochs", "seeds")
     ]
     print(f"== riad-tf: training {epochs} epochs in {run_dir}", flush=True)
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -320,23 +333,60 @@ def markdown_table(header, rows) -> str:
     return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [header, ["---"] * len(header)] + rows)
 
 
-def equal_epoch_rows(budgets, reference, riad, histories) -> list[list[str]]:
-    rows = []
+def riad_runs(config, budgets) -> list[int]:
+    """The riad-tf runs a comparison needs: one per budget, or only the longest when the rate is constant.
+
+    A constant rate does not depend on the run's length, so a shorter budget is
+    the longest run scored after that many epochs (the same weights a run of
+    that length would end with; its kept epoch is that epoch).
+    """
+    return [max(budgets)] if config.lr_schedule == "constant" else list(budgets)
+
+
+def riad_at(budget: int, riad: dict, histories: dict) -> tuple[dict, list[dict], str]:
+    """riad-tf's scored point, training history and row label for an equal-epoch budget."""
+    if budget in riad:
+        point = next(p for p in riad[budget] if p["final"])
+        return point, histories[budget], f"riad-tf (kept epoch {point['kept_epoch']})"
+    longest = max(riad)
+    point = next((p for p in riad[longest] if p["epoch"] == budget and not p["final"]), None)
+    if point is None:
+        fail(
+            f"riad-tf-{longest} has no scores after epoch {budget} (interrupted while scoring it?); "
+            f"delete that run folder to train it again"
+        )
+    return point, histories[longest][:budget], f"riad-tf (epoch {budget} of the {longest}-epoch run)"
+
+
+def equal_epoch_figures(budgets, reference, riad, histories) -> dict:
+    """Per budget and side: the metrics, seconds per epoch, training seconds and row label."""
+    figures = {}
     for epochs in budgets:
         ref = next(p for p in reference if p["epoch"] == epochs and not p["final"])
-        ours = next(p for p in riad[epochs] if p["final"])
-        for name, point, history in (
-            ("reference (PyTorch)", ref, histories["reference"][:epochs]),
-            ("riad-tf", ours, histories[epochs]),
-        ):
-            per_epoch = np.mean([r["seconds"] for r in history])
-            kept = f" (kept epoch {point['kept_epoch']})" if name == "riad-tf" else ""
-            rows.append(
-                [epochs, name + kept]
-                + [_cell(point[k]) for _, k in METRICS]
-                + [f"{per_epoch:.1f}", f"{point['train_seconds'] / 60:.1f} min"]
+        ours, our_history, our_label = riad_at(epochs, riad, histories)
+        figures[epochs] = {
+            side: {
+                "label": label,
+                **{k: point[k] for _, k in METRICS},
+                "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])),
+                "train_seconds": point["train_seconds"],
+            }
+            for side, label, point, history in (
+                ("reference", "reference (PyTorch)", ref, histories["reference"][:epochs]),
+                ("riad-tf", our_label, ours, our_history),
             )
-    return rows
+        }
+    return figures
+
+
+def equal_epoch_rows(figures) -> list[list[str]]:
+    return [
+        [epochs, side["label"]]
+        + [_cell(side[k]) for _, k in METRICS]
+        + [f"{side['seconds_per_epoch']:.1f}", f"{side['train_seconds'] / 60:.1f} min"]
+        for epochs, sides in figures.items()
+        for side in sides.values()
+    ]
 
 
 def curve_rows(name: str, points) -> list[list[str]]:
@@ -356,22 +406,35 @@ def time_to(points, key: str, target: float) -> float | None:
     return min(reached) if reached else None
 
 
-def time_to_accuracy_rows(reference, riad_points) -> list[list[str]]:
+def time_to_accuracy(reference, riad_points) -> list[dict]:
     """Per target (the reference's final value): when each side first reached it, against the reference's whole run."""
     final = max((p for p in reference if not p["final"]), key=lambda p: p["epoch"])
     rows = []
     for label, key in TARGETS:
-        ref_s, ours_s = time_to(reference, key, final[key]), time_to(riad_points, key, final[key])
-        ours_cells = (
-            ["not reached", "-"]
-            if ours_s is None
-            else [f"{ours_s / 60:.1f} min", f"{ours_s / final['train_seconds']:.2f}"]
-        )
+        ours = time_to(riad_points, key, final[key])
         rows.append(
-            [f"{label} {final[key]:.3f}", f"{final['train_seconds'] / 60:.1f} min", f"{ref_s / 60:.1f} min"]
-            + ours_cells
+            {
+                "target": label,
+                "value": final[key],
+                "reference_run_seconds": final["train_seconds"],
+                "reference_seconds": time_to(reference, key, final[key]),
+                "riad_seconds": ours,
+                "ratio": None if ours is None else ours / final["train_seconds"],
+            }
         )
     return rows
+
+
+def time_to_accuracy_rows(times) -> list[list[str]]:
+    return [
+        [
+            f"{t['target']} {t['value']:.3f}",
+            f"{t['reference_run_seconds'] / 60:.1f} min",
+            f"{t['reference_seconds'] / 60:.1f} min",
+        ]
+        + (["not reached", "-"] if t["ratio"] is None else [f"{t['riad_seconds'] / 60:.1f} min", f"{t['ratio']:.2f}"])
+        for t in times
+    ]
 
 
 def plot(out: Path, reference, riad: dict) -> Path:
@@ -411,24 +474,31 @@ def machine_line() -> str:
     )
 
 
-def report(args, command: str, budgets, data) -> str:
+def report(args, command: str, budgets, data) -> tuple[str, dict]:
+    """The seed's tables as markdown, and the same figures as a dict (OUT/results.json)."""
+    config = riad_config(args)
+    # A finished run of a budget's own length is used when there is one (say, from a resumed comparison).
+    runs = sorted(
+        set(riad_runs(config, budgets))
+        | {e for e in budgets if (args.out / f"riad-tf-{e}" / "eval" / "final.npz").is_file()}
+    )
     reference = scored_points(args.out / "reference", data)
-    riad = {e: scored_points(args.out / f"riad-tf-{e}", data) for e in budgets}
+    riad = {e: scored_points(args.out / f"riad-tf-{e}", data) for e in runs}
     histories = {
         "reference": _history(args.out / "reference"),
-        **{e: _history(args.out / f"riad-tf-{e}") for e in budgets},
+        **{e: _history(args.out / f"riad-tf-{e}") for e in runs},
     }
+    figures = equal_epoch_figures(budgets, reference, riad, histories)
     # riad-tf's curve: every scored state of every run, each at its own run's training time.
-    riad_points = [p for e in budgets for p in riad[e]]
-    config = riad_config(args)
+    times = time_to_accuracy(reference, [p for e in runs for p in riad[e]])
     metric_names = [m for m, _ in METRICS]
     labels = data["labels"]
     lines = [
-        "# riad-tf against the public PyTorch recipe (magnetic tile)",
+        f"# riad-tf against the public PyTorch recipe (magnetic tile, seed {args.seed})",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine_line()}; {args.threads} threads for both sides, one side at a time.",
+        f"Machine: {machine_line()}; {args.threads} threads for both sides.",
         "",
         f"Data: {len(data['train'])} good training images, {len(data['holdout'])} good held-out images (validation loss), "
         f"test {int((labels == 0).sum())} good + {int(labels.sum())} defective images; {args.image_size} x {args.image_size} px, grey, "
@@ -439,10 +509,7 @@ def report(args, command: str, budgets, data) -> str:
         "",
         "## Equal epochs",
         "",
-        markdown_table(
-            ["epochs", "model"] + metric_names + ["s / epoch", "training time"],
-            equal_epoch_rows(budgets, reference, riad, histories),
-        ),
+        markdown_table(["epochs", "model"] + metric_names + ["s / epoch", "training time"], equal_epoch_rows(figures)),
         "",
         "## Time to the reference's final accuracy",
         "",
@@ -456,7 +523,7 @@ def report(args, command: str, budgets, data) -> str:
                 "riad-tf first reached it",
                 "riad-tf / reference's run",
             ],
-            time_to_accuracy_rows(reference, riad_points),
+            time_to_accuracy_rows(times),
         ),
         "",
         "## Accuracy against training time",
@@ -464,14 +531,57 @@ def report(args, command: str, budgets, data) -> str:
         markdown_table(
             ["model", "epoch", "training min"] + metric_names,
             curve_rows("reference", reference)
-            + [r for e in budgets for r in curve_rows(f"riad-tf {e}-epoch run", riad[e])],
+            + [r for e in runs for r in curve_rows(f"riad-tf {e}-epoch run", riad[e])],
         ),
         "",
         "F1-max is tuned on the test data itself. Training time counts the training steps only (not scoring).",
         "",
     ]
     plot(args.out, reference, riad)
-    return "\n".join(lines)
+    summary = {
+        "seed": args.seed,
+        "equal_epochs": figures,
+        "time_to_accuracy": times,
+        "reference": reference,
+        "riad-tf": riad,
+    }
+    return "\n".join(lines), summary
+
+
+def mean_report(command: str, seeds: list[int], summaries: list[dict]) -> str:
+    """The equal-epoch table as means over seeds, each seed's value beside it, and the time ratios."""
+    metric_names = [m for m, _ in METRICS[:3]]
+    rows = []
+    for epochs, sides in summaries[0]["equal_epochs"].items():
+        for side in sides:
+            cells = []
+            for _, key in METRICS[:3]:
+                values = [s["equal_epochs"][epochs][side][key] for s in summaries]
+                cells.append(f"{np.mean(values):.4f} ({', '.join(f'{v:.4f}' for v in values)})")
+            rows.append([epochs, "reference (PyTorch)" if side == "reference" else "riad-tf"] + cells)
+    ratios = []
+    for i, target in enumerate(summaries[0]["time_to_accuracy"]):
+        per_seed = [s["time_to_accuracy"][i]["ratio"] for s in summaries]
+        ratios.append([target["target"]] + ["not reached" if r is None else f"{r:.2f}" for r in per_seed])
+    seed_list = ", ".join(map(str, seeds))
+    return "\n".join(
+        [
+            f"# riad-tf against the public PyTorch recipe (magnetic tile, seeds {seed_list})",
+            "",
+            f"Command: `{command}`",
+            "",
+            "## Equal epochs: mean over seeds (each seed's value in brackets, in the order of the seeds)",
+            "",
+            markdown_table(["epochs", "model"] + metric_names, rows),
+            "",
+            "## riad-tf's training time to the reference's final value, over the reference's whole run",
+            "",
+            markdown_table(["target"] + [f"seed {s}" for s in seeds], ratios),
+            "",
+            "Each seed's tables, data and training recipe: " + ", ".join(f"`seed-{s}/results.md`" for s in seeds) + ".",
+            "",
+        ]
+    )
 
 
 def describe_recipe(config) -> str:
@@ -484,6 +594,22 @@ def describe_recipe(config) -> str:
     )
 
 
+def compare_seed(args, command: str, budgets: list[int]) -> tuple[str, dict]:
+    """Trains (or reuses) both sides for `args.seed` in `args.out` and writes that seed's results."""
+    from edge.files import atomic_write_text
+
+    along = sorted(set(_ints(args.eval_epochs)) | set(budgets))
+    data_path = prepare_data(args)
+    run_reference(args, data_path, max(budgets), along)
+    runs = riad_runs(riad_config(args), budgets)
+    for epochs in runs:
+        run_riad(args, data_path, epochs, [e for e in along if e < epochs] if epochs == max(runs) else [])
+    text, summary = report(args, command, budgets, np.load(data_path))
+    atomic_write_text(args.out / "results.md", text)
+    atomic_write_text(args.out / "results.json", json.dumps(summary, indent=1, default=float) + "\n")
+    return text, summary
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
@@ -494,19 +620,23 @@ def main(argv=None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     budgets = sorted(set(_ints(args.epochs)))
-    along = sorted(set(_ints(args.eval_epochs)) | set(budgets))
-    data_path = prepare_data(args)
-    run_reference(args, data_path, max(budgets), [e for e in along if e <= max(budgets)])
-    for epochs in budgets:
-        run_riad(args, data_path, epochs, [e for e in along if e < epochs] if epochs == max(budgets) else [])
+    if not args.seeds:
+        text, _ = compare_seed(args, command.strip(), budgets)
+        print("\n" + text)
+        print(f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}")
+        return 0
     from edge.files import atomic_write_text
 
-    text = report(args, command.strip(), budgets, np.load(data_path))
+    seeds = _ints(args.seeds)
+    summaries = []
+    for seed in seeds:
+        print(f"== seed {seed}", flush=True)
+        per_seed = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None, "out": args.out / f"seed-{seed}"})
+        summaries.append(compare_seed(per_seed, command.strip(), budgets)[1])
+    text = mean_report(command.strip(), seeds, summaries)
     atomic_write_text(args.out / "results.md", text)
     print("\n" + text)
-    print(
-        f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}, plot in {args.out / 'curve.png'}"
-    )
+    print(f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}")
     return 0
 
 

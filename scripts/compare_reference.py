@@ -550,12 +550,12 @@ def report(args, command: str, budgets, data) -> tuple[str, dict]:
 
 def mean_report(command: str, seeds: list[int], summaries: list[dict]) -> str:
     """The equal-epoch table as means over seeds, each seed's value beside it, and the time ratios."""
-    metric_names = [m for m, _ in METRICS[:3]]
+    metric_names = [m for m, _ in TARGETS]
     rows = []
     for epochs, sides in summaries[0]["equal_epochs"].items():
         for side in sides:
             cells = []
-            for _, key in METRICS[:3]:
+            for _, key in TARGETS:
                 values = [s["equal_epochs"][epochs][side][key] for s in summaries]
                 cells.append(f"{np.mean(values):.4f} ({', '.join(f'{v:.4f}' for v in values)})")
             rows.append([epochs, "reference (PyTorch)" if side == "reference" else "riad-tf"] + cells)

@@ -30,6 +30,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16", "auto")
 LR_SCALING = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("cosine", "step", "constant")
+MASK_DRAWS = ("image", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,11 @@ class RiadConfig:
             divided by 10 after `lr_decay_epoch` epochs, default 5/6 of
             `epochs`; configs/paper.yaml).
         warmup_epochs: length of the cosine schedule's warm-up (may be a fraction).
+        mask_draw: "image" (a fresh k and partition per image, as Algorithm 2;
+            the n masked copies of a batch go through the U-Net as one batch)
+            or "batch" (one k and partition per batch and one U-Net call per
+            mask, each with its own batch-norm statistics: the public PyTorch
+            recipe).
         weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out for calibration.
         target_fpr: the false-positive rate the thresholds should keep on new
@@ -117,6 +123,7 @@ class RiadConfig:
     learning_rate: float = 5e-4
     lr_schedule: str = "constant"
     warmup_epochs: float = 1.0
+    mask_draw: str = "image"
     weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
@@ -188,6 +195,7 @@ class RiadConfig:
             ("mixed_precision", MIXED_PRECISION),
             ("lr_scaling", LR_SCALING),
             ("lr_schedule", LR_SCHEDULES),
+            ("mask_draw", MASK_DRAWS),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")

@@ -83,11 +83,15 @@ def inference_masks(height: int, width: int, ks: Sequence[int], n: int = 3, seed
     return np.stack([grid_masks(height, width, k, n, seed=(seed, k)) for k in ks])
 
 
-def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n: int = 3, seed=None):
+def random_grid_masks(
+    batch_size, height: int, width: int, ks: Sequence[int], n: int = 3, seed=None, shared: bool = False
+):
     """Fresh random partitions inside a TensorFlow graph, one per image (Algorithm 2).
 
     Each image gets its own k drawn uniformly from `ks` and its own random
-    permutation of that grid, so a training batch never repeats a partition.
+    permutation of that grid, so a training batch never repeats a partition;
+    with `shared`, one k and one partition serve the whole batch (the public
+    PyTorch recipe).
 
     Args:
         batch_size: number of images (a Python int or a scalar tensor).
@@ -96,6 +100,7 @@ def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n:
         n: number of disjoint sets.
         seed: optional int (or int scalar tensor, e.g. keyed by training step)
             for `tf.random` stateless draws; None uses the global generator.
+        shared: draw one partition and repeat it for every image.
 
     Returns:
         float32 tensor `(batch_size, n, height, width, 1)`.
@@ -105,6 +110,9 @@ def random_grid_masks(batch_size, height: int, width: int, ks: Sequence[int], n:
     for k in ks:
         _check_divides(height, width, k)
     batch_size = tf.convert_to_tensor(batch_size, tf.int32)
+    if shared:
+        one = random_grid_masks(1, height, width, ks, n, seed)
+        return tf.repeat(one, batch_size, axis=0)
     seeds = (
         None
         if seed is None

@@ -85,6 +85,11 @@ VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across 
 _SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
 
+def shared_masks(config: RiadConfig) -> bool:
+    """Whether a batch shares one partition (`mask_draw: batch`, the PyTorch recipe)."""
+    return config.mask_draw == "batch"
+
+
 def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, masks=None):
     """Algorithm 2 for a batch: inpaint with random (or given) masks, Eq. 7 per image.
 
@@ -103,8 +108,12 @@ def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, 
     if config.inpainting:
         if masks is None:
             height, width = config.image_size
-            masks = random_grid_masks(tf.shape(images)[0], height, width, config.ks, config.n, seed=seed)
-        reconstructions = reconstruct(unet, images, tf.cast(masks, tf.float32), training=training)
+            masks = random_grid_masks(
+                tf.shape(images)[0], height, width, config.ks, config.n, seed, shared_masks(config)
+            )
+        reconstructions = reconstruct(
+            unet, images, tf.cast(masks, tf.float32), training=training, one_call=not shared_masks(config)
+        )
     else:  # the auto-encoder baseline
         reconstructions = tf.cast(unet(images, training=training), tf.float32)
     # The losses run in float32 whatever the network's compute dtype.
@@ -171,7 +180,7 @@ def training_batches(
         key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
         key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, epoch), index)
         seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
-        masks = random_grid_masks(tf.shape(indices)[0], height, width, config.ks, config.n, seed=seed)
+        masks = random_grid_masks(tf.shape(indices)[0], height, width, config.ks, config.n, seed, shared_masks(config))
         return batch, tf.cast(masks, tf.uint8)
 
     dataset = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)

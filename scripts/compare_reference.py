@@ -635,6 +635,7 @@ def main(argv=None) -> int:
         summaries.append(compare_seed(per_seed, command.strip(), budgets)[1])
     text = mean_report(command.strip(), seeds, summaries)
     atomic_write_text(args.out / "results.md", text)
+    atomic_write_text(args.out / "results.json", json.dumps({"seeds": seeds, "per_seed": summaries}, indent=1) + "\n")
     print("\n" + text)
     print(f"whole command: {(time.time() - started) / 60:.1f} min; tables in {args.out / 'results.md'}")
     return 0

@@ -199,6 +199,17 @@ def test_pipeline_is_seeded_per_epoch_and_resumes_exactly():
     assert not np.array_equal(other_seed[0][0][1], run[0][0][1])
 
 
+def test_pipeline_shares_one_partition_per_batch_with_mask_draw_batch():
+    config = RiadConfig(**TINY, epochs=1, seed=5, mask_draw="batch")
+    images = np.zeros((8, 32, 32, 3), np.float32)
+    (first, second), *_ = _epochs_of(training_batches(images, config, 4, drop_remainder=True), steps=2)
+    for _, masks in (first, second):
+        assert len({m.tobytes() for m in masks}) == 1
+    assert not np.array_equal(first[1], second[1]), "every batch draws its own partition"
+    with pytest.raises(ConfigError, match="mask_draw must be one of image, batch"):
+        config.with_overrides({"mask_draw": "pixel"})
+
+
 # ----------------------------------------------------------------------------
 # MirroredStrategy over two logical CPUs against one device
 

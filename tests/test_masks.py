@@ -73,6 +73,15 @@ def test_random_grid_masks_fresh_partition_per_image():
     assert len({row.tobytes() for row in flat}) == 16
 
 
+def test_random_grid_masks_shared_by_the_batch():
+    masks = random_grid_masks(6, 32, 32, ks=(2, 4, 8), n=3, seed=11, shared=True).numpy()
+    assert masks.shape == (6, 3, 32, 32, 1)
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    np.testing.assert_array_equal((1 - masks[0]).sum(axis=0), np.ones((32, 32, 1)))  # Eq. 1
+    other = random_grid_masks(6, 32, 32, ks=(2, 4, 8), n=3, seed=12, shared=True).numpy()
+    assert not np.array_equal(masks, other)
+
+
 def test_random_grid_masks_cell_sizes_come_from_K():
     masks = random_grid_masks(64, 32, 32, ks=(2, 8), n=3, seed=0).numpy()[..., 0]
     assert {_cell_size(m) for image_masks in masks for m in image_masks} == {2, 8}

@@ -50,6 +50,22 @@ def test_reconstruct_assembles_eq2():
         np.testing.assert_allclose(got[b], ref.assemble(outputs, masks), atol=1e-5)
 
 
+def test_reconstruct_one_call_per_mask():
+    """`one_call=False` (mask_draw: batch): the same reconstruction in inference mode; in training
+    mode batch norm normalises each mask's B copies by their own statistics."""
+    net = build_unet((32, 32, 3), TINY_WIDTHS)
+    images = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
+    masks = grid_masks(32, 32, 4, 3, seed=1)
+    np.testing.assert_allclose(
+        reconstruct(net, images, masks, one_call=False).numpy(), reconstruct(net, images, masks).numpy(), atol=1e-5
+    )
+    per_call = reconstruct(net, images, masks, training=True, one_call=False).numpy()
+    expected = sum((1 - m) * net(images * m, training=True).numpy() for m in masks)
+    np.testing.assert_allclose(per_call, expected, atol=1e-5)
+    one_batch = reconstruct(net, images, masks, training=True).numpy()
+    assert np.abs(per_call - one_batch).max() > 1e-3  # statistics over B, not B * n, copies
+
+
 def test_tiny_overfit_lowers_riad_loss():
     cfg = RiadConfig(image_size=(32, 32), widths=(8, 16, 16, 32, 32), ks=(2, 4), learning_rate=3e-3)
     rng = np.random.default_rng(0)

@@ -31,6 +31,7 @@ MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16", "auto")
 LR_SCALING = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("cosine", "step", "constant")
 MASK_DRAWS = ("image", "batch")
+KERNEL_INITS = ("glorot", "pytorch")  # riad_tf.model.kernel_initializer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,9 @@ class RiadConfig:
             or "batch" (one k and partition per batch and one U-Net call per
             mask, each with its own batch-norm statistics: the public PyTorch
             recipe).
+        kernel_init: how the U-Net's convolution kernels start: "glorot"
+            (Keras's default) or "pytorch" (uniform in +-1/sqrt(fan_in),
+            PyTorch's default; riad_tf.model.kernel_initializer).
         weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out for calibration.
         target_fpr: the false-positive rate the thresholds should keep on new
@@ -120,10 +124,11 @@ class RiadConfig:
     lambda_s: float = 1.0
     epochs: int = 300
     batch_size: int = 8
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4
     lr_schedule: str = "constant"
     warmup_epochs: float = 1.0
     mask_draw: str = "image"
+    kernel_init: str = "pytorch"
     weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
@@ -196,6 +201,7 @@ class RiadConfig:
             ("lr_scaling", LR_SCALING),
             ("lr_schedule", LR_SCHEDULES),
             ("mask_draw", MASK_DRAWS),
+            ("kernel_init", KERNEL_INITS),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")

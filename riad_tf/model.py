@@ -16,6 +16,8 @@ from typing import Sequence
 import keras
 from keras import layers
 
+from riad_tf.config import KERNEL_INITS
+
 # Batch norm keeps moving statistics with PyTorch's defaults, not Keras's
 # (momentum 0.99, epsilon 1e-3). With 0.99 the statistics average over the last
 # ~100 steps; a real category trains ~25 steps per epoch with fast-changing
@@ -25,27 +27,54 @@ from keras import layers
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+# How the convolution kernels start (config `kernel_init`). Under batch norm a
+# kernel's scale sets how large each Adam step is relative to it, so the two
+# train differently at the same rate (docs/accuracy.md):
+# - "glorot": Keras's default, uniform in +-sqrt(6 / (fan_in + fan_out));
+# - "pytorch": PyTorch's default for convolutions, uniform in +-1/sqrt(fan_in),
+#   about 1.7x smaller for the 3 x 3 convolutions here.
+# The choices are riad_tf.config.KERNEL_INITS.
 
-def _conv_bn_relu(x, filters: int, kernel_size: int, strides: int, name: str):
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+
+def kernel_initializer(kernel_init: str) -> keras.initializers.Initializer:
+    """A fresh initializer for one layer's kernel: `kernel_init` is one of `KERNEL_INITS`."""
+    if kernel_init == "glorot":
+        return keras.initializers.GlorotUniform()
+    if kernel_init == "pytorch":
+        return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")  # limit sqrt(3 * 1/3 / fan_in)
+    raise ValueError(f"kernel_init must be one of {', '.join(KERNEL_INITS)}; got {kernel_init!r}")
+
+
+def _conv_bn_relu(x, filters: int, kernel_size: int, strides: int, name: str, init: str):
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=kernel_initializer(init),
+        name=f"{name}_conv",
+    )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _encoder_block(x, filters: int, downsample: bool, name: str):
+def _encoder_block(x, filters: int, downsample: bool, name: str, init: str):
     if downsample:
-        x = _conv_bn_relu(x, filters, 4, 2, f"{name}_a")
+        x = _conv_bn_relu(x, filters, 4, 2, f"{name}_a", init)
     else:
-        x = _conv_bn_relu(x, filters, 3, 1, f"{name}_a")
-    return _conv_bn_relu(x, filters, 3, 1, f"{name}_b")
+        x = _conv_bn_relu(x, filters, 3, 1, f"{name}_a", init)
+    return _conv_bn_relu(x, filters, 3, 1, f"{name}_b", init)
 
 
-def _decoder_block(x, skip, filters: int, name: str):
-    x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", name=f"{name}_up")(x)
+def _decoder_block(x, skip, filters: int, name: str, init: str):
+    x = layers.Conv2DTranspose(
+        filters, 4, strides=2, padding="same", kernel_initializer=kernel_initializer(init), name=f"{name}_up"
+    )(x)
     if skip is not None:
         x = layers.Concatenate(name=f"{name}_skip")([x, skip])
-    x = _conv_bn_relu(x, filters, 3, 1, f"{name}_a")
-    return _conv_bn_relu(x, filters, 3, 1, f"{name}_b")
+    x = _conv_bn_relu(x, filters, 3, 1, f"{name}_a", init)
+    return _conv_bn_relu(x, filters, 3, 1, f"{name}_b", init)
 
 
 def build_unet(
@@ -53,6 +82,7 @@ def build_unet(
     widths: Sequence[int] = (64, 128, 256, 512, 512),
     skip_connections: bool = True,
     name: str = "riad_unet",
+    kernel_init: str = "glorot",
 ) -> keras.Model:
     """Builds the RIAD inpainting network (Fig. 4).
 
@@ -62,6 +92,8 @@ def build_unet(
         widths: channels of the five encoder levels, finest first.
         skip_connections: False removes every encoder-decoder skip (RIAD_ns).
         name: model name.
+        kernel_init: how the convolution kernels start, "glorot" (Keras's
+            default) or "pytorch" (PyTorch's); see `KERNEL_INITS`.
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` in [0, 1] to a
@@ -76,6 +108,7 @@ def build_unet(
     widths = tuple(int(w) for w in widths)
     if len(widths) != 5:
         raise ValueError(f"widths must list 5 levels, got {widths}")
+    kernel_initializer(kernel_init)  # a bad name fails before any layer is built
     height, width, channels = input_shape
     for size in (height, width):
         if size is not None and size % 16:
@@ -85,12 +118,14 @@ def build_unet(
     x = inputs
     features = []
     for level, filters in enumerate(widths):
-        x = _encoder_block(x, filters, downsample=level > 0, name=f"enc{level + 1}")
+        x = _encoder_block(x, filters, downsample=level > 0, name=f"enc{level + 1}", init=kernel_init)
         features.append(x)
     for level in range(len(widths) - 2, -1, -1):
         skip = features[level] if skip_connections else None
-        x = _decoder_block(x, skip, widths[level], name=f"dec{level + 1}")
-    x = layers.Conv2D(channels, 3, padding="same", name="out_conv")(x)
+        x = _decoder_block(x, skip, widths[level], name=f"dec{level + 1}", init=kernel_init)
+    x = layers.Conv2D(channels, 3, padding="same", kernel_initializer=kernel_initializer(kernel_init), name="out_conv")(
+        x
+    )
     # The sigmoid runs in float32 even under a mixed-precision policy.
     outputs = layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -445,7 +445,9 @@ def build_training_state(config: RiadConfig, strategy: tf.distribute.Strategy):
     keras.utils.set_random_seed(config.seed)  # the same initial weights for every replica count and worker
     with strategy.scope():
         with precision_policy(policy):
-            unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
+            unet = build_unet(
+                config.input_shape, config.unet_widths, config.skip_connections, kernel_init=config.kernel_init
+            )
         if config.sync_batchnorm:
             for layer in unet.layers:  # read at call time: statistics over the global batch
                 if isinstance(layer, keras.layers.BatchNormalization):

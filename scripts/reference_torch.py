@@ -23,6 +23,11 @@ each epoch listed in `--eval-epochs` it writes the test maps and scores
 losses go to `history.json`. The metrics themselves are computed by
 `compare_reference.py` with riad-tf's metric code, for both sides alike.
 
+`--mask-draw image`, `--precision bfloat16` (and `--learning-rate`,
+`--weight-decay`) train with riad-tf's choices instead, one at a time, so
+`scripts/sweep_reference.py` can measure which of them changes the accuracy;
+`--device cuda` trains on a GPU. The defaults are the public recipe.
+
 PyTorch is not a riad-tf dependency: `pip install torch==2.13.0` (on this kind
 of machine that takes a CPU build from the local disk).
 
@@ -88,7 +93,8 @@ class UNet(nn.Module):
             skips.append(x)
         for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1])):
             x = block(torch.cat([up(x), skip], dim=1))
-        return torch.sigmoid(self.out(x))
+        with torch.autocast(x.device.type, enabled=False):  # the output layer in float32, as riad-tf's
+            return torch.sigmoid(self.out(x.float()))
 
 
 # ----------------------------------------------------------------------------
@@ -112,6 +118,22 @@ def inpaint(net, images, masks):
     for mask in masks:
         out = out + (1 - mask) * net(images * mask)
     return out
+
+
+def inpaint_per_image(net, images, masks):
+    """Eq. 2 with a partition per image `(B, n, 1, H, W)`, all B * n masked copies in one U-Net call (riad-tf's way)."""
+    batch, n = masks.shape[:2]
+    masked = (images[:, None] * masks).flatten(0, 1)
+    restored = net(masked).unflatten(0, (batch, n))
+    return ((1 - masks) * restored).sum(1)
+
+
+def training_masks(batch: int, height: int, width: int, ks, n: int, per_image: bool, rng: np.random.Generator):
+    """Algorithm 1's masks for one batch: `(n, 1, H, W)` shared by the batch, or `(B, n, 1, H, W)` per image."""
+    if not per_image:
+        return torch.from_numpy(grid_masks(height, width, ks[rng.integers(len(ks))], n, rng))[:, None]
+    draws = [grid_masks(height, width, ks[rng.integers(len(ks))], n, rng) for _ in range(batch)]
+    return torch.from_numpy(np.stack(draws))[:, :, None]
 
 
 # ----------------------------------------------------------------------------
@@ -237,6 +259,20 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when there is one)")
+    # riad-tf's recipe, piece by piece, to find out which of its differences matters (scripts/sweep_reference.py)
+    parser.add_argument(
+        "--mask-draw",
+        choices=("batch", "image"),
+        default="batch",
+        help="batch: one k and partition per batch (the public recipe); image: one per image, one U-Net call (riad-tf)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="training precision: bfloat16 autocasts the U-Net but its output layer, as riad-tf's mixed_bfloat16",
+    )
     return parser.parse_args(argv)
 
 
@@ -259,9 +295,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = torch.device("cpu")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     data = np.load(args.data)
-    train_images, holdout, test = data["train"], data["holdout"], data["test"]
+    train_images, holdout, test = (data[key].astype(np.float32) for key in ("train", "holdout", "test"))
     height, width, channels = train_images.shape[1:]
     ks, eval_epochs = _ints(args.ks), set(_ints(args.eval_epochs))
     net = UNet(_ints(args.widths), channels).to(device)
@@ -271,8 +307,11 @@ def main(argv=None) -> int:
     (args.out / "eval").mkdir(parents=True, exist_ok=True)
     history = []
     steps = math.ceil(len(train_images) / args.batch_size)
+    per_image = args.mask_draw == "image"
     print(
-        f"reference: {len(train_images)} training images, {steps} steps per epoch, {args.threads} threads", flush=True
+        f"reference: {len(train_images)} training images, {steps} steps per epoch, {args.threads} threads, "
+        f"{device}, mask draw per {args.mask_draw}, {args.precision}",
+        flush=True,
     )
     for epoch in range(1, args.epochs + 1):
         net.train()
@@ -280,9 +319,10 @@ def main(argv=None) -> int:
         indices = rng.permutation(len(train_images))
         for start in range(0, len(train_images), args.batch_size):
             x = nchw(train_images[indices[start : start + args.batch_size]], device)
-            k = ks[rng.integers(len(ks))]
-            masks = torch.from_numpy(grid_masks(height, width, k, args.n, rng))[:, None].to(device)
-            loss = riad_loss(x, inpaint(net, x, masks))
+            masks = training_masks(len(x), height, width, ks, args.n, per_image, rng).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
+                restored = (inpaint_per_image if per_image else inpaint)(net, x, masks)
+            loss = riad_loss(x, restored.float())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -308,7 +348,7 @@ def main(argv=None) -> int:
                     for s in range(0, len(test), 16)
                 )
             )
-            maps, scores = torch.cat(maps).numpy(), torch.cat(scores).numpy()
+            maps, scores = torch.cat(maps).cpu().numpy(), torch.cat(scores).cpu().numpy()
             _atomic_save(
                 args.out / "eval" / f"epoch_{epoch:03d}.npz",
                 lambda p: _save_npz(p, maps=maps.astype(np.float16), scores=scores),

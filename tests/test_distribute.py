@@ -29,7 +29,7 @@ from riad_tf.distribute import (
     num_workers,
     resolve_precision,
 )
-from riad_tf.train import learning_rate, train, training_batches
+from riad_tf.train import build_training_state, learning_rate, train, training_batches
 
 TINY = dict(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4, 8), smoothing=5)
 TINY_SETS = ["--set", "widths=[4,8,8,16,16]", "--set", "ks=[2,4,8]", "--set", "smoothing=5"]
@@ -208,6 +208,16 @@ def test_pipeline_shares_one_partition_per_batch_with_mask_draw_batch():
     assert not np.array_equal(first[1], second[1]), "every batch draws its own partition"
     with pytest.raises(ConfigError, match="mask_draw must be one of image, batch"):
         config.with_overrides({"mask_draw": "pixel"})
+
+
+@pytest.mark.parametrize("kernel_init, within_pytorch_bound", [("pytorch", True), ("glorot", False)])
+def test_training_builds_the_unet_with_the_configs_kernel_init(kernel_init, within_pytorch_bound):
+    config = RiadConfig(**TINY, kernel_init=kernel_init)
+    unet, _, _ = build_training_state(config, make_strategy("default"))
+    kernel = unet.get_layer("enc5_b_conv").kernel.numpy()  # 3 x 3 x 16 -> 16
+    assert (np.abs(kernel).max() <= 1 / np.sqrt(3 * 3 * 16)) == within_pytorch_bound
+    with pytest.raises(ConfigError, match="kernel_init must be one of glorot, pytorch"):
+        config.with_overrides({"kernel_init": "he"})
 
 
 # ----------------------------------------------------------------------------

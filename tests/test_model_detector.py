@@ -40,6 +40,24 @@ def test_unet_rejects_sizes_not_divisible_by_16():
         build_unet((40, 32, 3), TINY_WIDTHS)
 
 
+def test_kernel_init_pytorch_draws_within_one_over_sqrt_fan_in_and_smaller_than_glorot():
+    def kernel(kernel_init):
+        keras.utils.set_random_seed(3)
+        return build_unet((32, 32, 3), (8, 16, 32, 32, 32), kernel_init=kernel_init).get_layer("enc3_b_conv").kernel
+
+    fan_in = 3 * 3 * 32
+    pytorch, glorot = kernel("pytorch").numpy(), kernel("glorot").numpy()
+    assert np.abs(pytorch).max() <= 1 / np.sqrt(fan_in)
+    assert pytorch.std() == pytest.approx(1 / np.sqrt(3 * fan_in), rel=0.1)  # uniform in +-1/sqrt(fan_in)
+    assert glorot.std() == pytest.approx(np.sqrt(2 / (2 * fan_in)), rel=0.1)  # fan_out = fan_in here
+    np.testing.assert_array_equal(kernel("pytorch").numpy(), pytorch)  # the seed decides
+    # every layer draws its own kernel, also where two layers have the same shape
+    net = build_unet((32, 32, 3), (8, 16, 32, 32, 32), kernel_init="pytorch")
+    assert not np.allclose(net.get_layer("enc4_b_conv").kernel.numpy(), net.get_layer("enc5_b_conv").kernel.numpy())
+    with pytest.raises(ValueError, match="kernel_init must be one of glorot, pytorch; got 'he'"):
+        build_unet((32, 32, 3), TINY_WIDTHS, kernel_init="he")
+
+
 def test_reconstruct_assembles_eq2():
     net = build_unet((32, 32, 3), TINY_WIDTHS)
     images = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)

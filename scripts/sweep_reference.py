@@ -45,7 +45,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # riad_tf.metrics needs numpy, scipy and scikit-learn, not TensorFlow
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # riad_tf.metrics and compare_reference need no TensorFlow
+
+from edge.files import atomic_path, atomic_write_text  # noqa: E402
 
 # name -> reference_torch.py arguments: the public recipe, each riad-tf difference alone, and riad-tf's whole recipe
 RECIPES = {
@@ -101,10 +103,8 @@ def pack(data: list[Path], folder: Path) -> list[Path]:
         arrays = np.load(path)
         small = {k: arrays[k].astype(np.float16) if arrays[k].dtype == np.float32 else arrays[k] for k in arrays.files}
         target = folder / f"split-{i}.npz"
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as file:
+        with atomic_path(target) as tmp, open(tmp, "wb") as file:  # a file object: savez would add ".npz"
             np.savez_compressed(file, **small)
-        os.replace(tmp, target)
         written.append(target)
     return written
 
@@ -148,21 +148,15 @@ def train_run(args, data: Path, recipe: str, seed: int, folder: Path, started: f
 
 
 def score_run(data: Path, folder: Path) -> list[dict]:
-    """The metrics of each scored epoch of one run."""
-    from riad_tf import metrics
+    """The metrics of each scored epoch of one run (compare_reference.py's), with its losses and speed."""
+    from compare_reference import scored_points
 
-    arrays = np.load(data)
     history = json.loads((folder / "history.json").read_text())
     rows = []
-    for path in sorted((folder / "eval").glob("epoch_*.npz")):
-        scores = np.load(path)
-        summary = metrics.summarize(
-            scores["scores"], arrays["labels"], scores["maps"].astype(np.float32), arrays["test_masks"]
-        )
-        epoch = int(path.stem.split("_")[1])
-        seconds = float(np.mean([r["seconds"] for r in history[:epoch]]))
+    for point in scored_points(folder, np.load(data)):
+        epoch = point["epoch"]
         losses = {"loss": history[epoch - 1]["loss"], "val_loss": history[epoch - 1]["val_loss"]}
-        rows.append({"epoch": epoch, "seconds_per_epoch": seconds, **losses, **{k: summary[k] for k in METRICS}})
+        rows.append({**point, "seconds_per_epoch": point["train_seconds"] / epoch, **losses})
     return rows
 
 
@@ -201,12 +195,6 @@ def markdown(summary: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.pack is not None:
@@ -232,9 +220,9 @@ def main(argv=None) -> int:
         ],
     }
     results["summary"] = summarize_recipes(results)
-    _write(args.out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=1) + "\n")
     table = markdown(results["summary"], command)
-    _write(args.out / "results.md", table)
+    atomic_write_text(args.out / "results.md", table)
     print(table)
     return 0
 

@@ -32,6 +32,7 @@ LR_SCALING = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("cosine", "step", "constant")
 MASK_DRAWS = ("image", "batch")
 KERNEL_INITS = ("glorot", "pytorch")  # riad_tf.model.kernel_initializer
+BN_STATISTICS = ("reestimated", "moving")  # riad_tf.train.settle_batchnorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,11 @@ class RiadConfig:
         kernel_init: how the U-Net's convolution kernels start: "glorot"
             (Keras's default) or "pytorch" (uniform in +-1/sqrt(fan_in),
             PyTorch's default; riad_tf.model.kernel_initializer).
+        bn_statistics: the batch-norm statistics the saved model keeps:
+            "reestimated" (the default: their plain mean over 60 masked
+            training batches, run on the final weights; riad_tf.train.settle_batchnorm)
+            or "moving" (training's moving averages, re-estimated only when
+            the batch-norm guard fires: the PyTorch recipe's).
         weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out for calibration.
         target_fpr: the false-positive rate the thresholds should keep on new
@@ -129,6 +135,7 @@ class RiadConfig:
     warmup_epochs: float = 1.0
     mask_draw: str = "image"
     kernel_init: str = "pytorch"
+    bn_statistics: str = "reestimated"
     weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
@@ -202,6 +209,7 @@ class RiadConfig:
             ("lr_schedule", LR_SCHEDULES),
             ("mask_draw", MASK_DRAWS),
             ("kernel_init", KERNEL_INITS),
+            ("bn_statistics", BN_STATISTICS),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")

@@ -7,7 +7,8 @@ follows `config.lr_schedule` (`learning_rate`): constant by default, or a
 warm-up and a cosine decay set per step; the paper's division by 10 after
 `config.decay_epoch` epochs is `configs/paper.yaml`. After every epoch the
 batch-norm guard (`batchnorm_check`) compares inference- and training-mode
-losses, and the epoch with the lowest validation loss is the one kept.
+losses, the epoch with the lowest validation loss is the one kept, and its
+batch-norm statistics are re-estimated on the final weights (`settle_batchnorm`).
 
 Scaling out (docs/distributed.md):
 
@@ -82,6 +83,7 @@ from riad_tf.run import BEST_WEIGHTS_FILE, CHECKPOINT_DIR, HISTORY_FILE, LOGS_DI
 
 log = logging.getLogger(__name__)
 VALIDATION_SEED = 1234  # fixed partitions, so validation losses compare across epochs
+BATCHNORM_BATCHES = 60  # masked training batches that re-estimate batch-norm statistics
 _SHUFFLE_STREAM, _MASK_STREAM = 1, 2  # independent random streams derived from config.seed
 
 
@@ -261,19 +263,50 @@ def batchnorm_check(unet, images: np.ndarray, config: RiadConfig, batch_size: in
     }
 
 
-def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batches: int = 60) -> int:
+def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batches: int = BATCHNORM_BATCHES) -> int:
     """Re-estimates the U-Net's batch-norm statistics on masked training batches (Algorithm 2's inputs).
 
+    The batches are the first `max_batches` of training's own pipeline (its
+    shuffles and masks), over as many passes of `images` as that takes.
+
     Returns:
-        The number of batches used (at most `max_batches`, one pass over `images`).
+        The number of batches used.
     """
-    one_epoch = config.with_overrides({"epochs": 1})
-    batches = training_batches(images, one_epoch, config.batch_size).take(max_batches)
+    steps = math.ceil(len(images) / config.batch_size)
+    passes = config.with_overrides({"epochs": math.ceil(max_batches / steps)})
+    batches = training_batches(images, passes, config.batch_size).take(max_batches)
     return reestimate_statistics(
         unet,
         batches,
         lambda batch: per_image_loss(unet, batch[0], config, True, masks=batch[-1] if config.inpainting else None),
     )
+
+
+def settle_batchnorm(unet, images: np.ndarray, config: RiadConfig, guard_fired: bool = False) -> dict:
+    """Gives a trained U-Net the batch-norm statistics `config.bn_statistics` asks for.
+
+    With "reestimated", the moving averages of training (each about the last
+    ten batches, of weights still moving) make way for the plain mean over
+    `BATCHNORM_BATCHES` masked training batches of the final weights
+    (docs/accuracy.md measures the gain); with "moving" nothing changes.
+
+    Args:
+        unet: the trained U-Net (float32; changed in place).
+        images: the training images.
+        config: gives `bn_statistics` and what `reestimate_batchnorm` needs.
+        guard_fired: re-estimate whatever `bn_statistics` says (the
+            batch-norm guard found training's moving statistics off).
+
+    Returns:
+        What to record: `{"bn_reestimated_batches", "bn_reestimate_seconds"}`,
+        or `{}` when the statistics were kept.
+    """
+    if config.bn_statistics == "moving" and not guard_fired:
+        return {}
+    log.info(f"batch norm: re-estimating the statistics on {BATCHNORM_BATCHES} masked training batches")
+    started = time.time()
+    used = reestimate_batchnorm(unet, images, config)
+    return {"bn_reestimated_batches": used, "bn_reestimate_seconds": round(time.time() - started, 3)}
 
 
 def learning_rate(config: RiadConfig, epoch: float, replicas: int = 1) -> float:
@@ -532,24 +565,28 @@ def _divergence_warning(record: dict) -> str:
 def _ship_checked(
     trained, config: RiadConfig, guard_images: np.ndarray, train_images: np.ndarray, batch_size: int, out_dir: Path
 ) -> dict:
-    """Runs the batch-norm guard on the model about to be saved; re-estimates its statistics when it fires.
+    """Settles the batch-norm statistics of the model about to be saved and runs the guard on it.
+
+    With `bn_statistics: moving` the statistics are re-estimated only when the
+    guard fires on training's moving averages.
 
     Returns:
         What to record on the kept epoch: the final guard losses, and the
         number of batches that re-estimated the statistics (when they were).
 
     Raises:
-        BatchNormDivergenceError: when re-estimating does not bring inference
-            mode near training mode (the model is then not saved).
+        BatchNormDivergenceError: when inference mode stays far from training
+            mode with re-estimated statistics (the model is then not saved).
     """
     check = batchnorm_check(trained, guard_images, config, batch_size)
-    if not check["bn_diverged"]:
+    details = settle_batchnorm(trained, train_images, config, guard_fired=check["bn_diverged"])
+    if not details:
         return {"final_val_loss": check["val_loss"]}
-    used = reestimate_batchnorm(trained, train_images, config)
     after = batchnorm_check(trained, guard_images, config, batch_size)
     log.info(
-        f"batch norm: inference-mode loss {check['val_loss']:.4f} against training-mode {check['val_loss_train_mode']:.4f}; "
-        f"re-estimated the moving statistics on {used} masked training batches: now {after['val_loss']:.4f}"
+        f"batch norm: inference-mode validation loss {check['val_loss']:.4f} with training's moving statistics "
+        f"(training mode {check['val_loss_train_mode']:.4f}), {after['val_loss']:.4f} with statistics re-estimated "
+        f"on {details['bn_reestimated_batches']} masked training batches"
     )
     if after["bn_diverged"]:
         raise BatchNormDivergenceError(
@@ -557,7 +594,7 @@ def _ship_checked(
             f"training-mode loss {after['val_loss_train_mode']:.4f} even after re-estimating batch-norm statistics; "
             "the model was not saved or calibrated (training state kept in checkpoints/; docs/accuracy.md)"
         )
-    return {"final_val_loss": after["val_loss"], "bn_reestimated_batches": used}
+    return {"final_val_loss": after["val_loss"], "moving_val_loss": check["val_loss"], **details}
 
 
 def train(
@@ -576,10 +613,12 @@ def train(
     and in training mode, with the same masks; it warns when the two diverge
     (`riad_tf.batchnorm`). The saved model is the epoch with the lowest
     inference-mode validation loss (the last epoch without held-out images),
-    flagged `"kept": true` in `history.json`; the guard runs once more on it,
-    and when it fires the moving statistics are re-estimated on masked
-    training batches, or training fails with `BatchNormDivergenceError`
-    instead of saving a model that scores differently from what it learned.
+    flagged `"kept": true` in `history.json`. Its batch-norm statistics are
+    re-estimated on masked training batches (`config.bn_statistics`,
+    `settle_batchnorm`; with "moving", only when the guard fires on them),
+    the guard runs once more, and training fails with
+    `BatchNormDivergenceError` instead of saving a model that scores
+    differently from what it learned.
 
     Args:
         config: the run's `RiadConfig` (saved as `config.yaml`).

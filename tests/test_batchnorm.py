@@ -67,8 +67,8 @@ def test_guard_fires_on_wrong_statistics_and_not_on_a_good_model(trained, config
         batchnorm_check(good, images[16:], config, 4)["val_loss_train_mode"], rel=1e-4
     )
 
-    used = reestimate_batchnorm(spoiled, images[:16], config)
-    assert used == 4  # one pass over 16 images in batches of 4
+    used = reestimate_batchnorm(spoiled, images[:16], config, max_batches=6)
+    assert used == 6  # more than one pass over 16 images in batches of 4
     assert not batchnorm_check(spoiled, images[16:], config, 4)["bn_diverged"]
 
 
@@ -82,22 +82,53 @@ def test_training_mode_check_leaves_the_moving_statistics_alone(trained, config,
     assert statistics_diverged(0.854, 0.146) and not statistics_diverged(0.15, 0.146)
 
 
+def _kept_record(out):
+    return [r for r in json.loads((out / "history.json").read_text()) if r.get("kept")]
+
+
 def test_spoiled_last_epoch_is_repaired_before_shipping(config, images, tmp_path):
-    """Statistics spoiled after the last epoch: the final guard re-estimates them and says so in history.json."""
+    """Moving statistics kept, but spoiled after the last epoch: the final guard re-estimates them and says so."""
     out = tmp_path / "run"
+    moving = config.with_overrides({"bn_statistics": "moving"})
 
     def spoil_last(epoch, unet):
         if epoch == config.epochs:
             _spoil_statistics(unet)
 
-    train(
-        config, images[:16], out, progress=False, on_epoch_end=spoil_last
-    )  # no held-out images: the last epoch is kept
-    history = json.loads((out / "history.json").read_text())
-    kept = [r for r in history if r.get("kept")]
+    train(moving, images[:16], out, progress=False, on_epoch_end=spoil_last)  # no held-out images: the last is kept
+    kept = _kept_record(out)
     assert [r["epoch"] for r in kept] == [config.epochs]
-    assert kept[0]["bn_reestimated_batches"] > 0
+    assert kept[0]["bn_reestimated_batches"] == train_module.BATCHNORM_BATCHES
+    assert kept[0]["moving_val_loss"] > 1.5 * kept[0]["final_val_loss"]
     assert (out / "model.keras").is_file()
+
+
+def _moving_means(unet):
+    return np.concatenate([layer.moving_mean.numpy().ravel() for layer in batchnorm_layers(unet)])
+
+
+@pytest.mark.parametrize("bn_statistics", ["reestimated", "moving"])
+def test_the_saved_model_keeps_the_statistics_the_config_asks_for(config, images, tmp_path, monkeypatch, bn_statistics):
+    monkeypatch.setattr(train_module, "statistics_diverged", lambda *args: False)  # the guard stays quiet
+    out = tmp_path / "run"
+    chosen = config.with_overrides({"epochs": 2, "bn_statistics": bn_statistics})
+    last = {}
+    trained = train(
+        chosen, images[:16], out, progress=False, on_epoch_end=lambda e, unet: last.update(e=e, unet=unet)
+    )  # no held-out images: the last epoch is kept
+    moving = _moving_means(last["unet"])  # training's moving statistics after the last epoch
+    reestimated = float32_copy(trained, chosen)
+    train_module.reestimate_batchnorm(reestimated, images[:16], chosen)
+    kept = _kept_record(out)[0]
+    assert kept["epoch"] == last["e"] == 2
+    if bn_statistics == "reestimated":
+        np.testing.assert_allclose(_moving_means(trained), _moving_means(reestimated), atol=1e-5)
+        assert not np.allclose(_moving_means(trained), moving, atol=1e-3)
+        assert kept["bn_reestimated_batches"] == train_module.BATCHNORM_BATCHES
+        assert kept["bn_reestimate_seconds"] > 0
+    else:
+        np.testing.assert_allclose(_moving_means(trained), moving, atol=1e-5)
+        assert "bn_reestimated_batches" not in kept
 
 
 def test_unrepairable_statistics_are_never_saved(config, images, tmp_path, monkeypatch):

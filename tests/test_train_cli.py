@@ -130,7 +130,7 @@ def test_learning_rate_divided_after_five_sixths():
     assert learning_rate(cfg, 249) == pytest.approx(1e-4) and learning_rate(cfg, 250) == pytest.approx(1e-5)
     assert RiadConfig(epochs=12).decay_epoch == 10
     assert RiadConfig.load(Path(__file__).parents[1] / "configs" / "paper.yaml") == cfg.with_overrides(
-        {"mixed_precision": "off"}
+        {"mixed_precision": "off", "bn_statistics": "moving"}
     )
 
 

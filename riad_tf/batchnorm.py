@@ -10,7 +10,8 @@ the one training measured, and nothing else shows it (issue #13: train loss
   without moving the stored statistics, to compare both modes on the same data.
 - `statistics_diverged`: the guard's rule.
 - `reestimate_statistics`: replace the moving statistics by their plain average
-  over given batches (the remedy when the guard fires).
+  over given batches (what the saved model gets by default, `bn_statistics:
+  reestimated`, and the remedy when the guard fires).
 
 Example:
 
@@ -28,6 +29,7 @@ import contextlib
 from typing import Callable, Iterable
 
 import keras
+import numpy as np
 
 from edge.errors import TrainingError
 
@@ -47,6 +49,21 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+def _statistic_variables(model: keras.Model) -> list:
+    return [v for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def moving_statistics(model: keras.Model) -> list[np.ndarray]:
+    """A copy of every batch-norm layer's moving mean and variance (for `set_moving_statistics`)."""
+    return [v.numpy() for v in _statistic_variables(model)]
+
+
+def set_moving_statistics(model: keras.Model, values: list[np.ndarray]) -> None:
+    """Puts back what `moving_statistics` copied."""
+    for variable, value in zip(_statistic_variables(model), values, strict=True):
+        variable.assign(value)
+
+
 @contextlib.contextmanager
 def frozen_statistics(model: keras.Model):
     """Restores every batch-norm moving mean and variance on exit.
@@ -54,12 +71,11 @@ def frozen_statistics(model: keras.Model):
     Inside, calls with `training=True` use batch statistics as training does,
     and whatever they write into the moving statistics is undone afterwards.
     """
-    saved = [(v, v.numpy()) for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+    saved = moving_statistics(model)
     try:
         yield
     finally:
-        for variable, value in saved:
-            variable.assign(value)
+        set_moving_statistics(model, saved)
 
 
 def statistics_diverged(inference_loss: float, training_mode_loss: float, ratio: float = DIVERGENCE_RATIO) -> bool:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import yaml
 
 from edge.errors import ConfigError, InputError, RunLocked, one_line
 from edge.files import atomic_path, atomic_write_text
@@ -89,11 +90,18 @@ def save_config(run_dir, config: RiadConfig) -> None:
     config.save(Path(run_dir) / CONFIG_FILE)
 
 
+# Keys newer than some saved runs, with the value those runs were trained with.
+_BEFORE_THE_KEY = {"kernel_init": "glorot", "bn_statistics": "moving"}
+
+
 def load_config(run_dir) -> RiadConfig:
+    """The run's `RiadConfig`; a run saved before a key existed gets the value it was trained with."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config; is {run_dir} a riad-tf run directory?")
-    return RiadConfig.load(path)
+    config = RiadConfig.load(path)
+    saved = yaml.safe_load(path.read_text()) or {}
+    return config.with_overrides({k: v for k, v in _BEFORE_THE_KEY.items() if k not in saved})
 
 
 def load_unet(run_dir):

@@ -62,7 +62,9 @@ from riad_tf.batchnorm import (
     DIVERGENCE_RATIO,
     BatchNormDivergenceError,
     frozen_statistics,
+    moving_statistics,
     reestimate_statistics,
+    set_moving_statistics,
     statistics_diverged,
 )
 from riad_tf.config import RiadConfig
@@ -574,11 +576,15 @@ def _ship_checked(
         What to record on the kept epoch: the final guard losses, and the
         number of batches that re-estimated the statistics (when they were).
 
+    When re-estimated statistics fail the guard where the moving ones
+    passed, the model keeps the moving ones (with a warning).
+
     Raises:
         BatchNormDivergenceError: when inference mode stays far from training
-            mode with re-estimated statistics (the model is then not saved).
+            mode with either statistics (the model is then not saved).
     """
     check = batchnorm_check(trained, guard_images, config, batch_size)
+    moving = moving_statistics(trained)
     details = settle_batchnorm(trained, train_images, config, guard_fired=check["bn_diverged"])
     if not details:
         return {"final_val_loss": check["val_loss"]}
@@ -588,6 +594,13 @@ def _ship_checked(
         f"(training mode {check['val_loss_train_mode']:.4f}), {after['val_loss']:.4f} with statistics re-estimated "
         f"on {details['bn_reestimated_batches']} masked training batches"
     )
+    if after["bn_diverged"] and not check["bn_diverged"]:
+        set_moving_statistics(trained, moving)
+        log.warning(
+            "warning: the re-estimated batch-norm statistics fail the guard where training's moving ones pass; "
+            "the saved model keeps the moving ones"
+        )
+        return {"final_val_loss": check["val_loss"], "rejected_reestimate_val_loss": after["val_loss"]}
     if after["bn_diverged"]:
         raise BatchNormDivergenceError(
             f"{out_dir}: inference-mode validation loss {after['val_loss']:.4f} stays above {DIVERGENCE_RATIO:g}x the "

@@ -32,8 +32,9 @@ With `--seeds 0,1` the whole comparison runs once per seed (its own data split,
 initialisation and masks) in OUT/seed-N, and OUT/results.md holds the
 equal-epoch metrics as means over the seeds, each seed's value beside them.
 
-Training time is the time of the training steps alone (the per-epoch `seconds`
-of each side's history), not of scoring. Data: `--train-images` good images
+Training time is the time of the training steps (the per-epoch `seconds` of
+each side's history) and of riad-tf's batch-norm re-estimation of each scored
+model (`bn_statistics: reestimated`), not of scoring. Data: `--train-images` good images
 train both, `--holdout` other good images give the validation loss (and
 riad-tf's batch-norm guard and kept epoch), the test set is `--test-good` good
 and `--test-defective` defective images (every defect type, seeded). Maps are

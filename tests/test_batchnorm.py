@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY_WIDTHS
 
 from riad_tf import train as train_module
 from riad_tf.batchnorm import BatchNormDivergenceError, batchnorm_layers, frozen_statistics, statistics_diverged
 from riad_tf.config import RiadConfig
+from riad_tf.run import CONFIG_FILE, load_config, save_config
 from riad_tf.train import batchnorm_check, float32_copy, reestimate_batchnorm, train
 
 
@@ -129,6 +131,35 @@ def test_the_saved_model_keeps_the_statistics_the_config_asks_for(config, images
     else:
         np.testing.assert_allclose(_moving_means(trained), moving, atol=1e-5)
         assert "bn_reestimated_batches" not in kept
+
+
+def test_reestimated_statistics_that_fail_the_guard_give_way_to_the_moving_ones(
+    trained, config, images, tmp_path, monkeypatch
+):
+    healthy = float32_copy(trained, config)
+    reestimate_batchnorm(healthy, images[:16], config)  # statistics that pass the guard (the test above)
+    moving = _moving_means(healthy)
+
+    def spoiling(model, batches, forward):  # a re-estimation that goes wrong
+        _spoil_statistics(model)
+        return 60
+
+    monkeypatch.setattr(train_module, "reestimate_statistics", spoiling)
+    record = train_module._ship_checked(healthy, config, images[16:], images[:16], 4, tmp_path)
+    np.testing.assert_array_equal(_moving_means(healthy), moving)
+    assert record["rejected_reestimate_val_loss"] > 1.5 * record["final_val_loss"]
+
+
+def test_a_run_saved_before_bn_statistics_existed_loads_as_trained(tmp_path):
+    config = RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS)
+    save_config(tmp_path, config)
+    assert load_config(tmp_path).bn_statistics == "reestimated"
+    saved = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
+    del saved["bn_statistics"], saved["kernel_init"]
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(saved))
+    older = load_config(tmp_path)
+    assert (older.bn_statistics, older.kernel_init) == ("moving", "glorot")
+    assert older.with_overrides({"bn_statistics": "reestimated", "kernel_init": "pytorch"}) == config
 
 
 def test_unrepairable_statistics_are_never_saved(config, images, tmp_path, monkeypatch):

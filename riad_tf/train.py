@@ -570,14 +570,13 @@ def _ship_checked(
     """Settles the batch-norm statistics of the model about to be saved and runs the guard on it.
 
     With `bn_statistics: moving` the statistics are re-estimated only when the
-    guard fires on training's moving averages.
+    guard fires on training's moving averages. When re-estimated statistics
+    fail the guard where the moving ones passed, the model keeps the moving
+    ones (with a warning).
 
     Returns:
         What to record on the kept epoch: the final guard losses, and the
         number of batches that re-estimated the statistics (when they were).
-
-    When re-estimated statistics fail the guard where the moving ones
-    passed, the model keeps the moving ones (with a warning).
 
     Raises:
         BatchNormDivergenceError: when inference mode stays far from training

@@ -74,6 +74,8 @@ class RiadConfig:
             or "batch" (one k and partition per batch and one U-Net call per
             mask, each with its own batch-norm statistics: the public PyTorch
             recipe).
+        train_mask_context: give every cell of training's partitions some
+            context as inference's always have (`riad_tf.masks.give_context`).
         kernel_init: how the U-Net's convolution kernels start: "glorot"
             (Keras's default) or "pytorch" (uniform in +-1/sqrt(fan_in),
             PyTorch's default; riad_tf.model.kernel_initializer).
@@ -83,7 +85,12 @@ class RiadConfig:
             or "moving" (training's moving averages, re-estimated only when
             the batch-norm guard fires: the PyTorch recipe's).
         weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
-        val_fraction: share of the good images held out for calibration.
+        val_fraction: share of the good images held out to choose the kept
+            epoch (the lowest validation loss) and to watch batch norm.
+        calibration_fraction: share of the good images held out to set the
+            thresholds: other images than the validation ones, whose scores
+            are optimistic (`riad_tf.data.split_good`; 0: calibrate on the
+            validation images, as runs before this key did).
         target_fpr: the false-positive rate the thresholds should keep on new
             good images; held-out good images set them (`edge.verdicts`).
         min_region_area: the smallest region of the anomaly map, in pixels at
@@ -134,11 +141,13 @@ class RiadConfig:
     lr_schedule: str = "constant"
     warmup_epochs: float = 1.0
     mask_draw: str = "image"
+    train_mask_context: bool = False
     kernel_init: str = "pytorch"
     bn_statistics: str = "reestimated"
     weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
+    calibration_fraction: float = 0.1
     target_fpr: float = 0.01
     min_region_area: int = 1
     temporal_window: int = 3
@@ -188,6 +197,11 @@ class RiadConfig:
             raise ConfigError(f"score_function must be 'msgms' or 'ssim', got {self.score_function!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.calibration_fraction < 1.0 - self.val_fraction:
+            raise ConfigError(
+                f"calibration_fraction must be in [0, 1 - val_fraction), got {self.calibration_fraction} "
+                f"with val_fraction {self.val_fraction}"
+            )
         if not 0.0 < self.target_fpr < 1.0:
             raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.min_region_area < 1:

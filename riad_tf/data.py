@@ -347,6 +347,46 @@ def split_holdout(samples: Sequence[Sample], fraction: float = 0.1, seed: int = 
     return _split_off(list(samples), fraction, seed)
 
 
+def split_good(
+    samples: Sequence[Sample], validation_fraction: float, calibration_fraction: float, seed: int = 0
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Splits good images three ways: training, validation, calibration.
+
+    The validation images choose the kept epoch and watch batch norm; the
+    calibration images set the thresholds. They must differ: scores of images
+    that chose the model are optimistic, and a threshold set on them breaks its
+    false-positive bound (docs/method.md, "Thresholds"). The held-out share is
+    `validation_fraction + calibration_fraction` of the images, drawn as
+    `split_holdout` draws it, so a run with `calibration_fraction` 0 (older
+    runs) holds out the same images as before; its calibration list is empty.
+
+    Args:
+        samples: the good images.
+        validation_fraction, calibration_fraction: shares of `samples`, summing to less than 1.
+        seed: the same seed gives the same split.
+
+    Returns:
+        (training, validation, calibration), disjoint, each in the order of
+        `samples`. Each share above 0 gets at least one image when the
+        images allow it.
+
+    Example:
+
+    >>> samples = [Sample(Path(f"{i}.png"), 0) for i in range(20)]
+    >>> [len(part) for part in split_good(samples, 0.1, 0.2)]
+    [14, 2, 4]
+    """
+    held_share = validation_fraction + calibration_fraction
+    kept, held = _split_off(list(samples), held_share, seed)
+    if not held or calibration_fraction == 0:
+        return kept, held, []
+    calibration_share = calibration_fraction / held_share
+    if validation_fraction == 0:
+        return kept, [], held
+    validation, calibration = _split_off(held, calibration_share, seed + 1)
+    return kept, validation, calibration
+
+
 def _split_off(samples: list[Sample], fraction: float, seed: int):
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"the held-out share must be in [0, 1), got {fraction}")

@@ -36,18 +36,20 @@ class Detector(keras.Model):
         unet: the inpainting network (`riad_tf.model.build_unet`).
         config: the `RiadConfig` it was trained with; K, n, seed, smoothing and
             the scoring function come from it.
+        masks: `(|K|, n, H, W, 1)` partitions to use instead of the config's
+            `inference_masks` (a study of partitions; exports use the default).
 
     Call:
         images `(B, H, W, C)` float in [0, 1] -> `(maps (B, H, W), scores (B,))`.
     """
 
-    def __init__(self, unet: keras.Model, config: RiadConfig, **kwargs):
+    def __init__(self, unet: keras.Model, config: RiadConfig, masks: np.ndarray | None = None, **kwargs):
         super().__init__(name=kwargs.pop("name", "riad_detector"), **kwargs)
         self.unet = unet
         self.config = config
         height, width = config.image_size
         # (|K|, n, H, W, 1), fixed by the seed: the same partitions on every call.
-        self.masks = inference_masks(height, width, config.ks, config.n, config.seed)
+        self.masks = inference_masks(height, width, config.ks, config.n, config.seed) if masks is None else masks
 
     def reconstructions(self, images):
         """One reconstruction per k: `(|K|, B, H, W, C)` (Algorithm 1 for every k at once)."""

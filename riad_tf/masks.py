@@ -17,6 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+# What inference's partitions are, recorded with the thresholds calibrated on them (`riad_tf.run.load_thresholds`).
+PARTITIONS = "context"
+
 
 def _check_divides(height: int, width: int, k: int) -> None:
     if k <= 0 or height % k or width % k:
@@ -30,8 +33,63 @@ def _cells_to_masks(cell_set: np.ndarray, k: int, n: int) -> np.ndarray:
     return (~removed).astype(np.float32)[..., None]
 
 
-def grid_masks(height: int, width: int, k: int, n: int = 3, seed=None) -> np.ndarray:
-    """One random partition of the k x k grid into n masks (Algorithm 1).
+def isolated_cells(cell_set: np.ndarray) -> np.ndarray:
+    """Cells removed together with every 4-neighbour they have inside the grid.
+
+    Such a cell is inpainted with no visible context at all: its reconstruction
+    is a guess, whatever the image holds. A cell with no neighbour (a 1 x 1
+    grid) is never counted: nothing could give it context.
+
+    Args:
+        cell_set: `(rows, cols)` set index of each cell.
+
+    Returns:
+        bool array `(rows, cols)`, True where a cell is isolated.
+
+    Example:
+
+    >>> isolated_cells(np.array([[0, 0, 1], [0, 2, 1]])).astype(int)
+    array([[1, 0, 0],
+           [0, 0, 0]])
+    """
+    cell_set = np.asarray(cell_set)
+    padded = np.pad(cell_set, 1, constant_values=-1)  # -1: outside the grid
+    neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+    inside = [n >= 0 for n in neighbours]
+    same_or_outside = [(n == cell_set) | ~i for n, i in zip(neighbours, inside)]
+    return np.logical_and.reduce(same_or_outside) & np.logical_or.reduce(inside)
+
+
+def give_context(cell_set: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Moves every isolated cell (`isolated_cells`) to another set, drawn at random, until none is left.
+
+    A moved cell then sees all of its neighbours, and no cell that was not
+    isolated becomes so: its moved neighbour left the set they shared. Only a
+    cell whose neighbours all moved to its new set can stay isolated, and the
+    next pass moves it again. About 1 % of the cells move, so set sizes may
+    differ by that much more than the one cell of Algorithm 1 (docs/method.md).
+
+    Args:
+        cell_set: `(rows, cols)` set index of each cell, in [0, n).
+        n: number of sets; with n = 1 nothing can move and the sets are returned as they are.
+        rng: the generator that drew the partition.
+
+    Returns:
+        a new `(rows, cols)` array in which no cell is isolated.
+    """
+    cell_set = np.array(cell_set)
+    if n < 2:
+        return cell_set
+    isolated = isolated_cells(cell_set)
+    while isolated.any():
+        shift = rng.integers(1, n, size=int(isolated.sum()))
+        cell_set[isolated] = (cell_set[isolated] + shift) % n
+        isolated = isolated_cells(cell_set)
+    return cell_set
+
+
+def grid_masks(height: int, width: int, k: int, n: int = 3, seed=None, context: bool = True) -> np.ndarray:
+    """One random partition of the k x k grid into n masks (Algorithm 1), every cell with context.
 
     Args:
         height, width: image size; both must be divisible by `k`.
@@ -39,6 +97,9 @@ def grid_masks(height: int, width: int, k: int, n: int = 3, seed=None) -> np.nda
         n: number of disjoint cell sets.
         seed: anything `np.random.default_rng` accepts (int, sequence of ints,
             None for fresh entropy). Equal seeds give equal masks.
+        context: move the cells that would be removed together with all of
+            their neighbours to another set (`give_context`, docs/method.md);
+            False keeps the paper's plain draw.
 
     Returns:
         float32 array `(n, height, width, 1)`: 1 where a pixel is kept, 0 inside
@@ -58,19 +119,28 @@ def grid_masks(height: int, width: int, k: int, n: int = 3, seed=None) -> np.nda
         raise ValueError(f"n must be at least 1, got {n}")
     rows, cols = height // k, width // k
     num_cells = rows * cols
-    order = np.random.default_rng(seed).permutation(num_cells)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_cells)
     # Position j of the permutation goes to set floor(j * n / N): S_i is a
     # contiguous run of R, and set sizes differ by at most one.
     cell_set = np.empty(num_cells, dtype=np.int64)
     cell_set[order] = np.arange(num_cells) * n // num_cells
-    return _cells_to_masks(cell_set.reshape(rows, cols), k, n)
+    cell_set = cell_set.reshape(rows, cols)
+    if context:
+        cell_set = give_context(cell_set, n, rng)
+    return _cells_to_masks(cell_set, k, n)
 
 
-def inference_masks(height: int, width: int, ks: Sequence[int], n: int = 3, seed: int = 0) -> np.ndarray:
+def inference_masks(
+    height: int, width: int, ks: Sequence[int], n: int = 3, seed: int = 0, context: bool = True
+) -> np.ndarray:
     """The fixed partitions used at inference, one per k (Algorithm 3).
 
-    The partition for k is `grid_masks(height, width, k, n, seed=(seed, k))`,
-    so it depends only on the seed and k, not on the order of `ks`.
+    The partition for k is `grid_masks(height, width, k, n, seed=(seed, k), context)`,
+    so it depends only on the seed and k, not on the order of `ks`. Every
+    cell keeps some context (`give_context`): a fixed partition that removed a
+    cell with all of its neighbours would plant the same false defect there in
+    every image (docs/method.md).
 
     Returns:
         float32 array `(len(ks), n, height, width, 1)`.
@@ -80,11 +150,18 @@ def inference_masks(height: int, width: int, ks: Sequence[int], n: int = 3, seed
     >>> inference_masks(16, 16, ks=(2, 4), n=3, seed=7).shape
     (2, 3, 16, 16, 1)
     """
-    return np.stack([grid_masks(height, width, k, n, seed=(seed, k)) for k in ks])
+    return np.stack([grid_masks(height, width, k, n, seed=(seed, k), context=context) for k in ks])
 
 
 def random_grid_masks(
-    batch_size, height: int, width: int, ks: Sequence[int], n: int = 3, seed=None, shared: bool = False
+    batch_size,
+    height: int,
+    width: int,
+    ks: Sequence[int],
+    n: int = 3,
+    seed=None,
+    shared: bool = False,
+    context: bool = False,
 ):
     """Fresh random partitions inside a TensorFlow graph, one per image (Algorithm 2).
 
@@ -101,6 +178,7 @@ def random_grid_masks(
         seed: optional int (or int scalar tensor, e.g. keyed by training step)
             for `tf.random` stateless draws; None uses the global generator.
         shared: draw one partition and repeat it for every image.
+        context: move isolated cells to another set as `give_context` does.
 
     Returns:
         float32 tensor `(batch_size, n, height, width, 1)`.
@@ -119,10 +197,12 @@ def random_grid_masks(
         else tf.random.split(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), len(ks) + 1)
     )
 
-    def uniform(shape, i):
+    def uniform(shape, i, stream=None):
         if seeds is None:
             return tf.random.uniform(shape)
-        return tf.random.stateless_uniform(shape, seed=seeds[i])
+        if stream is None:
+            return tf.random.stateless_uniform(shape, seed=seeds[i])
+        return tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seeds[i], stream))
 
     per_k = []
     for i, k in enumerate(ks):
@@ -132,6 +212,8 @@ def random_grid_masks(
         keys = uniform(tf.stack([batch_size, num_cells]), i)
         rank = tf.argsort(tf.argsort(keys, axis=1), axis=1)
         cell_set = tf.reshape(rank * n // num_cells, tf.stack([batch_size, rows, cols]))
+        if context and n > 1:
+            cell_set = _give_context_tf(cell_set, n, lambda step, i=i, c=cell_set: uniform(tf.shape(c), i, step + 1))
         pixel_set = tf.repeat(tf.repeat(cell_set, k, axis=1), k, axis=2)
         per_k.append(pixel_set)
     choice = tf.cast(tf.floor(uniform(tf.reshape(batch_size, [1]), len(ks)) * len(ks)), tf.int32)
@@ -139,3 +221,28 @@ def random_grid_masks(
     pixel_set = tf.gather(tf.stack(per_k, axis=1), choice, axis=1, batch_dims=1)
     removed = tf.equal(pixel_set[:, None], tf.range(n)[None, :, None, None])
     return tf.cast(tf.logical_not(removed), tf.float32)[..., None]
+
+
+def _isolated_cells_tf(cell_set):
+    """`isolated_cells` for a batch `(B, rows, cols)` of int32 set indices."""
+    import tensorflow as tf
+
+    padded = tf.pad(cell_set, [[0, 0], [1, 1], [1, 1]], constant_values=-1)
+    neighbours = [padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]]
+    inside = [nb >= 0 for nb in neighbours]
+    same_or_outside = [(nb == cell_set) | ~i for nb, i in zip(neighbours, inside)]
+    return tf.reduce_all(tf.stack(same_or_outside), axis=0) & tf.reduce_any(tf.stack(inside), axis=0)
+
+
+def _give_context_tf(cell_set, n: int, uniform):
+    """`give_context` inside a graph; `uniform(step)` draws floats in [0, 1) of the cells' shape."""
+    import tensorflow as tf
+
+    def move(step, cells):
+        shift = 1 + tf.cast(tf.floor(uniform(step) * (n - 1)), cells.dtype)
+        return step + 1, tf.where(_isolated_cells_tf(cells), (cells + tf.minimum(shift, n - 1)) % n, cells)
+
+    def isolated_left(step, cells):
+        return tf.reduce_any(_isolated_cells_tf(cells))
+
+    return tf.while_loop(isolated_left, move, (tf.constant(0, tf.int64), cell_set))[1]

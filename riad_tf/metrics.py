@@ -38,10 +38,12 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import beta
+from scipy.stats import beta, betabinom
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 ANOMALY_RULE = "anomalous if value > threshold"
+# A cell-sized spot of the mean good map this many times its median spot is a fixed hot spot (`hot_spot`).
+HOT_SPOT_RATIO = 3.0
 
 # 8-connectivity inside each image, no connection across the image axis.
 _EIGHT_CONNECTED_PER_IMAGE = np.zeros((3, 3, 3), dtype=bool)
@@ -388,6 +390,105 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area:
         "rule": ANOMALY_RULE,
         "method": "conformal: the k-th smallest good score, k = ceil((n + 1)(1 - target_fpr))",
     }
+
+
+def hot_spot(good_maps, cell: int) -> dict:
+    """Where the mean anomaly map of good images is highest, over cell-sized windows, against the rest.
+
+    A place that scores high in every good image is a false defect the model
+    plants there: a fixed inference partition that hides a cell together with
+    its neighbours does that (docs/method.md, "Masks"). The mean map is
+    averaged over `cell` x `cell` windows (stride cell / 2); the ratio of the
+    highest window to the median one says how far the spot stands out
+    (`HOT_SPOT_RATIO` and above is flagged).
+
+    Args:
+        good_maps: `(N, H, W)` anomaly maps of good images.
+        cell: the window, in pixels: the largest region size k.
+
+    Returns:
+        A JSON-serialisable dict: `ratio`, `peak` and `median` (window means),
+        `row` and `col` (the top-left pixel of the peak window), `cell`,
+        `peak_share` (the share of the maps whose maximum lies in that window)
+        and `flagged` (ratio >= `HOT_SPOT_RATIO`).
+
+    Example:
+
+    >>> maps = np.full((4, 32, 32), 0.01); maps[:, :8, :8] = 0.05
+    >>> spot = hot_spot(maps, 8)
+    >>> spot["row"], spot["col"], round(spot["ratio"], 1), spot["flagged"]
+    (0, 0, 5.0, True)
+    """
+    maps = _as_values(good_maps, "hot_spot: good_maps")
+    if maps.ndim != 3 or len(maps) == 0:
+        raise ValueError(f"hot_spot: expected (N, H, W) maps of at least one image, got shape {maps.shape}")
+    cell = max(1, min(int(cell), *maps.shape[1:]))
+    stride = max(1, cell // 2)
+    mean = maps.mean(axis=0)
+    # Window sums from an integral image, every window of the stride.
+    integral = np.pad(mean.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    rows = np.arange(0, mean.shape[0] - cell + 1, stride)
+    cols = np.arange(0, mean.shape[1] - cell + 1, stride)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    windows = (integral[r + cell, c + cell] - integral[r, c + cell] - integral[r + cell, c] + integral[r, c]) / cell**2
+    top = np.unravel_index(int(np.argmax(windows)), windows.shape)
+    row, col = int(rows[top[0]]), int(cols[top[1]])
+    peak, median = float(windows[top]), float(np.median(windows))
+    ratio = peak / median if median > 0 else (1.0 if peak <= 0 else float("inf"))
+    peaks = np.array([np.unravel_index(int(np.argmax(m)), m.shape) for m in maps])
+    inside = (peaks[:, 0] >= row) & (peaks[:, 0] < row + cell) & (peaks[:, 1] >= col) & (peaks[:, 1] < col + cell)
+    return {
+        "ratio": ratio,
+        "peak": peak,
+        "median": median,
+        "row": row,
+        "col": col,
+        "cell": cell,
+        "peak_share": float(inside.mean()),
+        "flagged": bool(ratio >= HOT_SPOT_RATIO),
+    }
+
+
+def hot_spot_warning(spot: dict, what: str) -> str | None:
+    """The one-line warning for a flagged `hot_spot` of `what` (say "the calibration images"), or None."""
+    if not spot["flagged"]:
+        return None
+    return (
+        f"warning: the mean anomaly map of {what} has a {spot['cell']} x {spot['cell']} spot at row {spot['row']}, "
+        f"column {spot['col']} at {spot['ratio']:.1f}x its median (the maximum of {spot['peak_share']:.0%} of the "
+        f"images lies there): a false defect in the same place of every image; look at the mean good map in the "
+        f'report (docs/method.md, "Masks")'
+    )
+
+
+def false_alarm_chance(false_alarms: int, num_good: int, thresholds: dict) -> float:
+    """How likely at least `false_alarms` of `num_good` new good images are rejected by calibrated thresholds.
+
+    A conformal threshold at rank k of n good scores rejects a new good image
+    with a probability that is Beta(n + 1 - k, k)-distributed over calibration
+    sets; the count among m images is then beta-binomial. A small value says
+    the promise is broken (the test images differ from the calibration ones,
+    or the thresholds are stale), not bad luck.
+
+    Args:
+        false_alarms: good test images called anomalous.
+        num_good: good test images.
+        thresholds: a `calibrate` record (`num_images`, `supported_fpr`).
+
+    Returns:
+        P(X >= false_alarms), X beta-binomial as above.
+
+    Example:
+
+    >>> t = calibrate(np.arange(9.0), np.zeros((9, 2, 2)), target_fpr=0.1)
+    >>> round(false_alarm_chance(4, 15, t), 3)
+    0.128
+    """
+    n = int(thresholds["num_images"])
+    exceed = round(float(thresholds["supported_fpr"]) * (n + 1))  # n + 1 - k
+    if false_alarms <= 0:
+        return 1.0
+    return float(betabinom.sf(false_alarms - 1, num_good, exceed, n + 1 - exceed))
 
 
 # --------------------------------------------------------------------------- report

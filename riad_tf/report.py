@@ -7,6 +7,7 @@ anomaly maps, scores, labels, optional ground-truth masks and thresholds) into
     OUT/roc_image.png        image-level ROC curve
     OUT/roc_pixel.png        pixel-level ROC curve (only when masks are given)
     OUT/score_histogram.png  image scores of good vs anomalous images
+    OUT/mean_good_map.png    the mean anomaly map of the good images, its hot spot boxed
     OUT/examples/NAME.png    input | reconstruction | map overlay | truth | prediction
 
 The page uses relative links, inline CSS and no JavaScript, so the folder can be
@@ -45,6 +46,7 @@ from matplotlib.ticker import MaxNLocator
 from edge.files import atomic_path, atomic_write_text
 from edge.stream.regions import connected_regions
 from edge.verdicts import is_anomalous
+from riad_tf.metrics import false_alarm_chance, hot_spot
 
 MAX_PIXELS_FOR_ROC = 2_000_000
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -305,6 +307,11 @@ class _Evaluation:
         self.pixel_threshold = _optional_float(self.thresholds.get("region"))
         self.min_area = int(self.thresholds.get("min_region_area", 1) or 1)
         self._check()
+        self.good_spot = None  # the hot spot of the good images' mean map (`riad_tf.metrics.hot_spot`)
+        if (~self.labels).any():
+            calibration = self.thresholds.get("hot_spot")
+            cell = calibration["cell"] if calibration else max(1, min(self.maps.shape[1:]) // 8)
+            self.good_spot = hot_spot(self.maps[~self.labels], cell)
         self.predicted = None
         if self.image_threshold is not None:
             self.predicted = np.array([is_anomalous(s, m, self.thresholds) for s, m in zip(self.scores, self.maps)])
@@ -422,7 +429,24 @@ def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
             plots["roc_pixel.png"] = "needs both defect and defect-free pixels"
     save_figure(_histogram_figure(data.scores, data.labels, data.image_threshold), out_dir / "score_histogram.png")
     plots["score_histogram.png"] = None
+    if data.good_spot is not None:  # shown in its own section
+        save_figure(_mean_good_map_figure(data, data.good_spot), out_dir / "mean_good_map.png")
     return plots
+
+
+def _mean_good_map_figure(data: "_Evaluation", spot: dict) -> Figure:
+    """The mean anomaly map of the good images, with the `hot_spot` window boxed."""
+    from matplotlib.patches import Rectangle
+
+    mean = data.maps[~data.labels].mean(axis=0)
+    fig = Figure(figsize=(4.6, 4.0), layout="constrained")
+    ax = fig.subplots()
+    shown = ax.imshow(mean, cmap="jet", vmin=0.0)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    box = Rectangle((spot["col"] - 0.5, spot["row"] - 0.5), spot["cell"], spot["cell"], fill=False, ec="white", lw=2)
+    ax.add_patch(box)
+    ax.set(title=f"Mean map of {int((~data.labels).sum())} good images", xticks=[], yticks=[])
+    return fig
 
 
 def _write_examples(out_dir: Path, data: _Evaluation, max_examples: int) -> dict[str, list]:
@@ -459,6 +483,7 @@ figcaption { font-family: monospace; font-size: .9em; }
 def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: Mapping) -> str:
     body = [
         "<h1>riad-tf evaluation report</h1>",
+        _broken_promise_html(data),
         _summary_html(data),
         "<h2>Metrics</h2>",
         _metrics_html(metrics),
@@ -466,6 +491,8 @@ def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: 
         _thresholds_html(data.thresholds),
         "<h2>Operating point</h2>",
         _operating_point_html(data),
+        "<h2>Mean good map</h2>",
+        _mean_good_map_html(data),
         "<h2>Plots</h2>",
         _plots_html(plots),
         "<h2>Examples</h2>",
@@ -550,7 +577,8 @@ def _thresholds_html(thresholds: Mapping) -> str:
             f"supported by {thresholds.get('num_images')} calibration images; the rate that holds is "
             f"{_fmt(thresholds.get('supported_fpr'), '.3g')}.</p>"
         )
-    return _key_value_table(thresholds, spec=".6g") + warning + note
+    flat = {k: v for k, v in thresholds.items() if not isinstance(v, Mapping)}
+    return _key_value_table(flat, spec=".6g") + warning + note
 
 
 def _operating_point_html(data: _Evaluation) -> str:
@@ -572,6 +600,59 @@ def _operating_point_html(data: _Evaluation) -> str:
     if truth.any():
         rows["recall: all defects"] = (truth & called).sum() / truth.sum()
     return confusion + _key_value_table({k: float(v) for k, v in rows.items()}, spec=".3f")
+
+
+def _broken_promise_html(data: _Evaluation) -> str:
+    """A red line when more good test images are called anomalous than the thresholds promise; else nothing."""
+    bound = _optional_float(data.thresholds.get("supported_fpr"))
+    good = ~data.labels
+    if data.predicted is None or bound is None or not good.any() or "num_images" not in data.thresholds:
+        return ""
+    false_alarms, num_good = int((data.predicted & good).sum()), int(good.sum())
+    if false_alarms / num_good <= bound:
+        return ""
+    chance = false_alarm_chance(false_alarms, num_good, data.thresholds)
+    return (
+        f'<p class="wrong"><strong>Broken promise: {false_alarms} of {num_good} good images are called anomalous '
+        f"(rate {false_alarms / num_good:.3f}), where the thresholds promise at most {bound:.3g}.</strong> "
+        f"With thresholds from {data.thresholds['num_images']} good images, {false_alarms} or more of {num_good} "
+        f"happen by chance with probability {chance:.2g}"
+        + (
+            ": the good test images differ from the calibration images, or the model plants a false defect "
+            "(see the mean good map below); calibrate again on good images like these."
+            if chance < 0.05
+            else "."
+        )
+        + "</p>"
+    )
+
+
+def _mean_good_map_html(data: _Evaluation) -> str:
+    """The mean map of the good test images with its hot spot, and the calibration images' own check."""
+    spot, calibration = data.good_spot, data.thresholds.get("hot_spot")
+    if spot is None:
+        return '<p class="note">No good images: no mean good map.</p>'
+    cell = spot["cell"]
+    lines = [
+        f"Good test images: the highest {cell} x {cell} spot of the mean map (boxed) is {spot['ratio']:.2f}x its "
+        f"median; the maximum of {spot['peak_share']:.0%} of the good maps lies in it."
+    ]
+    if calibration:
+        lines.append(
+            f"Calibration images: {calibration['ratio']:.2f}x at row {calibration['row']}, column {calibration['col']}."
+        )
+    flagged = spot["flagged"] or bool(calibration and calibration["flagged"])
+    css = "wrong" if flagged else "note"
+    verdict = (
+        " A spot this far above the rest is a false defect planted in the same place of every image "
+        "(docs/method.md, Masks)."
+        if flagged
+        else ""
+    )
+    return (
+        '<img src="mean_good_map.png" alt="mean anomaly map of the good images">'
+        f'<p class="{css}">{html.escape(" ".join(lines) + verdict)}</p>'
+    )
 
 
 def _key_value_table(values: Mapping, spec: str = ".4f") -> str:

@@ -91,7 +91,7 @@ def save_config(run_dir, config: RiadConfig) -> None:
 
 
 # Keys newer than some saved runs, with the value those runs were trained with.
-_BEFORE_THE_KEY = {"kernel_init": "glorot", "bn_statistics": "moving"}
+_BEFORE_THE_KEY = {"kernel_init": "glorot", "bn_statistics": "moving", "calibration_fraction": 0.0}
 
 
 def load_config(run_dir) -> RiadConfig:
@@ -129,9 +129,24 @@ def save_thresholds(run_dir, thresholds: dict) -> None:
 
 
 def load_thresholds(run_dir) -> dict | None:
-    """The calibrated thresholds (`{"image": ..., "region": ..., ...}`, `edge.verdicts`), or None before calibration."""
+    """The calibrated thresholds (`{"image": ..., "region": ..., ...}`, `edge.verdicts`), or None before calibration.
+
+    Thresholds calibrated before inference partitions gave every cell context
+    (`riad_tf.masks.PARTITIONS`) came from other maps than the run now makes:
+    a warning says to calibrate again.
+    """
+    from riad_tf.masks import PARTITIONS
+
     path = Path(run_dir) / THRESHOLDS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    thresholds = json.loads(path.read_text())
+    if thresholds.get("partitions") != PARTITIONS:
+        logging.getLogger(__name__).warning(
+            f'warning: {path} was calibrated with the inference partitions of before (docs/method.md, "Masks"); '
+            f"its false-positive bound does not hold for today's maps: run `riad-tf calibrate {run_dir} --good DIR`"
+        )
+    return thresholds
 
 
 def save_preprocessing(run_dir, preprocessing: dict) -> None:
@@ -162,7 +177,7 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
     Raises:
         FileNotFoundError: the run does not record its data (`data.json`).
     """
-    from riad_tf.data import load_arrays, load_split, split_holdout
+    from riad_tf.data import load_arrays, load_split, split_good
 
     spec = load_data_spec(run_dir)
     if spec is None:
@@ -171,7 +186,7 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
         )
     config = load_config(run_dir)
     split, _ = load_split(spec, skip_unreadable=True)
-    kept, _ = split_holdout(split.train, config.val_fraction, config.seed)
+    kept, _, _ = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
     return load_arrays(kept[:limit], config)
 
 

@@ -113,7 +113,14 @@ def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, 
         if masks is None:
             height, width = config.image_size
             masks = random_grid_masks(
-                tf.shape(images)[0], height, width, config.ks, config.n, seed, shared_masks(config)
+                tf.shape(images)[0],
+                height,
+                width,
+                config.ks,
+                config.n,
+                seed,
+                shared_masks(config),
+                context=config.train_mask_context,
             )
         reconstructions = reconstruct(
             unet, images, tf.cast(masks, tf.float32), training=training, one_call=not shared_masks(config)
@@ -184,7 +191,16 @@ def training_batches(
         key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
         key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, epoch), index)
         seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
-        masks = random_grid_masks(tf.shape(indices)[0], height, width, config.ks, config.n, seed, shared_masks(config))
+        masks = random_grid_masks(
+            tf.shape(indices)[0],
+            height,
+            width,
+            config.ks,
+            config.n,
+            seed,
+            shared_masks(config),
+            context=config.train_mask_context,
+        )
         return batch, tf.cast(masks, tf.uint8)
 
     dataset = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)

@@ -279,12 +279,18 @@ def riad_worker(args) -> int:
     config = riad_config(args).with_overrides({"epochs": args.run_epochs})
     run_dir = args.out / f"riad-tf-{args.run_epochs}"
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
     eval_epochs = set(_ints(args.eval_epochs))
 
     def save_scores(name: str, unet, **extra) -> None:
         maps, scores = Detector(unet, config).score(data["test"], batch_size=8)
         with atomic_path(run_dir / "eval" / name, suffix=".npz") as tmp:
             np.savez(tmp, maps=maps.astype(np.float16), scores=scores, **extra)
+
+    def save_weights(name: str, unet) -> None:
+        # Each scored model's weights, so that it can be scored again another way (scripts/partition_check.py).
+        with atomic_path(run_dir / "weights" / f"{name}.weights.h5", suffix=".weights.h5") as tmp:
+            unet.save_weights(tmp)
 
     def score_along(epoch: int, unet) -> None:
         # Scored as a run of `epoch` epochs would ship it: the batch-norm statistics settled as train() does.
@@ -294,6 +300,7 @@ def riad_worker(args) -> int:
             save_scores(
                 f"epoch_{epoch:03d}.npz", shipped, bn_reestimate_seconds=settled.get("bn_reestimate_seconds", 0.0)
             )
+            save_weights(f"epoch_{epoch:03d}", shipped)
 
     train(config, data["train"], run_dir, data["holdout"], progress=False, on_epoch_end=score_along)
     save_scores("final.npz", load_unet(run_dir))  # the model riad-tf ships: the kept epoch

@@ -24,6 +24,7 @@ from riad_tf.data import (
     load_split,
     read_image,
     read_mask,
+    split_good,
     split_holdout,
     validate,
 )
@@ -395,6 +396,21 @@ def test_split_holdout_deterministic_and_disjoint():
     assert split_holdout(samples[:2], 0.0) == (samples[:2], [])
     with pytest.raises(ValueError):
         split_holdout(samples, 1.0)
+
+
+def test_split_good_three_disjoint_parts():
+    samples = [Sample(Path(f"{i:02d}.png"), 0) for i in range(40)]
+    train, validation, calibration = split_good(samples, 0.1, 0.2, seed=3)
+    assert (len(train), len(validation), len(calibration)) == (28, 4, 8)
+    assert set(train) | set(validation) | set(calibration) == set(samples)
+    assert len(set(train) | set(validation) | set(calibration)) == 40
+    assert (train, validation, calibration) == split_good(samples, 0.1, 0.2, seed=3)
+    # Without a calibration share the split is the one runs made before it existed.
+    kept, held = split_holdout(samples, 0.1, seed=3)
+    assert split_good(samples, 0.1, 0.0, seed=3) == (kept, held, [])
+    assert split_good(samples, 0.0, 0.1, seed=3) == (kept, [], held)
+    # Two images held out, one for each purpose.
+    assert [len(p) for p in split_good(samples[:10], 0.1, 0.1)] == [8, 1, 1]
 
 
 def test_data_spec_round_trips_through_json(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ from riad_tf.metrics import (
     aupro,
     calibrate,
     f1_max,
+    false_alarm_chance,
+    hot_spot,
     image_auroc,
     pixel_auroc,
     pro_curve,
@@ -399,3 +401,38 @@ def test_summarize_rejects_inconsistent_input():
         summarize(scores, [0, 1, 1, 1, 1], defect_types=types)
     with pytest.raises(ValueError, match="one per image"):
         summarize(scores, labels, maps[:3], masks[:3])
+
+
+# --------------------------------------------------------------------------- hot spots and broken promises
+
+
+def test_hot_spot_finds_a_planted_spot_and_passes_even_maps():
+    rng = np.random.default_rng(0)
+    maps = 0.01 + 0.004 * rng.random((30, 64, 64))
+    even = hot_spot(maps, 16)
+    assert not even["flagged"] and even["ratio"] < 1.5
+    maps[:, 40:56, 8:24] += 0.04  # the same 16 x 16 cell in every map
+    spot = hot_spot(maps, 16)
+    assert spot["flagged"] and spot["ratio"] > 3
+    assert (spot["row"], spot["col"]) == (40, 8) and spot["peak_share"] == 1.0
+    # A spot in one image only is no fixed hot spot.
+    once = 0.01 + 0.004 * rng.random((30, 64, 64))
+    once[0, 40:56, 8:24] += 0.04
+    assert not hot_spot(once, 16)["flagged"]
+    with pytest.raises(ValueError, match="hot_spot"):
+        hot_spot(np.zeros((0, 8, 8)), 4)
+
+
+@pytest.mark.parametrize("n,target,m", [(9, 0.1, 15), (20, 0.05, 15), (40, 0.05, 80)])
+def test_false_alarm_chance_matches_repeated_calibrations(n, target, m):
+    """Calibrate on n good scores, count the m new good images above: the tail frequency is the stated chance."""
+    rng = np.random.default_rng(1)
+    trials = 20000
+    scores = rng.random((trials, n + m))
+    thresholds = calibrate(scores[0, :n], np.zeros((n, 1, 1)), target)
+    rank = n + 1 - round(thresholds["supported_fpr"] * (n + 1))
+    cut = np.sort(scores[:, :n], axis=1)[:, rank - 1]
+    alarms = (scores[:, n:] > cut[:, None]).sum(axis=1)
+    for count in (1, 2, 4):
+        assert false_alarm_chance(count, m, thresholds) == pytest.approx(np.mean(alarms >= count), abs=0.01)
+    assert false_alarm_chance(0, m, thresholds) == 1.0

@@ -288,3 +288,29 @@ def test_unsupported_target_is_called_out(tmp_path):
     }
     text = write_report(tmp_path, **fake_evaluation(), thresholds=thresholds).read_text()
     assert "is not supported by 9 calibration images" in text and "0.1" in text
+
+
+def _calibrated(num_images=20, supported_fpr=1 / 21):
+    return {"image": 0.3, "region": 0.3, "target_fpr": 0.05, "supported_fpr": supported_fpr, "num_images": num_images}
+
+
+def test_a_broken_promise_is_called_out_with_its_chance(tmp_path):
+    data = fake_evaluation()
+    data["scores"][:3] = 0.9  # every good image above the threshold
+    data["maps"][:3, 0, 0] = 0.9
+    text = write_report(tmp_path / "broken", **data, thresholds=_calibrated()).read_text()
+    match = re.search(r'class="wrong"><strong>Broken promise: 3 of 3 good images .* probability ([0-9.e-]+)', text)
+    assert match, "no broken-promise line"
+    assert float(match.group(1)) < 0.05 and "calibrate again" in text
+    kept = write_report(tmp_path / "kept", **fake_evaluation(), thresholds=_calibrated()).read_text()
+    assert "Broken promise" not in kept
+
+
+def test_mean_good_map_is_shown_and_a_fixed_spot_flagged(tmp_path):
+    data = fake_evaluation()
+    text = write_report(tmp_path / "even", **data).read_text()
+    assert 'src="mean_good_map.png"' in text and (tmp_path / "even" / "mean_good_map.png").is_file()
+    assert "false defect planted" not in text
+    data["maps"][:3, :8, :8] += 1.0  # the same corner in every good map
+    text = write_report(tmp_path / "spot", **data).read_text()
+    assert "false defect planted" in text

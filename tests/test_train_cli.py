@@ -69,14 +69,21 @@ def test_train_writes_run(trained_run):
 
 
 def test_thresholds_calibrated_on_held_out_good(trained_run, dataset):
-    from riad_tf.data import load_arrays, load_mvtec, split_holdout
+    from riad_tf.data import load_arrays, load_mvtec, split_good
+    from riad_tf.masks import PARTITIONS
     from riad_tf.run import load_detector
 
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
     cfg = RiadConfig.load(trained_run / "config.yaml")
-    _, held_out = split_holdout(load_mvtec(dataset).train, cfg.val_fraction, cfg.seed)
-    maps, scores = load_detector(trained_run).score(load_arrays(held_out, cfg))
-    n = len(held_out)
+    _, validation, calibration = split_good(
+        load_mvtec(dataset).train, cfg.val_fraction, cfg.calibration_fraction, cfg.seed
+    )
+    # The images that chose the kept epoch do not set the thresholds.
+    assert validation and calibration and not {s.path for s in validation} & {s.path for s in calibration}
+    maps, scores = load_detector(trained_run).score(load_arrays(calibration, cfg))
+    n = len(calibration)
+    assert thresholds["partitions"] == PARTITIONS
+    assert thresholds["hot_spot"]["cell"] == max(cfg.ks) and thresholds["hot_spot"]["ratio"] >= 1
     assert thresholds["num_images"] == n and thresholds["target_fpr"] == cfg.target_fpr
     assert thresholds["image"] == pytest.approx(conformal_threshold(scores, cfg.target_fpr).threshold, abs=1e-6)
     assert thresholds["region"] == thresholds["image"] and thresholds["min_region_area"] == 1
@@ -322,3 +329,18 @@ def test_calibrate_without_retraining(trained_run, dataset, tmp_path):
     assert json.loads(enough.stdout.strip().splitlines()[-1])["image"] == stored["image"]
     assert stored["num_images"] == 4 and stored["target_supported"] and stored["supported_fpr"] == pytest.approx(0.2)
     assert RiadConfig.load(run / "config.yaml").target_fpr == 0.2  # later commands see the new target
+
+
+def test_thresholds_from_the_partitions_of_before_are_called_stale(tmp_path, caplog):
+    from riad_tf.masks import PARTITIONS
+    from riad_tf.run import load_thresholds
+
+    (tmp_path / "thresholds.json").write_text(json.dumps({"image": 0.2, "region": 0.2}))
+    with caplog.at_level("WARNING"):
+        assert load_thresholds(tmp_path)["image"] == 0.2
+    assert "inference partitions of before" in caplog.text and "riad-tf calibrate" in caplog.text
+    caplog.clear()
+    (tmp_path / "thresholds.json").write_text(json.dumps({"image": 0.2, "partitions": PARTITIONS}))
+    with caplog.at_level("WARNING"):
+        load_thresholds(tmp_path)
+    assert "partitions" not in caplog.text

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Inference partitions with and without context for every cell, on the same trained models (docs/accuracy.md).
+
+A fixed inference partition that removes a cell together with all of its
+4-neighbours makes the U-Net inpaint that cell blind, in every image: a false
+defect in the same place of every map (docs/method.md, "Masks"). This script
+scores the same trained weights both ways, `paper` (Algorithm 1's plain draw)
+and `context` (riad-tf's inference partitions, `riad_tf.masks.give_context`),
+on the same magnetic-tile test images, and prints per seed and scored epoch:
+
+- image AUROC, pixel AUROC and AUPRO (`riad_tf.metrics.summarize`);
+- the hot spot of the mean map of the good test images (`riad_tf.metrics.hot_spot`:
+  its ratio to the median window and the share of good maps that peak in it).
+
+It reads runs of `scripts/compare_reference.py`'s riad-tf side, which keep the
+weights of every scored epoch (RUNS/seed-N/riad-tf-E/weights/epoch_XXX.weights.h5;
+the longest run's last budget is its kept model, model.keras). It trains nothing;
+`--train` first trains the runs it needs (riad-tf only, no PyTorch), which takes
+about 25 min per seed and 40 epochs on 2 cores.
+
+With `--trained-context RUNS2`, it also scores runs trained with
+`train_mask_context: true` (training's partitions with context too) with the
+context partitions, beside the same epochs of RUNS: the measurement behind
+training's default.
+
+Example:
+
+    python3 scripts/partition_check.py --runs runs/partitions --seeds 0,1 --epochs 13,40 --train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
+sys.path.insert(0, str(REPO / "scripts"))
+
+METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "partitions", help="compare_reference.py --out")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--epochs", default="13,40", help="scored epochs; the largest is the run's length")
+    parser.add_argument("--train", action="store_true", help="train the missing runs first (riad-tf side only)")
+    parser.add_argument("--trained-context", type=Path, help="runs trained with train_mask_context: true")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def compare_args(runs: Path, seed: int, config: Path) -> argparse.Namespace:
+    import compare_reference
+
+    return compare_reference.parse_args(
+        ["--seed", str(seed), "--out", str(runs / f"seed-{seed}"), "--config", str(config)]
+    )
+
+
+def train_missing(args, seed: int, epochs: list[int], runs: Path, config: Path) -> None:
+    import compare_reference
+
+    run_args = compare_args(runs, seed, config)
+    data = compare_reference.prepare_data(run_args)
+    compare_reference.run_riad(run_args, data, max(epochs), [e for e in epochs if e < max(epochs)])
+
+
+def scored_model(run_dir: Path, epoch: int, longest: int):
+    """The U-Net a run of `epoch` epochs ships, and its label."""
+    from riad_tf.run import load_config, load_unet
+    from riad_tf.train import float32_copy
+
+    if epoch == longest:
+        history = json.loads((run_dir / "history.json").read_text())
+        kept = next((r["epoch"] for r in history if r.get("kept")), epoch)
+        return load_unet(run_dir), f"{epoch} (kept {kept})"
+    unet = float32_copy(load_unet(run_dir), load_config(run_dir))
+    unet.load_weights(run_dir / "weights" / f"epoch_{epoch:03d}.weights.h5")
+    return unet, str(epoch)
+
+
+def score(unet, config, data, context: bool) -> dict:
+    """Metrics and the good maps' hot spot of one model with one partition rule."""
+    from riad_tf import metrics
+    from riad_tf.detector import Detector
+    from riad_tf.masks import inference_masks
+
+    masks = inference_masks(*config.image_size, config.ks, config.n, config.seed, context=context)
+    maps, scores = Detector(unet, config, masks=masks).score(data["test"], batch_size=8)
+    labels = data["labels"]
+    summary = metrics.summarize(scores, labels, maps, data["test_masks"])
+    spot = metrics.hot_spot(maps[labels == 0], max(config.ks))
+    return {**{k: summary[k] for _, k in METRICS}, "hot_spot": spot, "max_good_score": float(scores[labels == 0].max())}
+
+
+def row(seed, epoch, label, result) -> list[str]:
+    spot = result["hot_spot"]
+    return (
+        [str(seed), epoch, label]
+        + [f"{result[k]:.4f}" for _, k in METRICS]
+        + [
+            f"{spot['ratio']:.2f} at ({spot['row']}, {spot['col']})",
+            f"{spot['peak_share']:.0%}",
+            f"{result['max_good_score']:.4f}",
+        ]
+    )
+
+
+def markdown_table(header, rows) -> str:
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [header, ["---"] * len(header)] + rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    seeds, epochs = _ints(args.seeds), sorted(_ints(args.epochs))
+    import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
+    from riad_tf.run import load_config
+
+    if args.train:
+        for seed in seeds:
+            train_missing(args, seed, epochs, args.runs, args.config)
+    rows, results = [], {}
+    for seed in seeds:
+        data = np.load(args.runs / f"seed-{seed}" / "data.npz")
+        run_dir = args.runs / f"seed-{seed}" / f"riad-tf-{max(epochs)}"
+        if not (run_dir / "eval" / "final.npz").is_file():
+            sys.exit(f"partition_check.py: {run_dir}: no finished run; add --train")
+        config = load_config(run_dir)
+        for epoch in epochs:
+            unet, label = scored_model(run_dir, epoch, max(epochs))
+            for name, context in (("paper", False), ("context", True)):
+                result = score(unet, config, data, context)
+                results[f"seed {seed}, epoch {epoch}, {name}"] = result
+                rows.append(row(seed, label, name, result))
+                print(" | ".join(rows[-1]), flush=True)
+            if args.trained_context and epoch == min(epochs):
+                other = args.trained_context / f"seed-{seed}" / f"riad-tf-{epoch}"
+                other_unet, _ = scored_model(other, epoch, epoch + 1)
+                result = score(other_unet, load_config(other), data, True)
+                results[f"seed {seed}, epoch {epoch}, trained with context"] = result
+                rows.append(row(seed, label, "context (trained with context)", result))
+                print(" | ".join(rows[-1]), flush=True)
+    header = ["seed", "epoch", "inference partitions"] + [m for m, _ in METRICS]
+    header += ["good mean map: hot spot / median", "good maps peaking there", "largest good score"]
+    table = markdown_table(header, rows)
+    means = []
+    for name in sorted({key.split(", ", 2)[2] for key in results}, key=lambda n: (len(n), n)):
+        for epoch in epochs:
+            picked = [v for k, v in results.items() if k.endswith(f"epoch {epoch}, {name}")]
+            if picked:
+                means.append(
+                    [f"{epoch}", name]
+                    + [f"{np.mean([p[k] for p in picked]):.4f}" for _, k in METRICS]
+                    + [f"{np.mean([p['hot_spot']['ratio'] for p in picked]):.2f}"]
+                )
+    mean_table = markdown_table(
+        ["epoch", "inference partitions"] + [m for m, _ in METRICS] + ["hot spot / median"], means
+    )
+    text = f"{table}\n\nMeans over seeds {', '.join(map(str, seeds))}:\n\n{mean_table}\n"
+    print("\n" + text)
+    from edge.files import atomic_write_text
+
+    atomic_write_text(args.runs / "partitions.md", text)
+    atomic_write_text(args.runs / "partitions.json", json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -335,6 +335,7 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
     thresholds = runs.load_thresholds(run_dir)
     summary["calibrated_threshold_rates"] = _verdict_rates(scores, maps, labels, thresholds)
     summary["resolution"] = list(config.image_size)
+    log.info(f"evaluate: {promise_line(summary['calibrated_threshold_rates'], thresholds)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out_dir / "metrics.md", _markdown(summary, run_dir, config.image_size))
@@ -462,19 +463,20 @@ def predict_images(
 
 def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) -> dict:
     """Synthetic textures with planted defects -> train -> calibrate -> evaluate -> report."""
-    from riad_tf.data import load_mvtec, validate
     from riad_tf.synthetic import make_synthetic_dataset
 
     config = DEMO_CONFIG if epochs is None else DEMO_CONFIG.with_overrides({"epochs": epochs})
     data_dir = make_synthetic_dataset(out_dir / "data", image_size=config.image_size[0], **DEMO_IMAGES)
-    split, _ = validate(load_mvtec(data_dir))
+    spec = data_spec(data_dir, "mvtec")
+    split, _ = load_split(spec)
     run_dir = out_dir / "run"
+    runs.save_data_spec(run_dir, spec)  # like any run: int8 export and `scripts/partition_check.py --run` read it
     thresholds = train_run(config, split, run_dir, progress=progress)
     summary = evaluate_run(run_dir, split.test, runs.eval_dir(run_dir))
     log.info(
-        f"demo: image AUROC {summary['image_auroc']:.3f}, pixel AUROC {summary['pixel_auroc']:.3f}, AUPRO {summary['aupro']:.3f}"
+        f"demo: image AUROC {summary['image_auroc']:.3f}, pixel AUROC {summary['pixel_auroc']:.3f}, "
+        f"AUPRO {summary['aupro']:.3f}; {promise_line(summary['calibrated_threshold_rates'], thresholds)}"
     )
-    log.info(promise_line(summary["calibrated_threshold_rates"], thresholds))
     return {
         "data": data_dir,
         "run": run_dir,

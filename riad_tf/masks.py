@@ -5,6 +5,11 @@ and the permutation is split into n disjoint sets S_1..S_n (sizes differ by at
 most one). Mask M_Si is 1 where pixels are kept and 0 inside the cells of S_i,
 so every pixel is removed in exactly one mask:  sum_i (1 - M_Si) = 1   (Eq. 1).
 
+At inference no cell is removed together with all of its neighbours
+(`isolated_cells`, `give_context`): a fixed partition that did so would make
+the U-Net inpaint that cell blind, and plant a false defect there in every
+image (docs/method.md, "Masks").
+
 `grid_masks` and `inference_masks` are plain numpy (export writes the inference
 masks of a bare-U-Net model into a `.npy` file that the edge runner reads);
 `random_grid_masks` draws fresh partitions inside a TensorFlow graph for

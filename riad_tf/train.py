@@ -94,6 +94,14 @@ def shared_masks(config: RiadConfig) -> bool:
     return config.mask_draw == "batch"
 
 
+def training_masks(batch_size, config: RiadConfig, seed=None):
+    """Algorithm 2's fresh partitions for a batch, drawn as the config says (`random_grid_masks`)."""
+    height, width = config.image_size
+    return random_grid_masks(
+        batch_size, height, width, config.ks, config.n, seed, shared_masks(config), context=config.train_mask_context
+    )
+
+
 def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, masks=None):
     """Algorithm 2 for a batch: inpaint with random (or given) masks, Eq. 7 per image.
 
@@ -111,17 +119,7 @@ def per_image_loss(unet, images, config: RiadConfig, training: bool, seed=None, 
     """
     if config.inpainting:
         if masks is None:
-            height, width = config.image_size
-            masks = random_grid_masks(
-                tf.shape(images)[0],
-                height,
-                width,
-                config.ks,
-                config.n,
-                seed,
-                shared_masks(config),
-                context=config.train_mask_context,
-            )
+            masks = training_masks(tf.shape(images)[0], config, seed)
         reconstructions = reconstruct(
             unet, images, tf.cast(masks, tf.float32), training=training, one_call=not shared_masks(config)
         )
@@ -173,7 +171,7 @@ def training_batches(
     ([(4, 32, 32, 3), (4, 32, 32, 3)], 4)
     """
     pixels = np.ascontiguousarray(images, np.float32)
-    num_images, height, width = len(pixels), *config.image_size
+    num_images = len(pixels)
 
     def epoch_batches(epoch):
         key = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, _SHUFFLE_STREAM], tf.int64), epoch)
@@ -191,16 +189,7 @@ def training_batches(
         key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
         key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, epoch), index)
         seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
-        masks = random_grid_masks(
-            tf.shape(indices)[0],
-            height,
-            width,
-            config.ks,
-            config.n,
-            seed,
-            shared_masks(config),
-            context=config.train_mask_context,
-        )
+        masks = training_masks(tf.shape(indices)[0], config, seed)
         return batch, tf.cast(masks, tf.uint8)
 
     dataset = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)

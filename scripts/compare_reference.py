@@ -39,7 +39,9 @@ train both, `--holdout` other good images give the validation loss (and
 riad-tf's batch-norm guard and kept epoch), the test set is `--test-good` good
 and `--test-defective` defective images (every defect type, seeded). Maps are
 compared with the masks at the model's size. Re-running the command reuses
-finished runs and their scores; an interrupted riad-tf run resumes.
+finished runs and their scores; an interrupted riad-tf run resumes. riad-tf's
+scored models keep their weights (riad-tf-E/weights/epoch_XXX.weights.h5), so
+they can be scored again another way (`scripts/partition_check.py`).
 
 Needs PyTorch for the reference (`pip install torch==2.13.0`).
 

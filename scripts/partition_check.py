@@ -18,14 +18,21 @@ the longest run's last budget is its kept model, model.keras). It trains nothing
 `--train` first trains the runs it needs (riad-tf only, no PyTorch), which takes
 about 25 min per seed and 40 epochs on 2 cores.
 
+With `--run RUN` it checks one `riad-tf train` run instead (the demo's,
+say): both partition rules score its calibration images and its test images;
+thresholds are calibrated on the former as `riad-tf train` does, and the
+table says how many good test images each rule rejects and how many defects it
+finds, with the metrics and the hot spot.
+
 With `--trained-context RUNS2`, it also scores runs trained with
 `train_mask_context: true` (training's partitions with context too) with the
 context partitions, beside the same epochs of RUNS: the measurement behind
 training's default.
 
-Example:
+Examples:
 
     python3 scripts/partition_check.py --runs runs/partitions --seeds 0,1 --epochs 13,40 --train
+    riad-tf demo && python3 scripts/partition_check.py --run riad-demo/run
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train", action="store_true", help="train the missing runs first (riad-tf side only)")
     parser.add_argument("--trained-context", type=Path, help="runs trained with train_mask_context: true")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--run", type=Path, help="check one riad-tf run on its own data instead")
     return parser.parse_args(argv)
 
 
@@ -120,43 +128,105 @@ def markdown_table(header, rows) -> str:
     return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [header, ["---"] * len(header)] + rows)
 
 
+def check_run(run_dir: Path) -> str:
+    """Both partition rules on one run: calibrated on its calibration images, measured on its test images."""
+    from edge.verdicts import is_anomalous
+    from riad_tf import metrics
+    from riad_tf.data import has_pixel_masks, load_arrays, load_split, split_good
+    from riad_tf.detector import Detector
+    from riad_tf.masks import inference_masks
+    from riad_tf.run import load_config, load_data_spec, load_unet
+
+    config, unet = load_config(run_dir), load_unet(run_dir)
+    split, _ = load_split(load_data_spec(run_dir))
+    _, _, calibration = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
+    if not calibration:
+        sys.exit(f"partition_check.py: {run_dir}: the run has no calibration images (calibration_fraction 0)")
+    good = load_arrays(calibration, config)
+    test, masks = load_arrays(split.test, config, with_masks=True)
+    labels = np.array([s.label for s in split.test], bool)
+    pixel = has_pixel_masks(split.test)
+    rows = []
+    for name, context in (("paper", False), ("context", True)):
+        detector = Detector(
+            unet, config, masks=inference_masks(*config.image_size, config.ks, config.n, config.seed, context)
+        )
+        good_maps, good_scores = detector.score(good, batch_size=8)
+        maps, scores = detector.score(test, batch_size=8)
+        thresholds = metrics.calibrate(good_scores, good_maps, config.target_fpr, config.min_region_area)
+        called = np.array([is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)])
+        summary = metrics.summarize(scores, labels, maps if pixel else None, masks if pixel else None)
+        spot = metrics.hot_spot(maps[~labels], max(config.ks))
+        rows.append(
+            [name]
+            + [_cell(summary[k]) for _, k in METRICS]
+            + [
+                f"{called[~labels].sum()} of {(~labels).sum()}",
+                f"{called[labels].sum()} of {labels.sum()}",
+                f"{spot['ratio']:.2f} at ({spot['row']}, {spot['col']})",
+                f"{spot['peak_share']:.0%}",
+            ]
+        )
+    header = ["inference partitions"] + [m for m, _ in METRICS]
+    header += [
+        f"good test images rejected (bound {thresholds['supported_fpr']:.3g}, {len(calibration)} calibration images)",
+        "defective found",
+        "good mean map: hot spot / median",
+        "good maps peaking there",
+    ]
+    return markdown_table(header, rows)
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     seeds, epochs = _ints(args.seeds), sorted(_ints(args.epochs))
     import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
+    from edge.files import atomic_write_text
     from riad_tf.run import load_config
+
+    if args.run:
+        print(f"{args.run}:\n\n{check_run(args.run)}")
+        return 0
 
     if args.train:
         for seed in seeds:
             train_missing(args, seed, epochs, args.runs, args.config)
-    rows, results = [], {}
+    # Scores already computed are kept in RUNS/partitions.json, so the command resumes.
+    cache = args.runs / "partitions.json"
+    results = json.loads(cache.read_text()) if cache.is_file() else {}
+    rows = []
     for seed in seeds:
         data = np.load(args.runs / f"seed-{seed}" / "data.npz")
         run_dir = args.runs / f"seed-{seed}" / f"riad-tf-{max(epochs)}"
         if not (run_dir / "eval" / "final.npz").is_file():
             sys.exit(f"partition_check.py: {run_dir}: no finished run; add --train")
-        config = load_config(run_dir)
+        variants = [(name, run_dir, max(epochs), context) for name, context in (("paper", False), ("context", True))]
+        if args.trained_context:
+            variants.append(("context (trained with context)", args.trained_context / f"seed-{seed}", None, True))
         for epoch in epochs:
-            unet, label = scored_model(run_dir, epoch, max(epochs))
-            for name, context in (("paper", False), ("context", True)):
-                result = score(unet, config, data, context)
-                results[f"seed {seed}, epoch {epoch}, {name}"] = result
-                rows.append(row(seed, label, name, result))
-                print(" | ".join(rows[-1]), flush=True)
-            if args.trained_context and epoch == min(epochs):
-                other = args.trained_context / f"seed-{seed}" / f"riad-tf-{epoch}"
-                other_unet, _ = scored_model(other, epoch, epoch + 1)
-                result = score(other_unet, load_config(other), data, True)
-                results[f"seed {seed}, epoch {epoch}, trained with context"] = result
-                rows.append(row(seed, label, "context (trained with context)", result))
+            for name, source, longest, context in variants:
+                key = f"seed {seed}, epoch {epoch}, {name}"
+                if longest is None:  # a run of its own, scored at `epoch` only
+                    if epoch != min(epochs):
+                        continue
+                    source, longest = source / f"riad-tf-{epoch}", epoch + 1
+                if key not in results:
+                    unet, label = scored_model(source, epoch, longest)
+                    results[key] = {"label": label, **score(unet, load_config(source), data, context)}
+                    atomic_write_text(cache, json.dumps(results, indent=1) + "\n")
+                rows.append(row(seed, results[key]["label"], name, results[key]))
                 print(" | ".join(rows[-1]), flush=True)
     header = ["seed", "epoch", "inference partitions"] + [m for m, _ in METRICS]
     header += ["good mean map: hot spot / median", "good maps peaking there", "largest good score"]
     table = markdown_table(header, rows)
-    means = []
-    for name in sorted({key.split(", ", 2)[2] for key in results}, key=lambda n: (len(n), n)):
+    means, ours = [], {k: v for k, v in results.items() if int(k.split(",")[0].split()[1]) in seeds}
+    for name in sorted({key.split(", ", 2)[2] for key in ours}, key=lambda n: (len(n), n)):
         for epoch in epochs:
-            picked = [v for k, v in results.items() if k.endswith(f"epoch {epoch}, {name}")]
+            picked = [v for k, v in ours.items() if k.endswith(f"epoch {epoch}, {name}")]
             if picked:
                 means.append(
                     [f"{epoch}", name]
@@ -168,10 +238,7 @@ def main(argv=None) -> int:
     )
     text = f"{table}\n\nMeans over seeds {', '.join(map(str, seeds))}:\n\n{mean_table}\n"
     print("\n" + text)
-    from edge.files import atomic_write_text
-
     atomic_write_text(args.runs / "partitions.md", text)
-    atomic_write_text(args.runs / "partitions.json", json.dumps(results, indent=1) + "\n")
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from edge.metadata import file_sha256, read_metadata
 from edge.runner import Runner
+from riad_tf.masks import inference_masks
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -273,6 +274,9 @@ def test_bare_unet_and_numpy_runner_match_the_whole_graph(bare_trt_export, fp32_
     assert max(diffs) <= 1e-3
     masks = np.load(written["masks"])
     assert masks.dtype == np.uint8 and masks.shape == (2, 3, SIZE, SIZE, 1)
+    # The device gets the library's partitions: every cell with context (one implementation).
+    cfg = bare.metadata.config
+    np.testing.assert_array_equal(masks, inference_masks(SIZE, SIZE, cfg["ks"], cfg["n"], cfg["seed"]).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------

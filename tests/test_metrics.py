@@ -13,6 +13,7 @@ from riad_tf.metrics import (
     f1_max,
     false_alarm_chance,
     hot_spot,
+    hot_spot_warning,
     image_auroc,
     pixel_auroc,
     pro_curve,
@@ -415,6 +416,9 @@ def test_hot_spot_finds_a_planted_spot_and_passes_even_maps():
     spot = hot_spot(maps, 16)
     assert spot["flagged"] and spot["ratio"] > 3
     assert (spot["row"], spot["col"]) == (40, 8) and spot["peak_share"] == 1.0
+    warning = hot_spot_warning(spot, "the 30 calibration images")
+    assert "30 calibration images" in warning and "row 40, column 8" in warning and "\n" not in warning
+    assert hot_spot_warning(even, "the 30 calibration images") is None
     # A spot in one image only is no fixed hot spot.
     once = 0.01 + 0.004 * rng.random((30, 64, 64))
     once[0, 40:56, 8:24] += 0.04

@@ -188,18 +188,10 @@ def _stored_metrics(run_dir: Path) -> dict | None:
 
 def _record_data(run_dir: Path, data_dir: Path) -> None:
     """Writes the data spec the CLI stores, so `riad-tf evaluate RUN` finds the data."""
-    from edge.files import atomic_write_text
-    from riad_tf.cli import DATA_FILE
+    from riad_tf.data import data_spec
+    from riad_tf.run import save_data_spec
 
-    spec = {
-        "path": str(data_dir.resolve()),
-        "layout": "magnetic_tile",
-        "normal": [],
-        "abnormal": [],
-        "masks": None,
-        "test_normal": [],
-    }
-    atomic_write_text(run_dir / DATA_FILE, json.dumps(spec, indent=2) + "\n")
+    save_data_spec(run_dir, data_spec(data_dir, "magnetic_tile"))
 
 
 def run_model(label: str, run_dir: Path, config, split, data_dir: Path, progress: bool) -> dict:
@@ -311,10 +303,12 @@ def describe_config(config) -> str:
 
 
 def results_markdown(results: list[dict], config, split, command: str, wall_seconds: float | None) -> str:
+    from riad_tf.data import split_good
+
     good_test = sum(1 for s in split.test if s.label == 0)
     share = 1 - good_test / len(split.test)
     trivial_f1 = 2 * share / (1 + share)  # F1 of calling every test image anomalous
-    held_out = round(len(split.train) * config.val_fraction)
+    _, validation, calibration = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
     lines = [
         "# Magnetic tile: RIAD against a plain auto-encoder at equal budget",
         "",
@@ -323,8 +317,8 @@ def results_markdown(results: list[dict], config, split, command: str, wall_seco
         f"Configuration: {describe_config(config)}. The auto-encoder is the same network, loss, "
         "scoring, epochs and learning rate without masking (`inpainting: false`).",
         "",
-        f"Data: {len(split.train)} good images for training ({held_out} of them held out for the "
-        f"validation loss and threshold calibration); test: {good_test} good and "
+        f"Data: {len(split.train)} good images for training ({len(validation)} of them held out for the "
+        f"validation loss, {len(calibration)} for threshold calibration); test: {good_test} good and "
         f"{len(split.test) - good_test} defective images. Images are resized to the model's size, "
         "and anomaly maps are compared with the masks at that resolution. AUPRO integrates to FPR 0.3. "
         f"F1-max is tuned on the test data itself; calling every test image anomalous gives {trivial_f1:.3f}. Training time: wall time of the training epochs "

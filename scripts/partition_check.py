@@ -60,6 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trained-context", type=Path, help="runs trained with train_mask_context: true")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--run", type=Path, help="check one riad-tf run on its own data instead")
+    parser.add_argument(
+        "--partition-seeds",
+        default="",
+        help="other inference-partition seeds to score the longest run's last epoch with, both rules: "
+        "how much a new draw of the partitions alone moves the metrics",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,13 +103,14 @@ def scored_model(run_dir: Path, epoch: int, longest: int):
     return unet, str(epoch)
 
 
-def score(unet, config, data, context: bool) -> dict:
+def score(unet, config, data, context: bool, partition_seed: int | None = None) -> dict:
     """Metrics and the good maps' hot spot of one model with one partition rule."""
     from riad_tf import metrics
     from riad_tf.detector import Detector
     from riad_tf.masks import inference_masks
 
-    masks = inference_masks(*config.image_size, config.ks, config.n, config.seed, context=context)
+    seed = config.seed if partition_seed is None else partition_seed
+    masks = inference_masks(*config.image_size, config.ks, config.n, seed, context=context)
     maps, scores = Detector(unet, config, masks=masks).score(data["test"], batch_size=8)
     labels = data["labels"]
     summary = metrics.summarize(scores, labels, maps, data["test_masks"])
@@ -121,6 +128,42 @@ def row(seed, epoch, label, result) -> list[str]:
             f"{spot['peak_share']:.0%}",
             f"{result['max_good_score']:.4f}",
         ]
+    )
+
+
+def partition_spread(args, seeds, epoch, results, load_config, write, cache) -> str:
+    """Both rules with other partition seeds on the longest run's last model: a table of min / mean / max."""
+    extra = _ints(args.partition_seeds)
+    if not extra:
+        return ""
+    rows = []
+    for seed in seeds:
+        data = np.load(args.runs / f"seed-{seed}" / "data.npz")
+        run_dir = args.runs / f"seed-{seed}" / f"riad-tf-{epoch}"
+        config = load_config(run_dir)
+        for name, context in (("paper", False), ("context", True)):
+            picked = [results[f"seed {seed}, epoch {epoch}, {name}"]]
+            for partition_seed in (s for s in extra if s != config.seed):
+                key = f"seed {seed}, epoch {epoch}, {name}, partition seed {partition_seed}"
+                if key not in results:
+                    unet, label = scored_model(run_dir, epoch, epoch)
+                    results[key] = {"label": label, **score(unet, config, data, context, partition_seed)}
+                    write(cache, json.dumps(results, indent=1) + "\n")
+                picked.append(results[key])
+            rows.append(
+                [str(seed), picked[0]["label"], name, str(len(picked))]
+                + [
+                    f"{min(p[k] for p in picked):.4f} / {np.mean([p[k] for p in picked]):.4f} / "
+                    f"{max(p[k] for p in picked):.4f}"
+                    for _, k in METRICS
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+    header = ["seed", "epoch", "inference partitions", "partition seeds"] + [
+        f"{m} min / mean / max" for m, _ in METRICS
+    ]
+    return (
+        f"\nThe same model, partitions drawn with the run's seed and seeds {extra}:\n\n{markdown_table(header, rows)}\n"
     )
 
 
@@ -220,6 +263,7 @@ def main(argv=None) -> int:
                     atomic_write_text(cache, json.dumps(results, indent=1) + "\n")
                 rows.append(row(seed, results[key]["label"], name, results[key]))
                 print(" | ".join(rows[-1]), flush=True)
+    spread = partition_spread(args, seeds, max(epochs), results, load_config, atomic_write_text, cache)
     header = ["seed", "epoch", "inference partitions"] + [m for m, _ in METRICS]
     header += ["good mean map: hot spot / median", "good maps peaking there", "largest good score"]
     table = markdown_table(header, rows)
@@ -236,7 +280,7 @@ def main(argv=None) -> int:
     mean_table = markdown_table(
         ["epoch", "inference partitions"] + [m for m, _ in METRICS] + ["hot spot / median"], means
     )
-    text = f"{table}\n\nMeans over seeds {', '.join(map(str, seeds))}:\n\n{mean_table}\n"
+    text = f"{table}\n\nMeans over seeds {', '.join(map(str, seeds))}:\n\n{mean_table}\n" + spread
     print("\n" + text)
     atomic_write_text(args.runs / "partitions.md", text)
     return 0

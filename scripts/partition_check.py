@@ -57,6 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", default="13,40", help="scored epochs; the largest is the run's length")
     parser.add_argument("--train", action="store_true", help="train the missing runs first (riad-tf side only)")
+    parser.add_argument(
+        "--length",
+        type=int,
+        help="the runs' length in epochs (default: the largest of --epochs); a run still training is scored "
+        "at the epochs it has passed",
+    )
     parser.add_argument("--trained-context", type=Path, help="runs trained with train_mask_context: true")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--run", type=Path, help="check one riad-tf run on its own data instead")
@@ -244,10 +250,13 @@ def main(argv=None) -> int:
     rows = []
     for seed in seeds:
         data = np.load(args.runs / f"seed-{seed}" / "data.npz")
-        run_dir = args.runs / f"seed-{seed}" / f"riad-tf-{max(epochs)}"
-        if not (run_dir / "eval" / "final.npz").is_file():
-            sys.exit(f"partition_check.py: {run_dir}: no finished run; add --train")
-        variants = [(name, run_dir, max(epochs), context) for name, context in (("paper", False), ("context", True))]
+        length = args.length or max(epochs)
+        run_dir = args.runs / f"seed-{seed}" / f"riad-tf-{length}"
+        for epoch in epochs:
+            needed = run_dir / ("eval/final.npz" if epoch == length else f"weights/epoch_{epoch:03d}.weights.h5")
+            if not needed.is_file():
+                sys.exit(f"partition_check.py: {needed}: not there yet; add --train, or wait for the run")
+        variants = [(name, run_dir, length, context) for name, context in (("paper", False), ("context", True))]
         if args.trained_context:
             variants.append(("context (trained with context)", args.trained_context / f"seed-{seed}", None, True))
         for epoch in epochs:

@@ -331,9 +331,13 @@ def test_calibrate_without_retraining(trained_run, dataset, tmp_path):
     assert RiadConfig.load(run / "config.yaml").target_fpr == 0.2  # later commands see the new target
 
 
-def test_thresholds_from_the_partitions_of_before_are_called_stale(tmp_path, caplog):
+def test_thresholds_from_the_partitions_of_before_are_called_stale(tmp_path, caplog, monkeypatch):
+    import logging
+
     from riad_tf.masks import PARTITIONS
     from riad_tf.run import load_thresholds
+
+    monkeypatch.setattr(logging.getLogger("riad_tf"), "propagate", True)  # the CLI tests' logging setup turns it off
 
     (tmp_path / "thresholds.json").write_text(json.dumps({"image": 0.2, "region": 0.2}))
     with caplog.at_level("WARNING"):

@@ -26,13 +26,19 @@ finds, with the metrics and the hot spot.
 
 With `--trained-context RUNS2`, it also scores runs trained with
 `train_mask_context: true` (training's partitions with context too) with the
-context partitions, beside the same epochs of RUNS: the measurement behind
-training's default.
+context partitions, beside the smallest epoch of RUNS: the measurement behind
+training's default. Such runs are trained by this script too, with a config
+that says so (below).
 
 Examples:
 
     python3 scripts/partition_check.py --runs runs/partitions --seeds 0,1 --epochs 13,40 --train
     riad-tf demo && python3 scripts/partition_check.py --run riad-demo/run
+    printf 'base: default.yaml\ntrain_mask_context: true\n' > configs/train_mask_context.yaml
+    python3 scripts/partition_check.py --runs runs/partitions-train-context --config configs/train_mask_context.yaml \
+        --seeds 0 --epochs 13 --train
+    python3 scripts/partition_check.py --runs runs/partitions --seeds 0 --epochs 13,40 \
+        --trained-context runs/partitions-train-context
 """
 
 from __future__ import annotations
@@ -265,7 +271,7 @@ def main(argv=None) -> int:
                 if longest is None:  # a run of its own, scored at `epoch` only
                     if epoch != min(epochs):
                         continue
-                    source, longest = source / f"riad-tf-{epoch}", epoch + 1
+                    source, longest = source / f"riad-tf-{epoch}", epoch  # its shipped model
                 if key not in results:
                     unet, label = scored_model(source, epoch, longest)
                     results[key] = {"label": label, **score(unet, load_config(source), data, context)}

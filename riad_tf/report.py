@@ -635,7 +635,7 @@ def _mean_good_map_html(data: _Evaluation) -> str:
     cell = spot["cell"]
     lines = [
         f"Good test images: the highest {cell} x {cell} spot of the mean map (boxed) is {spot['ratio']:.2f}x its "
-        f"median; the maximum of {spot['peak_share']:.0%} of the good maps lies in it."
+        f"median; {spot['peak_share']:.0%} of the good maps peak where the mean map is hot."
     ]
     if calibration:
         lines.append(

@@ -33,6 +33,9 @@ OPENVINO = ["openvino>=2025.1,<2027"]
 # `riad-edge serve`: a small, well-kept HTTP server and the Prometheus client.
 SERVE = ["aiohttp>=3.9,<4", "prometheus-client>=0.20"]
 
+# experiments/ (reference_torch.py and the comparisons built on it): the public PyTorch recipe, on CPU or CUDA.
+REFERENCE = ["torch>=2.13,<3"]  # the measurements in docs/accuracy.md used 2.13.0
+
 # Export converts with tf2onnx and checks every exported model in the runtimes the device uses.
 TF += ["tf2onnx>=1.17", "onnx>=1.17"] + [req for req in EDGE if req not in TF]
 
@@ -51,6 +54,7 @@ setup(
         "edge": EDGE,
         "serve": EDGE + SERVE,
         "openvino": EDGE + OPENVINO,
+        "reference": TF + REFERENCE,
         "dev": TF + SERVE + OPENVINO + ["pytest>=8.0", "ruff>=0.17,<0.18"],
     },
     entry_points={

@@ -1,0 +1,1 @@
+"""The device side of riad-tf: numpy plus one runtime (LiteRT, ONNX Runtime, OpenVINO or TensorRT), never TensorFlow."""

@@ -56,7 +56,7 @@ def benchmark(
             raise ValueError(f"batch sizes must be positive, got {batch}")
         images = rng.random((batch, *runner.image_size, runner.channels), dtype=np.float32)
         images = runner.preprocess(list(images))
-        seconds = np.array(timed_calls(lambda: runner(images), warmup, iters))
+        seconds = np.array(timed_calls(lambda images=images: runner(images), warmup, iters))
         yield {
             "batch": int(batch),
             "iters": int(iters),

@@ -28,7 +28,7 @@ class _OneLineError(click.ClickException):
 
 
 def friendly_errors(command):
-    """A decorator turning the errors a user can act on into one line and the exit status of their kind.
+    r"""A decorator turning the errors a user can act on into one line and the exit status of their kind.
 
     `edge.errors.RiadError` (and the errors built on it) keeps its `exit_code`;
     a missing file exits 3, any other `OSError` (a read-only folder, a full
@@ -39,7 +39,7 @@ def friendly_errors(command):
     >>> from edge.errors import ConfigError
     >>> @friendly_errors
     ... def command():
-    ...     raise ConfigError("epochs: must be at least 1, got 0\\nmore detail")
+    ...     raise ConfigError("epochs: must be at least 1, got 0\nmore detail")
     >>> try:
     ...     command()
     ... except click.ClickException as err:

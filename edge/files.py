@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+r"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
 
 Every output of riad-tf and riad-edge (models, metadata, maps, reports, CSVs)
 is written to a temporary file beside its target and renamed into place; an
@@ -7,7 +7,7 @@ interrupted write leaves the previous file untouched and no temporary behind.
 Example:
 
 >>> with atomic_path("out/scores.csv") as tmp:         # doctest: +SKIP
-...     Path(tmp).write_text("frame,score\\n")
+...     Path(tmp).write_text("frame,score\n")
 >>> atomic_write_bytes("out/model.onnx", data)         # doctest: +SKIP
 """
 

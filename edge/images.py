@@ -1,7 +1,7 @@
 """Images in, model input out: decoding, channels, resizing, dtype (docs/method.md, "Images").
 
 This is the one implementation of preprocessing: training and evaluation read
-images through it too (`riad_tf.data.read_image` wraps `load_image` and
+images through it too (`riad_tf.image_files.read_image` wraps `load_image` and
 `prepare_image`), so a model sees on the device exactly what it saw in training:
 
 - 8-bit values are divided by 255 and 16-bit ones by 65535 (float in [0, 1]);

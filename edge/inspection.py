@@ -33,8 +33,8 @@ import numpy as np
 
 from edge.images import load_image, to_model_input
 from edge.predictions import MapNames, error_record, prediction_record
-from edge.stream.regions import connected_regions
-from edge.stream.tiling import cut_tiles, tile_sums
+from edge.regions import connected_regions
+from edge.tiling import cut_tiles, tile_sums
 
 SIZE_MODES = ("strict", "resize", "tile")
 RESIZE = "bilinear (Pillow), colour to grey before, grey to colour after"
@@ -148,11 +148,7 @@ def inspect(
             pending.clear()
 
     for path, load in items:
-        try:
-            image = load()
-            problem, other_size = _problems(path, image, preprocessing)
-        except (ValueError, OSError) as err:
-            problem, other_size = str(err), None
+        image, problem, other_size = _loaded(path, load, preprocessing)
         if problem or (other_size and mode != "resize"):
             yield from flush()  # records stay in input order
             if problem or mode == "strict":
@@ -166,6 +162,15 @@ def inspect(
         if len(pending) >= batch_size:
             yield from flush()
     yield from flush()
+
+
+def _loaded(path, load, preprocessing) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(the decoded image, why it cannot be scored, why it cannot simply be resized); decoding errors are problems."""
+    try:
+        image = load()
+        return (image, *_problems(path, image, preprocessing))
+    except (ValueError, OSError) as err:
+        return None, str(err), None
 
 
 def _problems(path, image: np.ndarray, preprocessing) -> tuple[str | None, str | None]:

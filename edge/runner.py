@@ -287,8 +287,10 @@ class Runner:
         return float(self.thresholds[key])
 
     def verdicts(self, scores: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
-        """True where an image is anomalous (`edge.verdicts.is_anomalous`; pass the maps when the
-        calibrated `min_region_area` is above 1)."""
+        """True where an image is anomalous (`edge.verdicts.is_anomalous`).
+
+        Pass the maps when the calibrated `min_region_area` is above 1.
+        """
         self._threshold("image")
         maps = [None] * len(scores) if maps is None else maps
         return np.array([is_anomalous(s, m, self.thresholds) for s, m in zip(np.asarray(scores), maps)], bool)

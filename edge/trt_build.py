@@ -221,42 +221,19 @@ def build_engine(
         ValueError: bad arguments, e.g. INT8 with neither images nor a cache.
     """
     trt = _import_tensorrt()
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     onnx_path = Path(onnx_path)
-    metadata = read_metadata(onnx_path)
-    if metadata.format != "onnx":
-        raise InputError(f"{onnx_path}: build-engine takes an exported .onnx, not a {metadata.format} model")
-    engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path, precision)
-    cache_path = engine_path.with_name(engine_path.name + ".calib.cache")
-    if precision == "int8" and calibration is None and not cache_path.is_file():
-        raise InputError(f"INT8 needs representative images (--calib) or a calibration cache at {cache_path}")
+    metadata, engine_path, cache_path = _checked_build(onnx_path, engine_path, precision, calibration)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise InputError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
-
+    builder, network = _parsed_network(trt, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    batch = metadata.batch
-    if batch is None:
-        batch = int(max_batch or default_max_batch(metadata))
-        shape = metadata.input_shape[1:]
-        profile = builder.create_optimization_profile()
-        profile.set_shape(metadata.input_name, (1, *shape), (batch, *shape), (batch, *shape))
-        config.add_optimization_profile(profile)
-        if precision == "int8":
-            config.set_calibration_profile(profile)
+    batch = _batch_profile(builder, config, metadata, precision, max_batch)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
         if metadata.unet_scope:
             _keep_scoring_in_fp32(trt, network, metadata.unet_scope)
             config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    calibrator = None
+    calibrator = None  # referenced until the build ends
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         batches = [] if calibration is None else _calibration_batches(calibration, metadata, onnx_path.parent, batch)
@@ -268,6 +245,46 @@ def build_engine(
         raise RuntimeUnavailable(f"{onnx_path}: TensorRT could not build the engine (see its messages above)")
     atomic_write_bytes(engine_path, bytes(serialized))
     return engine_path, write_engine_metadata(engine_path, onnx_path, precision)
+
+
+def _checked_build(onnx_path: Path, engine_path, precision: str, calibration):
+    """(the ONNX's metadata, the engine's path, its calibration cache's path), after checking the arguments."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    metadata = read_metadata(onnx_path)
+    if metadata.format != "onnx":
+        raise InputError(f"{onnx_path}: build-engine takes an exported .onnx, not a {metadata.format} model")
+    engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path, precision)
+    cache_path = engine_path.with_name(engine_path.name + ".calib.cache")
+    if precision == "int8" and calibration is None and not cache_path.is_file():
+        raise InputError(f"INT8 needs representative images (--calib) or a calibration cache at {cache_path}")
+    return metadata, engine_path, cache_path
+
+
+def _parsed_network(trt, onnx_path: Path):
+    """(builder, network) of the ONNX; `InputError` with the parser's messages when it does not parse."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    return builder, network
+
+
+def _batch_profile(builder, config, metadata, precision: str, max_batch: int | None) -> int:
+    """The engine's batch: the ONNX's fixed one, or for a dynamic batch an optimisation profile 1 .. max_batch."""
+    if metadata.batch is not None:
+        return metadata.batch
+    batch = int(max_batch or default_max_batch(metadata))
+    shape = metadata.input_shape[1:]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(metadata.input_name, (1, *shape), (batch, *shape), (batch, *shape))
+    config.add_optimization_profile(profile)
+    if precision == "int8":
+        config.set_calibration_profile(profile)
+    return batch
 
 
 def write_engine_metadata(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, precision: str) -> Path:

@@ -69,8 +69,10 @@ class VideoScores:
         return len(self.scores) / self.seconds if self.seconds > 0 else float("inf")
 
     def to_csv(self) -> str:
-        """One row per frame: `frame` (1-based, as in `labels.csv`), `score`, `smoothed`,
-        then `normalised` and `anomalous` (0/1) when present. Floats keep full precision."""
+        """One row per frame: `frame` (1-based, as in `labels.csv`), `score`, `smoothed`.
+
+        Then `normalised` and `anomalous` (0/1) when present. Floats keep full precision.
+        """
         header = ["frame", "score", "smoothed"]
         columns = [np.arange(1, len(self.scores) + 1), self.scores.astype(np.float64), self.smoothed]
         if self.normalised is not None:

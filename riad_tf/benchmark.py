@@ -4,14 +4,7 @@ RIAD costs n x |K| U-Net passes per image at inference (12 with the paper's
 K = {2, 4, 8, 16}, n = 3, Algorithm 3) and n per image in training
 (Algorithm 2). This module measures, for one config:
 
-- the model's FLOPs, counted analytically from the Keras layers of the built
-  U-Net (`unet_flops`: 2 x multiply-accumulates of every Conv2D,
-  Conv2DTranspose and Dense; batch norm, activations, masking and scoring are
-  elementwise and left out, a few per cent at most), and checked against
-  TensorFlow's profiler on the frozen graph of one pass (`graph_flops`, which
-  also counts the elementwise ops);
-- the machine's peak: dense matmul GFLOP/s, float32 as the best of `tf.matmul`
-  and numpy's BLAS, bfloat16 from `tf.matmul` (`machine_peak`);
+- the model's FLOPs and the machine's peak (`riad_tf.flops`);
 - inference images/s and latency of the whole n x |K|-pass detector on each
   path (`PATHS`): Keras under `tf.function`, the same with XLA, ONNX Runtime
   fp32/int8 and LiteRT fp32/fp16/int8 through `edge.runner.Runner`; the achieved
@@ -19,7 +12,7 @@ K = {2, 4, 8, 16}, n = 3, Algorithm 3) and n per image in training
 - the batched detector against the paper's sequential loop (one k and one mask
   at a time, as the public re-implementations do): the same maps, the speed-up;
 - scaling over batch size and image size (cost per pixel should stay flat);
-- training images/s (one `riad_tf.train.make_train_step` step) in float32 and
+- training images/s (one `riad_tf.training_step.make_train_step` step) in float32 and
   mixed bfloat16.
 
 Timings are wall-clock medians of a few calls after warm-up; the peak RSS is
@@ -51,9 +44,11 @@ from edge.bench import timed_calls as timings
 from riad_tf.config import RiadConfig
 from riad_tf.detector import Detector
 from riad_tf.distribute import cpu_bf16_support
+from riad_tf.flops import machine_peak, riad_flops
 from riad_tf.inpaint import assemble, mask_images
 from riad_tf.model import build_unet
 
+TRAINING_PRECISIONS = ("float32", "mixed_bfloat16")  # the training table
 PATHS = ("keras", "xla", "onnx", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8")
 # path -> (export format, precision, key of the written model)
 EXPORTED_PATHS = {
@@ -67,137 +62,6 @@ EXPORTED_PATHS = {
 
 # ----------------------------------------------------------------------------
 # FLOPs and peak
-
-
-def layer_flops(layer) -> int:
-    """FLOPs (2 x multiply-accumulates) of one call of a Conv2D, Conv2DTranspose or Dense layer on one input.
-
-    Conv2D: 2 x H_out x W_out x C_out x (kh x kw x C_in).
-    Conv2DTranspose: every input pixel scatters a kh x kw x C_out patch,
-    2 x H_in x W_in x C_in x kh x kw x C_out (padding crops outputs, not work).
-    Dense: 2 x inputs x units per position. Bias adds are not counted. Other layers: 0.
-    """
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        _, height, width, channels_in = layer.input.shape
-        kh, kw = layer.kernel_size
-        return 2 * height * width * channels_in * kh * kw * layer.filters
-    if isinstance(layer, keras.layers.Conv2D):
-        _, height, width, channels_in = layer.input.shape
-        _, out_h, out_w, _ = layer.output.shape
-        kh, kw = layer.kernel_size
-        return 2 * out_h * out_w * layer.filters * kh * kw * channels_in // layer.groups
-    if isinstance(layer, keras.layers.Dense):
-        positions = int(np.prod(layer.input.shape[1:-1] or [1]))
-        return 2 * positions * layer.input.shape[-1] * layer.units
-    return 0
-
-
-def unet_flops(unet: keras.Model) -> int:
-    """FLOPs of one forward pass of a functional model on one input, summed over its layers (`layer_flops`).
-
-    Example:
-
-    >>> unet_flops(build_unet((32, 32, 3), widths=(4, 8, 8, 16, 16))) > 0
-    True
-    """
-    total = 0
-    for layer in unet.layers:
-        if isinstance(layer, keras.Model):
-            total += unet_flops(layer)
-        else:
-            total += layer_flops(layer)
-    return int(total)
-
-
-def graph_flops(model: keras.Model) -> int:
-    """FLOPs of one forward pass on one input, from TensorFlow's profiler on the frozen inference graph.
-
-    Counts every op the profiler knows (convolutions, and also batch norm, bias
-    adds and activations), so it is a little above `unet_flops`.
-    """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    graph = convert_variables_to_constants_v2(function).graph
-    return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
-
-
-def riad_flops(config: RiadConfig, unet: keras.Model | None = None, profile: bool = False) -> dict:
-    """FLOPs of RIAD for a config: per U-Net pass, per image at inference and in training.
-
-    Inference runs n x |K| passes per image (Algorithm 3); a training step runs n
-    passes per image (Algorithm 2), and forward + backward is counted as 3 x forward.
-
-    Args:
-        profile: also count one pass with `graph_flops` ("graph_per_pass").
-
-    Returns:
-        `{"per_pass", "passes_per_image", "per_image", "train_per_image", "method"}`
-        (+ "graph_per_pass").
-    """
-    unet = unet or build_unet(config.input_shape, config.unet_widths, config.skip_connections)
-    per_pass = unet_flops(unet)
-    passes = len(config.ks) * config.n if config.inpainting else 1
-    train_passes = config.n if config.inpainting else 1
-    return {
-        "per_pass": per_pass,
-        "passes_per_image": passes,
-        "per_image": per_pass * passes,
-        "train_per_image": 3 * per_pass * train_passes,
-        "method": "analytic: 2 x MACs of Conv2D/Conv2DTranspose/Dense layers (elementwise ops not counted); training = 3 x forward",
-        **({"graph_per_pass": graph_flops(unet)} if profile else {}),
-    }
-
-
-def matmul_peak(dtype: str = "float32", size: int = 2048, iters: int = 10, warmup: int = 2) -> float:
-    """Dense square matmul GFLOP/s (2 x size^3 per product) on TensorFlow's threads.
-
-    Example:
-
-    >>> matmul_peak("float32", size=256, iters=2) > 0
-    True
-    """
-    a = tf.random.stateless_uniform((size, size), seed=(0, 1), dtype=tf.float32)
-    b = tf.random.stateless_uniform((size, size), seed=(0, 2), dtype=tf.float32)
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-
-    @tf.function
-    def product(x, y):
-        return tf.reduce_sum(tf.cast(tf.matmul(x, y)[:1, :1], tf.float32))
-
-    seconds = timings(lambda: product(a, b).numpy(), warmup, iters)
-    return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
-
-
-def blas_peak(size: int = 2048, iters: int = 10, warmup: int = 2, threads: int | None = None) -> float:
-    """Dense float32 square matmul GFLOP/s of numpy's BLAS (OpenBLAS in the PyPI wheels).
-
-    A second view of the machine's limit: on some CPUs the BLAS beats
-    TensorFlow's own kernels, and the peak should be what the hardware can do.
-    `threads` limits the BLAS like the measured paths (None: all cores).
-    """
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(0)
-    a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        seconds = timings(lambda: a @ b, warmup, iters)
-    return round(2 * size**3 / float(np.median(seconds)) / 1e9, 1)
-
-
-def machine_peak(size: int = 2048, threads: int | None = None) -> dict:
-    """The float32 peak (the best of `tf.matmul` and numpy's BLAS) and the bfloat16 `tf.matmul` peak."""
-    tf_fp32, blas = matmul_peak("float32", size), blas_peak(size, threads=threads)
-    return {
-        "float32": max(tf_fp32, blas),
-        "tf_float32": tf_fp32,
-        "blas_float32": blas,
-        "bfloat16": matmul_peak("bfloat16", size),
-        "size": size,
-    }
 
 
 def peak_rss_mb() -> float:
@@ -288,8 +152,10 @@ def _open_path(detector, path_name: str, out_dir, threads, max_batch):
 
 
 def bench_inference(detector, paths, batches, flops_per_image, peak, iters, warmup, threads=None) -> list[dict]:
-    """One record per (path, batch): latency, images/s, GFLOP/s, share of peak, peak RSS,
-    and the largest score difference from the Keras detector (`max_score_diff`)."""
+    """One record per (path, batch): latency, images/s, GFLOP/s, share of peak and peak RSS.
+
+    Each record also has the largest score difference from the Keras detector (`max_score_diff`).
+    """
     records = []
     reference = {b: detector.score(_images(detector.config, b), batch_size=b)[1] for b in batches}
     with tempfile.TemporaryDirectory(prefix="riad-bench-") as tmp:
@@ -300,7 +166,7 @@ def bench_inference(detector, paths, batches, flops_per_image, peak, iters, warm
             for batch in batches:
                 images = _images(detector.config, batch)
                 _, scores = run(images)
-                seconds = timings(lambda: run(images), max(0, warmup - 1), iters)
+                seconds = timings(lambda run=run, images=images: run(images), max(0, warmup - 1), iters)
                 diff = float(np.max(np.abs(np.asarray(scores) - reference[batch])))
                 delegate = getattr(
                     getattr(run, "session", None), "delegate", "tensorflow"
@@ -368,7 +234,12 @@ def bench_scaling(config: RiadConfig, batches, sizes, peak, iters, warmup) -> di
             run = keras_runner(Detector(unet, cfg))
             images = _images(cfg, batch)
             record = _record(
-                "keras", batch, timings(lambda: run(images), warmup, iters), flops, peak, image_size=cfg.image_size[0]
+                "keras",
+                batch,
+                timings(lambda run=run, images=images: run(images), warmup, iters),
+                flops,
+                peak,
+                image_size=cfg.image_size[0],
             )
             record["us_per_pixel"] = round(
                 record["latency_ms"] * 1e3 / (batch * cfg.image_size[0] * cfg.image_size[1]), 3
@@ -389,14 +260,14 @@ def _resized(config: RiadConfig, size: int) -> RiadConfig:
 
 
 def bench_training(config: RiadConfig, batch: int, precisions, peak, iters, warmup) -> list[dict]:
-    """Images/s of `riad_tf.train.make_train_step` (Algorithm 2 step: forward, backward, Adam) per precision.
+    """Images/s of `riad_tf.training_step.make_train_step` (Algorithm 2 step: forward, backward, Adam) per precision.
 
     Args:
         precisions: Keras dtype policies, e.g. ("float32", "mixed_bfloat16").
     """
     from riad_tf.distribute import precision_policy
     from riad_tf.masks import random_grid_masks
-    from riad_tf.train import make_train_step
+    from riad_tf.training_step import make_train_step
 
     config = config.with_overrides({"batch_size": batch})
     flops = riad_flops(config)["train_per_image"]
@@ -411,7 +282,7 @@ def bench_training(config: RiadConfig, batch: int, precisions, peak, iters, warm
         optimizer = keras.optimizers.Adam(config.learning_rate)
         optimizer.build(unet.trainable_variables)
         step = make_train_step(unet, optimizer, config, strategy)
-        seconds = timings(lambda: step((images, masks))[0].numpy(), warmup, iters)
+        seconds = timings(lambda step=step: step((images, masks))[0].numpy(), warmup, iters)
         records.append(_record(f"train-{policy}", batch, seconds, flops, peak, xla=bool(config.xla)))
     return records
 
@@ -479,31 +350,20 @@ def run_benchmark(
     unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
     flops = riad_flops(config, unet, profile=True)
     detector = Detector(unet, config)
-    report = {
-        "machine": machine_info(threads),
-        "config": {
-            "image_size": list(config.image_size),
-            "widths": list(config.unet_widths),
-            "ks": list(config.ks),
-            "n": config.n,
-            "iters": iters,
-            "warmup": warmup,
-        },
-        "flops": flops,
-        "peak": peak,
-        "inference": bench_inference(
-            detector, paths, batches, flops["per_image"], peak["float32"], iters, warmup, threads
-        ),
-        "sequential": bench_sequential(detector, min(batches), flops["per_image"], peak["float32"], iters, warmup)
-        if sequential
-        else None,
-        "scaling": bench_scaling(config, scaling_batches, scaling_sizes, peak["float32"], iters, warmup)
-        if (scaling_batches or scaling_sizes)
-        else None,
-        "training": bench_training(config, train_batch, ("float32", "mixed_bfloat16"), peak["float32"], iters, warmup)
-        if training
-        else None,
-    }
+    per_image, fp32_peak = flops["per_image"], peak["float32"]
+    settings = dict(image_size=list(config.image_size), widths=list(config.unet_widths), ks=list(config.ks))
+    settings.update(n=config.n, iters=iters, warmup=warmup)
+    report = {"machine": machine_info(threads), "config": settings, "flops": flops, "peak": peak}
+    report["inference"] = bench_inference(detector, paths, batches, per_image, fp32_peak, iters, warmup, threads)
+    report["sequential"] = (
+        bench_sequential(detector, min(batches), per_image, fp32_peak, iters, warmup) if sequential else None
+    )
+    report["scaling"] = None
+    if scaling_batches or scaling_sizes:
+        report["scaling"] = bench_scaling(config, scaling_batches, scaling_sizes, fp32_peak, iters, warmup)
+    report["training"] = None
+    if training:
+        report["training"] = bench_training(config, train_batch, TRAINING_PRECISIONS, fp32_peak, iters, warmup)
     return report
 
 

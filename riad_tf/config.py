@@ -30,9 +30,38 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "slurm", "kubernetes")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16", "auto")
 LR_SCALING = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("cosine", "step", "constant")
-MASK_DRAWS = ("image", "batch")
 KERNEL_INITS = ("glorot", "pytorch")  # riad_tf.model.kernel_initializer
-BN_STATISTICS = ("reestimated", "moving")  # riad_tf.train.settle_batchnorm
+BN_STATISTICS = ("reestimated", "moving")  # riad_tf.batchnorm_guard.settle_batchnorm
+
+# Experiment keys that were measured and not adopted, with the one value riad-tf
+# now builds in (docs/accuracy.md has the measurements). Configs and runs that
+# still name them load when they give that value; another value is an error.
+RETIRED_KEYS = {
+    "mask_draw": "image",  # "batch" (the PyTorch recipe's draw) was measured, "Masks per image or per batch"
+    "train_mask_context": False,  # training's partitions with context, "Inference partitions with context"
+    "weight_decay": 0.0,  # set by no recipe and measured nowhere
+}
+
+
+# Keys with a smallest value, and keys with a list of choices (`RiadConfig.validate`).
+_AT_LEAST = {
+    "epochs": 1,
+    "batch_size": 1,
+    "n": 1,
+    "smoothing": 1,
+    "min_region_area": 1,
+    "temporal_window": 1,
+    "train_frame_stride": 1,
+}
+_CHOICES = {
+    "score_function": ("msgms", "ssim"),
+    "strategy": STRATEGIES,
+    "mixed_precision": MIXED_PRECISION,
+    "lr_scaling": LR_SCALING,
+    "lr_schedule": LR_SCHEDULES,
+    "kernel_init": KERNEL_INITS,
+    "bn_statistics": BN_STATISTICS,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,22 +98,14 @@ class RiadConfig:
             divided by 10 after `lr_decay_epoch` epochs, default 5/6 of
             `epochs`; configs/paper.yaml).
         warmup_epochs: length of the cosine schedule's warm-up (may be a fraction).
-        mask_draw: "image" (a fresh k and partition per image, as Algorithm 2;
-            the n masked copies of a batch go through the U-Net as one batch)
-            or "batch" (one k and partition per batch and one U-Net call per
-            mask, each with its own batch-norm statistics: the public PyTorch
-            recipe).
-        train_mask_context: give every cell of training's partitions some
-            context as inference's always have (`riad_tf.masks.give_context`).
         kernel_init: how the U-Net's convolution kernels start: "glorot"
             (Keras's default) or "pytorch" (uniform in +-1/sqrt(fan_in),
             PyTorch's default; riad_tf.model.kernel_initializer).
         bn_statistics: the batch-norm statistics the saved model keeps:
             "reestimated" (the default: their plain mean over 60 masked
-            training batches, run on the final weights; riad_tf.train.settle_batchnorm)
+            training batches, run on the final weights; riad_tf.batchnorm_guard.settle_batchnorm)
             or "moving" (training's moving averages, re-estimated only when
             the batch-norm guard fires: the PyTorch recipe's).
-        weight_decay: Adam's decoupled weight decay (AdamW); 0 turns it off.
         val_fraction: share of the good images held out to choose the kept
             epoch (the lowest validation loss) and to watch batch norm.
         calibration_fraction: share of the good images held out to set the
@@ -140,11 +161,8 @@ class RiadConfig:
     learning_rate: float = 1e-4
     lr_schedule: str = "constant"
     warmup_epochs: float = 1.0
-    mask_draw: str = "image"
-    train_mask_context: bool = False
     kernel_init: str = "pytorch"
     bn_statistics: str = "reestimated"
-    weight_decay: float = 0.0
     lr_decay_epoch: int | None = None
     val_fraction: float = 0.1
     calibration_fraction: float = 0.1
@@ -166,12 +184,28 @@ class RiadConfig:
 
     def validate(self) -> None:
         """Raises `edge.errors.ConfigError` (a `ValueError`) naming the key and the rule it breaks."""
+        self._validate_geometry()
+        for name, least in _AT_LEAST.items():
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative int, got {self.seed}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        self._validate_shares()
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+
+    def _validate_geometry(self) -> None:
+        """The image size, the U-Net's widths and K fit together."""
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
             raise ConfigError(f"image_size must be two positive ints (or one for a square), got {self.image_size}")
         height, width = self.image_size
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.ks:
             raise ConfigError("ks must list at least one region size k")
         if min(self.widths) < 1:
@@ -185,16 +219,9 @@ class RiadConfig:
         for k in self.ks:
             if k <= 0 or height % k or width % k:
                 raise ConfigError(f"ks: region size k={k} does not divide image_size {height}x{width}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        if self.n < 1:
-            raise ConfigError(f"n must be at least 1, got {self.n}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative int, got {self.seed}")
-        if self.smoothing < 1:
-            raise ConfigError(f"smoothing must be at least 1, got {self.smoothing}")
-        if self.score_function not in ("msgms", "ssim"):
-            raise ConfigError(f"score_function must be 'msgms' or 'ssim', got {self.score_function!r}")
+
+    def _validate_shares(self) -> None:
+        """The held-out shares of the good images and the false-positive target are fractions that fit."""
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.calibration_fraction < 1.0 - self.val_fraction:
@@ -204,29 +231,6 @@ class RiadConfig:
             )
         if not 0.0 < self.target_fpr < 1.0:
             raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        if self.min_region_area < 1:
-            raise ConfigError(f"min_region_area must be at least 1, got {self.min_region_area}")
-        if self.temporal_window < 1:
-            raise ConfigError(f"temporal_window must be at least 1, got {self.temporal_window}")
-        if self.train_frame_stride < 1:
-            raise ConfigError(f"train_frame_stride must be at least 1, got {self.train_frame_stride}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}"
-            )
-        for name, choices in (
-            ("strategy", STRATEGIES),
-            ("mixed_precision", MIXED_PRECISION),
-            ("lr_scaling", LR_SCALING),
-            ("lr_schedule", LR_SCHEDULES),
-            ("mask_draw", MASK_DRAWS),
-            ("kernel_init", KERNEL_INITS),
-            ("bn_statistics", BN_STATISTICS),
-        ):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -251,11 +255,25 @@ class RiadConfig:
         return max(1, round(self.epochs * 5 / 6))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "RiadConfig":
-        """Returns a copy with `overrides` applied; unknown keys raise `ValueError`."""
+        """Returns a copy with `overrides` applied; unknown keys raise `ValueError`.
+
+        A retired key (`RETIRED_KEYS`) at its built-in value is ignored.
+
+        Example:
+
+        >>> RiadConfig().with_overrides({"mask_draw": "image", "n": 4}).n
+        4
+        """
+        overrides = dict(overrides)
+        for key, built_in in RETIRED_KEYS.items():
+            if key in overrides and overrides.pop(key) != built_in:
+                raise ConfigError(
+                    f"{key} was an experiment and is retired; riad-tf always uses {built_in!r} (docs/accuracy.md)"
+                )
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **dict(overrides))
+        return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

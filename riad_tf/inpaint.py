@@ -41,18 +41,15 @@ def assemble(outputs, masks):
     return tf.reduce_sum((1.0 - masks) * outputs, axis=1)
 
 
-def reconstruct(model, images, masks, training: bool = False, one_call: bool = True):
+def reconstruct(model, images, masks, training: bool = False):
     """Reconstructs `images` by inpainting the cells removed by each mask (Eq. 2).
 
     Args:
         model: the inpainting network, `(N, H, W, C) -> (N, H, W, C)`.
         images: `(B, H, W, C)` in [0, 1].
         masks: `(n, H, W, 1)` shared by all images, or `(B, n, H, W, 1)`.
-        training: passed to the model (batch-norm mode).
-        one_call: True runs all B * n masked copies as one batch; False runs
-            the B copies of each mask i as a batch of their own (n calls),
-            which only matters in training mode, where batch norm normalises
-            each call by its own statistics.
+        training: passed to the model (batch-norm mode). All B * n masked
+            copies go through it as one batch.
 
     Returns:
         `(B, H, W, C)` float32 reconstructions.
@@ -65,13 +62,5 @@ def reconstruct(model, images, masks, training: bool = False, one_call: bool = T
     >>> reconstruct(net, tf.zeros((2, 32, 32, 3)), grid_masks(32, 32, 4, seed=0)).shape
     TensorShape([2, 32, 32, 3])
     """
-    if one_call:
-        outputs = model(mask_images(images, masks), training=training)
-        return assemble(tf.cast(outputs, tf.float32), masks)
-    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
-    masks = _batched(masks)
-    pieces = []
-    for i in range(masks.shape[1]):  # Eq. 2, one mask at a time
-        output = tf.cast(model(images * masks[:, i], training=training), tf.float32)
-        pieces.append((1.0 - masks[:, i]) * output)
-    return tf.add_n(pieces)
+    outputs = model(mask_images(images, masks), training=training)
+    return assemble(tf.cast(outputs, tf.float32), masks)

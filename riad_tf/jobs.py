@@ -29,17 +29,10 @@ from edge.predictions import MapNames, error_record, with_overrides
 from riad_tf import metrics
 from riad_tf import run as runs
 from riad_tf.config import RiadConfig
-from riad_tf.data import (
-    DataError,
-    DataSplit,
-    Sample,
-    data_spec,
-    has_pixel_masks,
-    load_arrays,
-    load_split,
-    split_good,
-)
+from riad_tf.data import DataError, DataSplit, Sample, data_spec, split_good
+from riad_tf.image_files import has_pixel_masks, load_arrays, load_split
 from riad_tf.masks import PARTITIONS
+from riad_tf.thresholds import calibrate, hot_spot, hot_spot_warning
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +244,7 @@ def _native_size(path: Path) -> tuple[int, int]:
 def calibrate_run(
     run_dir, good_images: np.ndarray, target_fpr: float, batch_size: int = 4, min_region_area: int = 1
 ) -> dict:
-    """Thresholds from good images training never saw, saved as `thresholds.json` (`riad_tf.metrics.calibrate`).
+    """Thresholds from good images training never saw, saved as `thresholds.json` (`riad_tf.thresholds.calibrate`).
 
     An image is anomalous when its score (its region score, with
     `min_region_area` > 1) is above thresholds["image"]; regions are drawn
@@ -264,13 +257,13 @@ def calibrate_run(
         raise InputError(f"{run_dir}: no held-out good images to calibrate thresholds on")
     detector = runs.load_detector(run_dir)
     maps, scores = detector.score(good_images, batch_size)
-    thresholds = metrics.calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
+    thresholds = calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
     # The check for a false defect planted in the same place of every image.
-    thresholds["hot_spot"] = metrics.hot_spot(maps, max(detector.config.ks))
+    thresholds["hot_spot"] = hot_spot(maps, max(detector.config.ks))
     thresholds["partitions"] = PARTITIONS
     warnings = [
         support_warning(target_fpr, thresholds["supported_fpr"], thresholds["num_images"]),
-        metrics.hot_spot_warning(thresholds["hot_spot"], f"the {len(maps)} calibration images"),
+        hot_spot_warning(thresholds["hot_spot"], f"the {len(maps)} calibration images"),
     ]
     for warning in filter(None, warnings):
         log.warning(warning)
@@ -292,7 +285,7 @@ def calibrate_job(
     in the run's config so that later commands agree.
     """
     from edge.images import find_images
-    from riad_tf.data import read_image
+    from riad_tf.image_files import read_image
 
     config = runs.load_config(run_dir)
     overrides = {"target_fpr": target_fpr, "min_region_area": min_region_area}
@@ -470,7 +463,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     spec = data_spec(data_dir, "mvtec")
     split, _ = load_split(spec)
     run_dir = out_dir / "run"
-    runs.save_data_spec(run_dir, spec)  # like any run: int8 export and `scripts/partition_check.py --run` read it
+    runs.save_data_spec(run_dir, spec)  # like any run: int8 export and `experiments/partition_check.py --run` read it
     thresholds = train_run(config, split, run_dir, progress=progress)
     summary = evaluate_run(run_dir, split.test, runs.eval_dir(run_dir))
     log.info(

@@ -165,15 +165,13 @@ def random_grid_masks(
     ks: Sequence[int],
     n: int = 3,
     seed=None,
-    shared: bool = False,
-    context: bool = False,
 ):
     """Fresh random partitions inside a TensorFlow graph, one per image (Algorithm 2).
 
     Each image gets its own k drawn uniformly from `ks` and its own random
-    permutation of that grid, so a training batch never repeats a partition;
-    with `shared`, one k and one partition serve the whole batch (the public
-    PyTorch recipe).
+    permutation of that grid, so a training batch never repeats a partition.
+    Training keeps this plain draw: giving its cells context as
+    `inference_masks` does was measured and gave nothing (docs/accuracy.md).
 
     Args:
         batch_size: number of images (a Python int or a scalar tensor).
@@ -182,8 +180,6 @@ def random_grid_masks(
         n: number of disjoint sets.
         seed: optional int (or int scalar tensor, e.g. keyed by training step)
             for `tf.random` stateless draws; None uses the global generator.
-        shared: draw one partition and repeat it for every image.
-        context: move isolated cells to another set as `give_context` does.
 
     Returns:
         float32 tensor `(batch_size, n, height, width, 1)`.
@@ -193,21 +189,14 @@ def random_grid_masks(
     for k in ks:
         _check_divides(height, width, k)
     batch_size = tf.convert_to_tensor(batch_size, tf.int32)
-    if shared:
-        one = random_grid_masks(1, height, width, ks, n, seed)
-        return tf.repeat(one, batch_size, axis=0)
     seeds = (
         None
         if seed is None
         else tf.random.split(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), len(ks) + 1)
     )
 
-    def uniform(shape, i, stream=None):
-        if seeds is None:
-            return tf.random.uniform(shape)
-        if stream is None:
-            return tf.random.stateless_uniform(shape, seed=seeds[i])
-        return tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seeds[i], stream))
+    def uniform(shape, i):
+        return tf.random.uniform(shape) if seeds is None else tf.random.stateless_uniform(shape, seed=seeds[i])
 
     per_k = []
     for i, k in enumerate(ks):
@@ -217,8 +206,6 @@ def random_grid_masks(
         keys = uniform(tf.stack([batch_size, num_cells]), i)
         rank = tf.argsort(tf.argsort(keys, axis=1), axis=1)
         cell_set = tf.reshape(rank * n // num_cells, tf.stack([batch_size, rows, cols]))
-        if context and n > 1:
-            cell_set = _give_context_tf(cell_set, n, lambda step, i=i, c=cell_set: uniform(tf.shape(c), i, step + 1))
         pixel_set = tf.repeat(tf.repeat(cell_set, k, axis=1), k, axis=2)
         per_k.append(pixel_set)
     choice = tf.cast(tf.floor(uniform(tf.reshape(batch_size, [1]), len(ks)) * len(ks)), tf.int32)
@@ -226,28 +213,3 @@ def random_grid_masks(
     pixel_set = tf.gather(tf.stack(per_k, axis=1), choice, axis=1, batch_dims=1)
     removed = tf.equal(pixel_set[:, None], tf.range(n)[None, :, None, None])
     return tf.cast(tf.logical_not(removed), tf.float32)[..., None]
-
-
-def _isolated_cells_tf(cell_set):
-    """`isolated_cells` for a batch `(B, rows, cols)` of int32 set indices."""
-    import tensorflow as tf
-
-    padded = tf.pad(cell_set, [[0, 0], [1, 1], [1, 1]], constant_values=-1)
-    neighbours = [padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]]
-    inside = [nb >= 0 for nb in neighbours]
-    same_or_outside = [(nb == cell_set) | ~i for nb, i in zip(neighbours, inside)]
-    return tf.reduce_all(tf.stack(same_or_outside), axis=0) & tf.reduce_any(tf.stack(inside), axis=0)
-
-
-def _give_context_tf(cell_set, n: int, uniform):
-    """`give_context` inside a graph; `uniform(step)` draws floats in [0, 1) of the cells' shape."""
-    import tensorflow as tf
-
-    def move(step, cells):
-        shift = 1 + tf.cast(tf.floor(uniform(step) * (n - 1)), cells.dtype)
-        return step + 1, tf.where(_isolated_cells_tf(cells), (cells + tf.minimum(shift, n - 1)) % n, cells)
-
-    def isolated_left(step, cells):
-        return tf.reduce_any(_isolated_cells_tf(cells))
-
-    return tf.while_loop(isolated_left, move, (tf.constant(0, tf.int64), cell_set))[1]

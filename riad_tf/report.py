@@ -31,11 +31,9 @@ Example:
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
-from urllib.parse import quote
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -44,9 +42,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edge.files import atomic_path, atomic_write_text
-from edge.stream.regions import connected_regions
-from edge.verdicts import is_anomalous
-from riad_tf.metrics import false_alarm_chance, hot_spot
+from riad_tf.evaluation import Evaluation
+from riad_tf.report_html import render_page
 
 MAX_PIXELS_FOR_ROC = 2_000_000
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -190,7 +187,7 @@ def _sanitize(name: str) -> str:
 # Figures
 
 
-def _example_figure(i: int, data: "_Evaluation", map_vmax: float) -> Figure:
+def _example_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
     """One row: input | reconstruction | overlay | ground truth | prediction."""
     grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
     panels = [
@@ -218,7 +215,7 @@ def _example_figure(i: int, data: "_Evaluation", map_vmax: float) -> Figure:
     return fig
 
 
-def _draw_map(fig: Figure, ax, data: "_Evaluation", i: int, map_vmax: float) -> None:
+def _draw_map(fig: Figure, ax, data: "Evaluation", i: int, map_vmax: float) -> None:
     """The map over the input, one colour scale for every example, its colour bar, and the region contour."""
     shown = ax.imshow(data.maps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=map_vmax, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
@@ -290,80 +287,6 @@ def _shorten(text: str, width: int = 70) -> str:
 # The report
 
 
-class _Evaluation:
-    """The checked inputs of `write_report`, with the verdict of each image."""
-
-    def __init__(self, names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds):
-        self.names = [str(n) for n in names]
-        self.images = np.asarray(images)
-        self.reconstructions = np.asarray(reconstructions)
-        self.maps = np.asarray(maps, dtype=np.float64)
-        self.scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        self.labels = np.asarray(labels).reshape(-1).astype(bool)
-        self.defect_types = [str(d) for d in defect_types]
-        self.masks = None if masks is None else np.asarray(masks).astype(bool)
-        self.thresholds = dict(thresholds or {})
-        self.image_threshold = _optional_float(self.thresholds.get("image"))
-        self.pixel_threshold = _optional_float(self.thresholds.get("region"))
-        self.min_area = int(self.thresholds.get("min_region_area", 1) or 1)
-        self._check()
-        self.good_spot = None  # the hot spot of the good images' mean map (`riad_tf.metrics.hot_spot`)
-        if (~self.labels).any():
-            calibration = self.thresholds.get("hot_spot")
-            cell = calibration["cell"] if calibration else max(1, min(self.maps.shape[1:]) // 8)
-            self.good_spot = hot_spot(self.maps[~self.labels], cell)
-        self.predicted = None
-        if self.image_threshold is not None:
-            self.predicted = np.array([is_anomalous(s, m, self.thresholds) for s, m in zip(self.scores, self.maps)])
-
-    def region_mask(self, i: int) -> np.ndarray:
-        """The pixels of image `i` inside regions above the region threshold (of at least `min_area` pixels)."""
-        _, labels = connected_regions(self.maps[i].astype(np.float32), self.pixel_threshold, min_pixels=self.min_area)
-        return labels > 0
-
-    def _check(self) -> None:
-        n = len(self.names)
-        sized = {
-            "images": self.images,
-            "reconstructions": self.reconstructions,
-            "maps": self.maps,
-            "scores": self.scores,
-            "labels": self.labels,
-            "defect_types": self.defect_types,
-        }
-        if self.masks is not None:
-            sized["masks"] = self.masks
-        for field, value in sized.items():
-            if len(value) != n:
-                raise ValueError(f"write_report: {field} has {len(value)} entries, names has {n}")
-        if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
-            raise ValueError(f"write_report: images must be (N, H, W, 1 or 3), got {self.images.shape}")
-        if self.reconstructions.shape != self.images.shape:
-            raise ValueError(
-                f"write_report: reconstructions {self.reconstructions.shape} do not match images {self.images.shape}"
-            )
-        for field, value in (("maps", self.maps), ("masks", self.masks)):
-            if value is not None and value.shape != self.images.shape[:3]:
-                raise ValueError(f"write_report: {field} must be {self.images.shape[:3]}, got {value.shape}")
-
-    def verdict(self, i: int) -> tuple[str, bool]:
-        """A title line for image `i`, and whether the thresholded prediction was right."""
-        truth = self.defect_types[i] if self.labels[i] else "good"
-        score = f"score {self.scores[i]:.4g}"
-        if self.image_threshold is None:
-            return f"{score} | truth: {truth}", True
-        predicted = bool(self.predicted[i])
-        word = ">" if predicted else "<="
-        call = "ANOMALOUS" if predicted else "good"
-        outcome = "correct" if predicted == self.labels[i] else "wrong"
-        text = f"{score} {word} {self.image_threshold:.4g}: {call} | truth: {truth} ({outcome})"
-        return text, predicted == self.labels[i]
-
-
-def _optional_float(value) -> float | None:
-    return None if value is None else float(value)
-
-
 def write_report(
     out_dir,
     *,
@@ -399,18 +322,18 @@ def write_report(
     Returns:
         The path of `index.html`.
     """
-    data = _Evaluation(names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds)
+    data = Evaluation(names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _write_plots(out_dir, data)
     examples = _write_examples(out_dir, data, max_examples)
-    page = _render_page(data, metrics or {}, plots, examples)
+    page = render_page(data, metrics or {}, plots, examples)
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
 
 
-def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
+def _write_plots(out_dir: Path, data: Evaluation) -> dict[str, str | None]:
     """Writes the summary plots; a plot that cannot be drawn maps to the reason."""
     plots: dict[str, str | None] = {}
     both_classes = data.labels.any() and not data.labels.all()
@@ -434,7 +357,7 @@ def _write_plots(out_dir: Path, data: _Evaluation) -> dict[str, str | None]:
     return plots
 
 
-def _mean_good_map_figure(data: "_Evaluation", spot: dict) -> Figure:
+def _mean_good_map_figure(data: "Evaluation", spot: dict) -> Figure:
     """The mean anomaly map of the good images, with the `hot_spot` window boxed."""
     from matplotlib.patches import Rectangle
 
@@ -449,7 +372,7 @@ def _mean_good_map_figure(data: "_Evaluation", spot: dict) -> Figure:
     return fig
 
 
-def _write_examples(out_dir: Path, data: _Evaluation, max_examples: int) -> dict[str, list]:
+def _write_examples(out_dir: Path, data: Evaluation, max_examples: int) -> dict[str, list]:
     """Draws the chosen examples; returns `{group: [(index, relative png path), ...]}`."""
     stems = safe_file_stems(data.names)
     map_vmax = float(data.maps.max()) if data.maps.size else 1.0
@@ -465,223 +388,3 @@ def _write_examples(out_dir: Path, data: _Evaluation, max_examples: int) -> dict
 
 # ---------------------------------------------------------------------------
 # HTML
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
-h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f0f0f0; }
-.plots img { max-width: 32%; margin-right: 1%; vertical-align: top; }
-figure { margin: 0 0 1.5em; } figure img { max-width: 100%; }
-figcaption { font-family: monospace; font-size: .9em; }
-.wrong { color: #b22222; } .note { color: #777; }
-"""
-
-
-def _render_page(data: _Evaluation, metrics: Mapping, plots: Mapping, examples: Mapping) -> str:
-    body = [
-        "<h1>riad-tf evaluation report</h1>",
-        _broken_promise_html(data),
-        _summary_html(data),
-        "<h2>Metrics</h2>",
-        _metrics_html(metrics),
-        "<h2>Thresholds</h2>",
-        _thresholds_html(data.thresholds),
-        "<h2>Operating point</h2>",
-        _operating_point_html(data),
-        "<h2>Mean good map</h2>",
-        _mean_good_map_html(data),
-        "<h2>Plots</h2>",
-        _plots_html(plots),
-        "<h2>Examples</h2>",
-        _examples_html(examples, data),
-    ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        "<title>riad-tf evaluation report</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
-
-
-def _fmt(value, spec: str = ".4f") -> str:
-    """A table cell: floats with `spec`, None and NaN as "n/a", anything else escaped."""
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-        return "n/a"
-    if isinstance(value, (float, np.floating)):
-        return format(float(value), spec)
-    return html.escape(str(value))
-
-
-def _summary_html(data: _Evaluation) -> str:
-    n_bad = int(data.labels.sum())
-    types = sorted(set(d for d, bad in zip(data.defect_types, data.labels) if bad))
-    breakdown = ", ".join(f"{html.escape(t)} {data.defect_types.count(t)}" for t in types)
-    return (
-        f"<p>{len(data.names)} images: {len(data.names) - n_bad} good, {n_bad} anomalous"
-        + (f" ({breakdown})" if breakdown else "")
-        + ". Anomaly maps are evaluated "
-        f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels.</p>"
-    )
-
-
-_NESTED_METRICS = ("overall", "per_defect", "per_defect_type")
-
-
-def _metric_rows(metrics: Mapping) -> tuple[dict, dict]:
-    """`({row name: {metric: value}}, {other key: value})` from the metrics dict.
-
-    Reads `{"overall": {...}, "per_defect": {...}}`, and also the flat layout of
-    `riad_tf.metrics.summarize` (overall values at the top, `per_defect_type`).
-    """
-    others = {k: v for k, v in metrics.items() if k not in _NESTED_METRICS}
-    if "overall" in metrics:
-        overall = dict(metrics["overall"] or {})
-    else:
-        overall = {k: v for k, v in others.items() if not isinstance(v, Mapping)}
-        others = {k: v for k, v in others.items() if k not in overall}
-    per_defect = metrics.get("per_defect", metrics.get("per_defect_type")) or {}
-    rows = {"overall": overall, **{str(k): dict(v or {}) for k, v in per_defect.items()}}
-    return rows, others
-
-
-def _metrics_html(metrics: Mapping) -> str:
-    """The overall row, one row per defect type, then any other top-level entries."""
-    if not metrics:
-        return '<p class="note">No metrics given.</p>'
-    rows, others = _metric_rows(metrics)
-    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
-    body = "".join(
-        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>"
-        for name, row in rows.items()
-    )
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    return table + _key_value_table(others) if others else table
-
-
-def _thresholds_html(thresholds: Mapping) -> str:
-    if not thresholds:
-        return '<p class="note">No thresholds given: no verdicts or predicted masks.</p>'
-    note = (
-        '<p class="note">An image is called anomalous when it has a region above the threshold (with '
-        "min_region_area 1: when its score is above it). With num_images good calibration images, a new good "
-        "image is called anomalous with probability at most supported_fpr; segmentation is a per-pixel "
-        "quantile, a drawing aid only (docs/method.md, Thresholds).</p>"
-    )
-    warning = ""
-    if thresholds.get("target_supported") is False:
-        warning = (
-            f'<p class="wrong">The target false-positive rate {_fmt(thresholds.get("target_fpr"), ".3g")} is not '
-            f"supported by {thresholds.get('num_images')} calibration images; the rate that holds is "
-            f"{_fmt(thresholds.get('supported_fpr'), '.3g')}.</p>"
-        )
-    flat = {k: v for k, v in thresholds.items() if not isinstance(v, Mapping)}
-    return _key_value_table(flat, spec=".6g") + warning + note
-
-
-def _operating_point_html(data: _Evaluation) -> str:
-    """Counts and rates at the calibrated threshold, overall and per defect type."""
-    if data.predicted is None:
-        return '<p class="note">No threshold: no operating point.</p>'
-    called, truth = data.predicted, data.labels
-    cells = [[(~truth & ~called).sum(), (~truth & called).sum()], [(truth & ~called).sum(), (truth & called).sum()]]
-    confusion = (
-        "<table><thead><tr><th></th><th>called good</th><th>called anomalous</th></tr></thead><tbody>"
-        f"<tr><td>good</td><td>{cells[0][0]}</td><td>{cells[0][1]}</td></tr>"
-        f"<tr><td>anomalous</td><td>{cells[1][0]}</td><td>{cells[1][1]}</td></tr></tbody></table>"
-    )
-    types = sorted(set(d for d, bad in zip(data.defect_types, truth) if bad))
-    rows = {"false-positive rate (good called anomalous)": (~truth & called).sum() / max((~truth).sum(), 1)}
-    for name in types:
-        of_type = truth & np.array([d == name for d in data.defect_types])
-        rows[f"recall: {name}"] = (of_type & called).sum() / max(of_type.sum(), 1)
-    if truth.any():
-        rows["recall: all defects"] = (truth & called).sum() / truth.sum()
-    return confusion + _key_value_table({k: float(v) for k, v in rows.items()}, spec=".3f")
-
-
-def _broken_promise_html(data: _Evaluation) -> str:
-    """A red line when more good test images are called anomalous than the thresholds promise; else nothing."""
-    bound = _optional_float(data.thresholds.get("supported_fpr"))
-    good = ~data.labels
-    if data.predicted is None or bound is None or not good.any() or "num_images" not in data.thresholds:
-        return ""
-    false_alarms, num_good = int((data.predicted & good).sum()), int(good.sum())
-    if false_alarms / num_good <= bound:
-        return ""
-    chance = false_alarm_chance(false_alarms, num_good, data.thresholds)
-    return (
-        f'<p class="wrong"><strong>Broken promise: {false_alarms} of {num_good} good images are called anomalous '
-        f"(rate {false_alarms / num_good:.3f}), where the thresholds promise at most {bound:.3g}.</strong> "
-        f"With thresholds from {data.thresholds['num_images']} good images, {false_alarms} or more of {num_good} "
-        f"happen by chance with probability {chance:.2g}"
-        + (
-            ": the good test images differ from the calibration images, or the model plants a false defect "
-            "(see the mean good map below); calibrate again on good images like these."
-            if chance < 0.05
-            else "."
-        )
-        + "</p>"
-    )
-
-
-def _mean_good_map_html(data: _Evaluation) -> str:
-    """The mean map of the good test images with its hot spot, and the calibration images' own check."""
-    spot, calibration = data.good_spot, data.thresholds.get("hot_spot")
-    if spot is None:
-        return '<p class="note">No good images: no mean good map.</p>'
-    cell = spot["cell"]
-    lines = [
-        f"Good test images: the highest {cell} x {cell} spot of the mean map (boxed) is {spot['ratio']:.2f}x its "
-        f"median; {spot['peak_share']:.0%} of the good maps peak where the mean map is hot."
-    ]
-    if calibration:
-        lines.append(
-            f"Calibration images: {calibration['ratio']:.2f}x at row {calibration['row']}, column {calibration['col']}."
-        )
-    flagged = spot["flagged"] or bool(calibration and calibration["flagged"])
-    css = "wrong" if flagged else "note"
-    verdict = (
-        " A spot this far above the rest is a false defect planted in the same place of every image "
-        "(docs/method.md, Masks)."
-        if flagged
-        else ""
-    )
-    return (
-        '<img src="mean_good_map.png" alt="mean anomaly map of the good images">'
-        f'<p class="{css}">{html.escape(" ".join(lines) + verdict)}</p>'
-    )
-
-
-def _key_value_table(values: Mapping, spec: str = ".4f") -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v, spec)}</td></tr>" for k, v in values.items())
-    return f"<table><tbody>{rows}</tbody></table>"
-
-
-def _plots_html(plots: Mapping) -> str:
-    parts = []
-    for file, missing in plots.items():
-        if missing is None:
-            parts.append(f'<img src="{quote(file)}" alt="{html.escape(file)}">')
-        else:
-            parts.append(f'<p class="note">{html.escape(file)} not drawn: {html.escape(missing)}.</p>')
-    return '<div class="plots">' + "\n".join(parts) + "</div>"
-
-
-def _examples_html(examples: Mapping, data: _Evaluation) -> str:
-    parts = []
-    for group, items in examples.items():
-        if not items:
-            continue
-        parts.append(f"<h3>{html.escape(group)}</h3>")
-        for i, relative in items:
-            verdict, correct = data.verdict(i)
-            name = html.escape(data.names[i])
-            css = "" if correct else ' class="wrong"'
-            parts.append(
-                f"<figure><figcaption{css}>{name}: {html.escape(verdict)}</figcaption>"
-                f'<img src="{quote(relative)}" alt="{name}"></figure>'
-            )
-    return "\n".join(parts) or '<p class="note">No examples drawn.</p>'

@@ -30,7 +30,8 @@ Example:
 >>> from riad_tf.model import build_unet
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
 >>> run_dir = tempfile.mkdtemp()
->>> save_model(run_dir, build_unet(cfg.input_shape, cfg.unet_widths), cfg)
+>>> save_model(run_dir, build_unet(cfg.input_shape, cfg.unet_widths), cfg).name
+'model.keras'
 >>> load_detector(run_dir).config == cfg
 True
 """
@@ -177,7 +178,8 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
     Raises:
         FileNotFoundError: the run does not record its data (`data.json`).
     """
-    from riad_tf.data import load_arrays, load_split, split_good
+    from riad_tf.data import split_good
+    from riad_tf.image_files import load_arrays, load_split
 
     spec = load_data_spec(run_dir)
     if spec is None:

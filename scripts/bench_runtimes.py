@@ -17,8 +17,8 @@ machine falls on all of them alike. Printed: images/s and per-call latency
 at each batch size, the ratio to ONNX Runtime fp32, and the largest score and
 map difference to ONNX Runtime fp32 on the same images.
 
-    python3 scripts/bench_runtimes.py                                  # about 6 min on 2 cores
-    python3 scripts/bench_runtimes.py --model-dir export/ --batch-sizes 1,8 --json-file runtimes.json
+    python3 -m scripts.bench_runtimes                                  # about 6 min on 2 cores
+    python3 -m scripts.bench_runtimes --model-dir export/ --batch-sizes 1,8 --json-file runtimes.json
 
 Needs riad-tf's [tf] extra to export (skipped with --model-dir) and OpenVINO
 (`pip install 'riad-tf[openvino]'`).
@@ -30,15 +30,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edge.bench import cpu_facts, timed_calls  # noqa: E402
-from edge.runner import Runner  # noqa: E402
+from edge.bench import cpu_facts, timed_calls
+from edge.runner import Runner
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,7 +108,9 @@ def measure(args, model_dir: Path) -> dict:
     for _ in range(args.rounds):
         for name, runner in runners.items():
             for b in batches:
-                seconds[(name, b)] += timed_calls(lambda: runner(images[:b]), warmup=1, iters=args.iters)
+                seconds[(name, b)] += timed_calls(
+                    lambda runner=runner, b=b: runner(images[:b]), warmup=1, iters=args.iters
+                )
     rows = []
     for name, runner in runners.items():
         maps, scores = runner(probe)

@@ -14,9 +14,9 @@ client sees it), images/s, and the images/s ratio to the one-shot loop. The serv
 stopped with SIGTERM and its exit status checked; its own count of HTTP 503 answers is read
 from `/metrics`.
 
-    python scripts/bench_serve.py                                   # untrained 128x128 default-width model
-    python scripts/bench_serve.py --model runs/x/export/riad.onnx --json-file serve_bench.json
-    python scripts/bench_serve.py --image-size 64 --runs 3 --requests 8 --concurrency 1,4
+    python3 -m scripts.bench_serve                                   # untrained 128x128 default-width model
+    python3 -m scripts.bench_serve --model runs/x/export/riad.onnx --json-file serve_bench.json
+    python3 -m scripts.bench_serve --image-size 64 --runs 3 --requests 8 --concurrency 1,4
 
 Without `--model` the script builds the default-width RIAD detector at `--image-size` with
 random weights and exports it to ONNX with riad_tf (TensorFlow needed for that step only,
@@ -44,11 +44,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from edge.bench import cpu_facts
+from edge.metadata import read_metadata
 
-from edge.bench import cpu_facts  # noqa: E402
-from edge.metadata import read_metadata  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RIAD_EDGE = [sys.executable, "-m", "edge.cli"]  # what the `riad-edge` entry point runs, without a shell shim
 PLACEHOLDER_THRESHOLDS = {"image": 1.0, "region": 1.0}  # so records carry verdicts and regions, like a real model's

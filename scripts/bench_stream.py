@@ -5,8 +5,8 @@ pipeline sustains (capture, tiling, inference, stitching, regions, records;
 the camera is a replayed synthetic strip that never waits), the end-to-end
 latency p50/p99 and the tiles/s.
 
-    python scripts/bench_stream.py runs/x/export/riad.onnx runs/x/export/riad_fp32.tflite --width 2048
-    python scripts/bench_stream.py --tiny-export /tmp/bench_models --width 1024    # exports a tiny model first
+    python3 -m scripts.bench_stream runs/x/export/riad.onnx runs/x/export/riad_fp32.tflite --width 2048
+    python3 -m scripts.bench_stream --tiny-export /tmp/bench_models --width 1024    # exports a tiny model first
 
 `--tiny-export DIR` exports an untrained (8, 16, 16, 32, 32) detector at
 32x32 to ONNX and TFLite with riad_tf (TensorFlow needed for that step only);
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edge.runner import Runner  # noqa: E402
-from edge.stream import ImageLineScan, StreamPipeline, StreamSettings  # noqa: E402
+from edge.runner import Runner
+from edge.stream import ImageLineScan, StreamPipeline, StreamSettings
 
 
 class _Discard:

@@ -16,9 +16,9 @@ Numbers on a shared machine are noisy.
 
 Usage:
 
-    python scripts/bench_train.py                            # 128 px full widths, 256 px reduced
-    python scripts/bench_train.py --cases 64:reduced --steps 2 --warmup 1 --replicas 1
-    python scripts/bench_train.py --precisions off mixed_float16 --json bench.json   # on GPUs
+    python3 -m scripts.bench_train                            # 128 px full widths, 256 px reduced
+    python3 -m scripts.bench_train --cases 64:reduced --steps 2 --warmup 1 --replicas 1
+    python3 -m scripts.bench_train --precisions off mixed_float16 --json bench.json   # on GPUs
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class StepBench:
     """One configuration's training step (the one `train` uses), built and warmed up."""
 
     def __init__(self, config, strategy, warmup: int):
-        from riad_tf.train import build_training_state, make_train_step, training_batches
+        from riad_tf.train import build_training_state
+        from riad_tf.training_step import make_train_step, training_batches
 
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         unet, optimizer, _ = build_training_state(config, strategy)
@@ -105,7 +106,7 @@ class StepBench:
 
 def bench_pipeline(config, global_batch: int, batches: int = 20) -> float:
     """Images/s the input pipeline alone delivers (host side, masks included)."""
-    from riad_tf.train import training_batches
+    from riad_tf.training_step import training_batches
 
     images = _random_images(4 * global_batch, config.image_size[0])
     iterator = iter(
@@ -116,6 +117,50 @@ def bench_pipeline(config, global_batch: int, batches: int = 20) -> float:
     for _ in range(batches):
         next(iterator)
     return round(batches * global_batch / (time.perf_counter() - started), 1)
+
+
+def _prepared(base, args, devices, widths: str, pipeline: float) -> tuple[list[dict], list]:
+    """One row and one built `StepBench` (None where it failed) per replica count, precision and XLA setting."""
+    rows, benches = [], []
+    for replicas in args.replicas:
+        for precision in args.precisions:
+            for xla in args.xla:
+                config = base.with_overrides({"mixed_precision": precision, "xla": xla == "on"})
+                row = dict(size=base.image_size[0], widths=widths, replicas=replicas, precision=precision, xla=xla)
+                row["pipeline_images_per_s"] = pipeline
+                try:
+                    bench = StepBench(config, _strategy(devices, replicas), args.warmup)
+                    row.update(global_batch=bench.global_batch, params=bench.params, warmup_s=round(bench.warmup_s, 1))
+                except Exception as err:  # report and go on with the other configurations
+                    bench = None
+                    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                rows.append(row)
+                benches.append(bench)
+    return rows, benches
+
+
+def _timed(rows: list[dict], benches: list, steps: int) -> None:
+    """Adds `step_s` and `images_per_s` to the rows whose bench was built.
+
+    Timed steps go round-robin over the configurations, so a shared machine's changing
+    load hits all of them alike; each gets the median of its steps.
+    """
+    times = [[] for _ in benches]
+    for _ in range(steps):
+        for bench, spent in zip(benches, times):
+            if bench is not None:
+                spent.append(bench.timed_step())
+    for row, bench, spent in zip(rows, benches, times):
+        if bench is not None:
+            step_s = statistics.median(spent)
+            row.update(step_s=round(step_s, 3), images_per_s=round(bench.global_batch / step_s, 2))
+
+
+def _table_row(row: dict) -> str:
+    keys = ("size", "widths", "params", "replicas", "precision", "xla", "global_batch", "step_s")
+    cells = [row.get(k, "-") for k in keys]
+    cells += [row.get("images_per_s", row.get("error")), row.get("warmup_s", "-"), row["pipeline_images_per_s"]]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def main(argv=None) -> int:
@@ -147,54 +192,10 @@ def main(argv=None) -> int:
         size, widths = case.split(":")
         base = RiadConfig(image_size=(int(size), int(size)), widths=WIDTHS[widths], batch_size=args.batch_size)
         pipeline = bench_pipeline(base, args.batch_size * max(args.replicas))
-        rows, benches = [], []
-        for replicas in args.replicas:
-            for precision in args.precisions:
-                for xla in args.xla:
-                    config = base.with_overrides({"mixed_precision": precision, "xla": xla == "on"})
-                    row = {
-                        "size": int(size),
-                        "widths": widths,
-                        "replicas": replicas,
-                        "precision": precision,
-                        "xla": xla,
-                        "pipeline_images_per_s": pipeline,
-                    }
-                    try:
-                        bench = StepBench(config, _strategy(devices, replicas), args.warmup)
-                        row.update(
-                            global_batch=bench.global_batch, params=bench.params, warmup_s=round(bench.warmup_s, 1)
-                        )
-                    except Exception as err:  # report and go on with the other configurations
-                        bench = None
-                        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-                    rows.append(row)
-                    benches.append(bench)
-        # Timed steps go round-robin over the configurations, so a shared machine's changing
-        # load hits all of them alike; each gets the median of its steps.
-        times = [[] for _ in benches]
-        for _ in range(args.steps):
-            for bench, spent in zip(benches, times):
-                if bench is not None:
-                    spent.append(bench.timed_step())
-        for row, bench, spent in zip(rows, benches, times):
-            if bench is not None:
-                step_s = statistics.median(spent)
-                row.update(step_s=round(step_s, 3), images_per_s=round(bench.global_batch / step_s, 2))
-            cells = [
-                row["size"],
-                widths,
-                row.get("params", "-"),
-                row["replicas"],
-                row["precision"],
-                row["xla"],
-                row.get("global_batch", "-"),
-                row.get("step_s", "-"),
-                row.get("images_per_s", row.get("error")),
-                row.get("warmup_s", "-"),
-                pipeline,
-            ]
-            print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+        rows, benches = _prepared(base, args, devices, widths, pipeline)
+        _timed(rows, benches, args.steps)
+        for row in rows:
+            print(_table_row(row), flush=True)
         results.extend(rows)
         del benches
         keras.backend.clear_session()

@@ -21,8 +21,8 @@ Layout of OUT:
 
 Example:
 
-    python3 scripts/magnetic_tile.py                             # both models, ~40 min on 2 cores
-    python3 scripts/magnetic_tile.py --epochs 1 --no-baseline --out runs/mt-smoke
+    python3 -m scripts.magnetic_tile                             # both models, ~40 min on 2 cores
+    python3 -m scripts.magnetic_tile --epochs 1 --no-baseline --out runs/mt-smoke
     riad-tf evaluate runs/magnetic_tile/riad                     # the same evaluation, via the CLI
 """
 
@@ -118,7 +118,8 @@ def load_split(data_dir: Path):
     Returns:
         The validated `DataSplit` (seeded 80/20 split of the good images).
     """
-    from riad_tf.data import DataError, load_magnetic_tile, validate
+    from riad_tf.data import DataError, load_magnetic_tile
+    from riad_tf.image_files import validate
 
     if not (data_dir / "MT_Free").is_dir():
         fail(
@@ -292,7 +293,7 @@ def _timing(results: list[dict], wall_seconds: float) -> str:
 
 
 def describe_config(config) -> str:
-    from riad_tf.train import describe_schedule
+    from riad_tf.training_step import describe_schedule
 
     return (
         f"{config.image_size[0]} x {config.image_size[1]} px, {config.channels} channel(s), "
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
     started = time.time()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
-    command = "python3 scripts/magnetic_tile.py " + " ".join(
+    command = "python3 -m scripts.magnetic_tile " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     config = load_config(args)

@@ -21,8 +21,8 @@ written to OUT/operating_points.md and .json.
 
 Example:
 
-    python3 scripts/operating_points.py                                   # 3 points, about 1 h on 2 cores
-    python3 scripts/operating_points.py --points 64x0.5 --epochs 1 --out runs/op-smoke
+    python3 -m scripts.operating_points                                   # 3 points, about 1 h on 2 cores
+    python3 -m scripts.operating_points --points 64x0.5 --epochs 1 --out runs/op-smoke
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import magnetic_tile as mt  # noqa: E402  (the training and evaluation of one run)
+from scripts import magnetic_tile as mt  # the training and evaluation of one run
 
 DEFAULT_OUT = Path("runs") / "operating_points"
 EDGE_PATHS = ("onnx", "tflite-fp32")
 
 
 def parse_point(text: str) -> tuple[int, float]:
-    """ "SIZExMULTIPLIER" (e.g. "128x0.5") -> (128, 0.5)."""
+    """Parses "SIZExMULTIPLIER" (e.g. "128x0.5") into (128, 0.5)."""
     try:
         size, multiplier = text.lower().split("x")
         return int(size), float(multiplier)
@@ -98,7 +97,8 @@ def lines_per_second(images_per_s: float, tile: int, line_width: int) -> float:
 
 def edge_speed(run_dir: Path, batch: int, iters: int, threads) -> dict:
     """Images/s of the trained detector on each `EDGE_PATHS` runtime (export + `edge.runner.Runner`)."""
-    from riad_tf.benchmark import bench_inference, riad_flops
+    from riad_tf.benchmark import bench_inference
+    from riad_tf.flops import riad_flops
     from riad_tf.run import load_detector
 
     detector = load_detector(run_dir)

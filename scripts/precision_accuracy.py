@@ -12,8 +12,8 @@ precision cost accuracy?
 
 Example:
 
-    python3 scripts/precision_accuracy.py                           # runs/operating_points/64px_x1
-    python3 scripts/precision_accuracy.py --run runs/magnetic_tile/riad --formats tflite-int8
+    python3 -m scripts.precision_accuracy                           # runs/operating_points/64px_x1
+    python3 -m scripts.precision_accuracy --run runs/magnetic_tile/riad --formats tflite-int8
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import magnetic_tile as mt  # noqa: E402  (data loading and tables)
+from scripts import magnetic_tile as mt  # data loading and tables
 
 # name -> (riad-tf export flags, the file it writes)
 EXPORTS = {
@@ -81,34 +80,13 @@ def score(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return maps, scores, len(images) / (time.perf_counter() - started)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    unknown = [f for f in args.formats.split(",") if f not in EXPORTS]
-    if unknown:
-        mt.fail(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
-    if not (args.run / "model.keras").is_file():
-        mt.fail(f"{args.run}: no trained run here (model.keras missing); run scripts/operating_points.py first")
-    from edge.runner import Runner
+def table_rows(results: dict, labels: np.ndarray, masks: np.ndarray, flops: float) -> list[dict]:
+    """One row per path: its accuracy, the change from Keras, its speed and its largest score difference."""
     from riad_tf import metrics
-    from riad_tf.benchmark import riad_flops
-    from riad_tf.data import load_arrays
-    from riad_tf.run import load_detector
 
-    split = mt.load_split(args.data)
-    detector = load_detector(args.run)
-    images, masks = load_arrays(split.test, detector.config, with_masks=True)
-    labels = np.array([s.label for s in split.test])
-    flops = riad_flops(detector.config, detector.unet)["per_image"]
+    keras_scores = results["keras"][1]
+    reference = metrics.image_auroc(keras_scores, labels)
     rows = []
-    detector.score(images[: args.batch], args.batch)  # trace the tf.function before timing
-    started = time.perf_counter()
-    maps, scores = detector.score(images, args.batch)
-    results = {"keras": (maps, scores, len(images) / (time.perf_counter() - started))}
-    for name in args.formats.split(","):
-        print(f"== {name}: export and score {len(images)} test images", flush=True)
-        runner = Runner.open(export(args.run, name), threads=args.threads, max_batch=args.batch)
-        results[name] = score(runner, images)
-    reference = metrics.image_auroc(results["keras"][1], labels)
     for name, (maps, scores, images_per_s) in results.items():
         auroc = metrics.image_auroc(scores, labels)
         rows.append(
@@ -119,22 +97,42 @@ def main(argv=None) -> int:
                 "pixel_auroc": metrics.pixel_auroc(maps, masks),
                 "images_per_s": images_per_s,
                 "gflops": flops * images_per_s / 1e9,
-                "max_score_diff": float(np.max(np.abs(scores - results["keras"][1]))),
+                "max_score_diff": float(np.max(np.abs(scores - keras_scores))),
             }
         )
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    unknown = [f for f in args.formats.split(",") if f not in EXPORTS]
+    if unknown:
+        mt.fail(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
+    if not (args.run / "model.keras").is_file():
+        mt.fail(f"{args.run}: no trained run here (model.keras missing); run scripts/operating_points.py first")
+    from edge.runner import Runner
+    from riad_tf.flops import riad_flops
+    from riad_tf.image_files import load_arrays
+    from riad_tf.run import load_detector
+
+    split = mt.load_split(args.data)
+    detector = load_detector(args.run)
+    images, masks = load_arrays(split.test, detector.config, with_masks=True)
+    labels = np.array([s.label for s in split.test])
+    flops = riad_flops(detector.config, detector.unet)["per_image"]
+    detector.score(images[: args.batch], args.batch)  # trace the tf.function before timing
+    started = time.perf_counter()
+    maps, scores = detector.score(images, args.batch)
+    results = {"keras": (maps, scores, len(images) / (time.perf_counter() - started))}
+    for name in args.formats.split(","):
+        print(f"== {name}: export and score {len(images)} test images", flush=True)
+        runner = Runner.open(export(args.run, name), threads=args.threads, max_batch=args.batch)
+        results[name] = score(runner, images)
+    rows = table_rows(results, labels, masks, flops)
     header = ["path", "image AUROC", "change (points)", "pixel AUROC", "images/s", "GFLOP/s", "max score diff"]
-    body = [
-        [
-            r["path"],
-            f"{r['image_auroc']:.4f}",
-            f"{r['delta_points']:+.2f}",
-            f"{r['pixel_auroc']:.4f}",
-            f"{r['images_per_s']:.1f}",
-            f"{r['gflops']:.1f}",
-            f"{r['max_score_diff']:.2e}",
-        ]
-        for r in rows
-    ]
+    formats = ("{}", "{:.4f}", "{:+.2f}", "{:.4f}", "{:.1f}", "{:.1f}", "{:.2e}")
+    keys = ("path", "image_auroc", "delta_points", "pixel_auroc", "images_per_s", "gflops", "max_score_diff")
+    body = [[f.format(r[k]) for f, k in zip(formats, keys)] for r in rows]
     print(
         f"{args.run}: {len(images)} test images, batch {args.batch}, {flops / 1e9:.2f} GFLOP per image (float32 count)"
     )

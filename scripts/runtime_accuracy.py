@@ -4,7 +4,7 @@
 Not a test. Exports a trained riad-tf run to ONNX (float32, and int8 with the
 U-Net quantized on held-out good images), then scores the same real test
 images (the side-by-side comparison's `data.npz`: magnetic tile at 128 px,
-`scripts/compare_reference.py`) with ONNX Runtime and OpenVINO in each
+`experiments/compare_reference.py`) with ONNX Runtime and OpenVINO in each
 precision the CPU has, and prints for each:
 
 - image AUROC, pixel AUROC and AUPRO on the test set (`riad_tf.metrics`);
@@ -14,7 +14,7 @@ precision the CPU has, and prints for each:
   each runtime, counting images whose verdict differs from ONNX Runtime fp32;
 - images/s over the whole test set (one pass, batch 8).
 
-    python3 scripts/runtime_accuracy.py runs/compare-const5/riad-tf-40 --data runs/compare/data.npz
+    python3 -m scripts.runtime_accuracy runs/compare-const5/riad-tf-40 --data runs/compare/data.npz
 
 Needs riad-tf's [tf] extra (for the export) and OpenVINO (`pip install 'riad-tf[openvino]'`).
 """
@@ -22,17 +22,14 @@ Needs riad-tf's [tf] extra (for the export) and OpenVINO (`pip install 'riad-tf[
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edge.bench import cpu_facts  # noqa: E402
-from edge.openvino import OpenVinoSettings  # noqa: E402
-from edge.runner import Runner  # noqa: E402
+from edge.bench import cpu_facts
+from edge.openvino import OpenVinoSettings
+from edge.runner import Runner
 
 BATCH = 8
 
@@ -40,7 +37,7 @@ BATCH = 8
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a trained riad-tf run (model.keras, config.yaml)")
-    parser.add_argument("--data", type=Path, required=True, help="data.npz of scripts/compare_reference.py")
+    parser.add_argument("--data", type=Path, required=True, help="data.npz of experiments/compare_reference.py")
     parser.add_argument("--out", type=Path, help="export folder (default: RUN/export-runtimes)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     return parser.parse_args(argv)

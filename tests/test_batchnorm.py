@@ -5,13 +5,15 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_WIDTHS
 
-from riad_tf import train as train_module
+from conftest import TINY_WIDTHS
+from riad_tf import batchnorm_guard
 from riad_tf.batchnorm import BatchNormDivergenceError, batchnorm_layers, frozen_statistics, statistics_diverged
+from riad_tf.batchnorm_guard import batchnorm_check, reestimate_batchnorm
 from riad_tf.config import RiadConfig
 from riad_tf.run import CONFIG_FILE, load_config, save_config
-from riad_tf.train import batchnorm_check, float32_copy, reestimate_batchnorm, train
+from riad_tf.run_records import float32_copy
+from riad_tf.train import train
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_spoiled_last_epoch_is_repaired_before_shipping(config, images, tmp_path
     train(moving, images[:16], out, progress=False, on_epoch_end=spoil_last)  # no held-out images: the last is kept
     kept = _kept_record(out)
     assert [r["epoch"] for r in kept] == [config.epochs]
-    assert kept[0]["bn_reestimated_batches"] == train_module.BATCHNORM_BATCHES
+    assert kept[0]["bn_reestimated_batches"] == batchnorm_guard.BATCHNORM_BATCHES
     assert kept[0]["moving_val_loss"] > 1.5 * kept[0]["final_val_loss"]
     assert (out / "model.keras").is_file()
 
@@ -111,7 +113,7 @@ def _moving_means(unet):
 
 @pytest.mark.parametrize("bn_statistics", ["reestimated", "moving"])
 def test_the_saved_model_keeps_the_statistics_the_config_asks_for(config, images, tmp_path, monkeypatch, bn_statistics):
-    monkeypatch.setattr(train_module, "statistics_diverged", lambda *args: False)  # the guard stays quiet
+    monkeypatch.setattr(batchnorm_guard, "statistics_diverged", lambda *args: False)  # the guard stays quiet
     out = tmp_path / "run"
     chosen = config.with_overrides({"epochs": 2, "bn_statistics": bn_statistics})
     last = {}
@@ -120,13 +122,13 @@ def test_the_saved_model_keeps_the_statistics_the_config_asks_for(config, images
     )  # no held-out images: the last epoch is kept
     moving = _moving_means(last["unet"])  # training's moving statistics after the last epoch
     reestimated = float32_copy(trained, chosen)
-    train_module.reestimate_batchnorm(reestimated, images[:16], chosen)
+    batchnorm_guard.reestimate_batchnorm(reestimated, images[:16], chosen)
     kept = _kept_record(out)[0]
     assert kept["epoch"] == last["e"] == 2
     if bn_statistics == "reestimated":
         np.testing.assert_allclose(_moving_means(trained), _moving_means(reestimated), atol=1e-5)
         assert not np.allclose(_moving_means(trained), moving, atol=1e-3)
-        assert kept["bn_reestimated_batches"] == train_module.BATCHNORM_BATCHES
+        assert kept["bn_reestimated_batches"] == batchnorm_guard.BATCHNORM_BATCHES
         assert kept["bn_reestimate_seconds"] > 0
     else:
         np.testing.assert_allclose(_moving_means(trained), moving, atol=1e-5)
@@ -144,8 +146,8 @@ def test_reestimated_statistics_that_fail_the_guard_give_way_to_the_moving_ones(
         _spoil_statistics(model)
         return 60
 
-    monkeypatch.setattr(train_module, "reestimate_statistics", spoiling)
-    record = train_module._ship_checked(healthy, config, images[16:], images[:16], 4, tmp_path)
+    monkeypatch.setattr(batchnorm_guard, "reestimate_statistics", spoiling)
+    record = batchnorm_guard.ship_checked(healthy, config, images[16:], images[:16], 4, tmp_path)
     np.testing.assert_array_equal(_moving_means(healthy), moving)
     assert record["rejected_reestimate_val_loss"] > 1.5 * record["final_val_loss"]
 
@@ -164,7 +166,7 @@ def test_a_run_saved_before_bn_statistics_existed_loads_as_trained(tmp_path):
 
 def test_unrepairable_statistics_are_never_saved(config, images, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(train_module, "reestimate_statistics", lambda *args: 0)  # a remedy that does nothing
+    monkeypatch.setattr(batchnorm_guard, "reestimate_statistics", lambda *args: 0)  # a remedy that does nothing
 
     def spoil_last(epoch, unet):
         if epoch == config.epochs:

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from keras import layers
 
-from riad_tf.benchmark import PATHS, graph_flops, layer_flops, matmul_peak, riad_flops, sequential_maps, unet_flops
+from riad_tf.benchmark import PATHS, sequential_maps
 from riad_tf.config import RiadConfig
 from riad_tf.detector import Detector
+from riad_tf.flops import graph_flops, layer_flops, matmul_peak, riad_flops, unet_flops
 from riad_tf.model import build_unet
 
 TINY_WIDTHS = (4, 8, 8, 16, 16)

@@ -15,19 +15,14 @@ from riad_tf.data import (
     DataSplit,
     Sample,
     data_spec,
-    has_pixel_masks,
-    load_arrays,
     load_dataset,
     load_folders,
     load_magnetic_tile,
     load_mvtec,
-    load_split,
-    read_image,
-    read_mask,
     split_good,
     split_holdout,
-    validate,
 )
+from riad_tf.image_files import has_pixel_masks, load_arrays, load_split, read_image, read_mask, validate
 from riad_tf.synthetic import DEFECT_TYPES, make_synthetic_dataset
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "magnetic_tile"

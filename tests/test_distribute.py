@@ -29,7 +29,8 @@ from riad_tf.distribute import (
     num_workers,
     resolve_precision,
 )
-from riad_tf.train import build_training_state, learning_rate, train, training_batches
+from riad_tf.train import build_training_state, train
+from riad_tf.training_step import learning_rate, training_batches
 
 TINY = dict(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4, 8), smoothing=5)
 TINY_SETS = ["--set", "widths=[4,8,8,16,16]", "--set", "ks=[2,4,8]", "--set", "smoothing=5"]
@@ -199,15 +200,13 @@ def test_pipeline_is_seeded_per_epoch_and_resumes_exactly():
     assert not np.array_equal(other_seed[0][0][1], run[0][0][1])
 
 
-def test_pipeline_shares_one_partition_per_batch_with_mask_draw_batch():
-    config = RiadConfig(**TINY, epochs=1, seed=5, mask_draw="batch")
-    images = np.zeros((8, 32, 32, 3), np.float32)
-    (first, second), *_ = _epochs_of(training_batches(images, config, 4, drop_remainder=True), steps=2)
-    for _, masks in (first, second):
-        assert len({m.tobytes() for m in masks}) == 1
-    assert not np.array_equal(first[1], second[1]), "every batch draws its own partition"
-    with pytest.raises(ConfigError, match="mask_draw must be one of image, batch"):
-        config.with_overrides({"mask_draw": "pixel"})
+def test_retired_experiment_keys_load_at_their_built_in_value_only():
+    """Configs and runs that still name a retired key load; asking for the experiment is an error."""
+    config = RiadConfig(**TINY).with_overrides({"mask_draw": "image", "weight_decay": 0.0, "train_mask_context": False})
+    assert config == RiadConfig(**TINY)
+    for key, value in (("mask_draw", "batch"), ("weight_decay", 1e-4), ("train_mask_context", True)):
+        with pytest.raises(ConfigError, match=f"{key} was an experiment and is retired"):
+            config.with_overrides({key: value})
 
 
 @pytest.mark.parametrize("kernel_init, within_pytorch_bound", [("pytorch", True), ("glorot", False)])

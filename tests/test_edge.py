@@ -113,7 +113,7 @@ def test_inpainting_matches_tensorflow_and_checks_the_partition():
 
 
 def test_preprocessing_matches_the_training_reader(tmp_path):
-    from riad_tf.data import read_image
+    from riad_tf.image_files import read_image
 
     rng = np.random.default_rng(5)
     files = {

@@ -73,15 +73,6 @@ def test_random_grid_masks_fresh_partition_per_image():
     assert len({row.tobytes() for row in flat}) == 16
 
 
-def test_random_grid_masks_shared_by_the_batch():
-    masks = random_grid_masks(6, 32, 32, ks=(2, 4, 8), n=3, seed=11, shared=True).numpy()
-    assert masks.shape == (6, 3, 32, 32, 1)
-    assert all(np.array_equal(masks[0], m) for m in masks[1:])
-    np.testing.assert_array_equal((1 - masks[0]).sum(axis=0), np.ones((32, 32, 1)))  # Eq. 1
-    other = random_grid_masks(6, 32, 32, ks=(2, 4, 8), n=3, seed=12, shared=True).numpy()
-    assert not np.array_equal(masks, other)
-
-
 def test_random_grid_masks_cell_sizes_come_from_K():
     masks = random_grid_masks(64, 32, 32, ks=(2, 8), n=3, seed=0).numpy()[..., 0]
     assert {_cell_size(m) for image_masks in masks for m in image_masks} == {2, 8}
@@ -153,14 +144,14 @@ def _grid_of(masks, ks):
     return max(k for k in ks if np.array_equal(masks, np.repeat(np.repeat(masks[:, ::k, ::k], k, 1), k, 2)))
 
 
-@pytest.mark.parametrize("context", [False, True])
-def test_training_partitions_with_context(context):
+def test_training_keeps_the_plain_draw():
+    """Training draws Algorithm 2's plain partitions (context was measured and gave nothing): some cells
+    are hidden with all their neighbours (about 1 in 20 at k = 16 here), as inference never allows."""
     ks = (4, 8, 16)
-    masks = random_grid_masks(96, 64, 64, ks=ks, n=3, seed=2, context=context).numpy()
+    masks = random_grid_masks(96, 64, 64, ks=ks, n=3, seed=2).numpy()
     isolated = 0
     for image_masks in masks:
         np.testing.assert_array_equal((1 - image_masks).sum(axis=0), np.ones((64, 64, 1)))  # Eq. 1
         k = _grid_of(image_masks, ks)
         isolated += int(isolated_cells(_cell_sets(image_masks, k)).sum())
-    # The plain draw hides some cells with all their neighbours (about 1 in 20 at k = 16 here); context never.
-    assert (isolated == 0) == context
+    assert isolated > 0

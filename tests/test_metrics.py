@@ -6,20 +6,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from riad_tf.metrics import (
-    UndefinedMetricError,
-    aupro,
-    calibrate,
-    f1_max,
-    false_alarm_chance,
-    hot_spot,
-    hot_spot_warning,
-    image_auroc,
-    pixel_auroc,
-    pro_curve,
-    summarize,
-    threshold_at_fpr,
-)
+from riad_tf.metrics import UndefinedMetricError, aupro, f1_max, image_auroc, pixel_auroc, pro_curve, summarize
+from riad_tf.thresholds import calibrate, false_alarm_chance, hot_spot, hot_spot_warning, threshold_at_fpr
 
 # --------------------------------------------------------------------------- brute force
 

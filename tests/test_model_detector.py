@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import reference_numpy as ref
 import tensorflow as tf
-from conftest import TINY_WIDTHS
 
+from conftest import TINY_WIDTHS
 from riad_tf.config import RiadConfig
 from riad_tf.detector import Detector
 from riad_tf.inpaint import reconstruct
 from riad_tf.masks import grid_masks
 from riad_tf.model import build_unet
-from riad_tf.train import make_train_step, per_image_loss
+from riad_tf.training_step import make_train_step, per_image_loss
 
 
 def test_unet_shapes_range_and_default_size():
@@ -66,22 +66,6 @@ def test_reconstruct_assembles_eq2():
     for b in range(2):
         outputs = net(masks * images[b]).numpy()  # the n masked copies of image b
         np.testing.assert_allclose(got[b], ref.assemble(outputs, masks), atol=1e-5)
-
-
-def test_reconstruct_one_call_per_mask():
-    """`one_call=False` (mask_draw: batch): the same reconstruction in inference mode; in training
-    mode batch norm normalises each mask's B copies by their own statistics."""
-    net = build_unet((32, 32, 3), TINY_WIDTHS)
-    images = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
-    masks = grid_masks(32, 32, 4, 3, seed=1)
-    np.testing.assert_allclose(
-        reconstruct(net, images, masks, one_call=False).numpy(), reconstruct(net, images, masks).numpy(), atol=1e-5
-    )
-    per_call = reconstruct(net, images, masks, training=True, one_call=False).numpy()
-    expected = sum((1 - m) * net(images * m, training=True).numpy() for m in masks)
-    np.testing.assert_allclose(per_call, expected, atol=1e-5)
-    one_batch = reconstruct(net, images, masks, training=True).numpy()
-    assert np.abs(per_call - one_batch).max() > 1e-3  # statistics over B, not B * n, copies
 
 
 def test_tiny_overfit_lowers_riad_loss():

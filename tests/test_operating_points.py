@@ -1,17 +1,13 @@
 """Operating points: the width multiplier as a config value, and the helpers of scripts/operating_points.py."""
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 
 from riad_tf.config import RiadConfig
 from riad_tf.distribute import make_strategy
 from riad_tf.train import build_training_state
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import operating_points as op  # noqa: E402
+from scripts import operating_points as op
 
 
 def test_width_multiplier_scales_the_unet_that_training_builds():

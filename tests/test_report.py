@@ -9,12 +9,7 @@ from PIL import Image
 
 from edge.images import save_map_png
 from riad_tf import report
-from riad_tf.report import (
-    overlay,
-    safe_file_stems,
-    select_examples,
-    write_report,
-)
+from riad_tf.report import overlay, safe_file_stems, select_examples, write_report
 
 SIZE = 32
 

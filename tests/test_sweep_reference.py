@@ -1,13 +1,9 @@
-"""scripts/sweep_reference.py: the run plan, resuming, and the per-recipe means (no PyTorch needed)."""
-
-import sys
-from pathlib import Path
+"""experiments/sweep_reference.py: the run plan, resuming, and the per-recipe means (no PyTorch needed)."""
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import sweep_reference as sweep  # noqa: E402
+from experiments import sweep_reference as sweep
 
 
 def _args(tmp_path, *extra):
@@ -68,7 +64,7 @@ def test_recipes_are_averaged_per_epoch_over_runs_in_the_order_of_the_recipes():
         np.std([0.5, 0.7], ddof=1)
     )
     assert summary[1]["aupro_std"] == 0.0
-    table = sweep.markdown(summary, "python3 scripts/sweep_reference.py ...")
+    table = sweep.markdown(summary, "python3 -m experiments.sweep_reference ...")
     assert "| reference | 13 | 2 | 0.6000 ± 0.1414 |" in table
 
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from edge.verdicts import conformal_threshold
 from riad_tf.cli import main
 from riad_tf.config import RiadConfig
-from riad_tf.metrics import threshold_at_fpr
 from riad_tf.synthetic import make_synthetic_dataset
-from riad_tf.train import learning_rate
+from riad_tf.thresholds import threshold_at_fpr
+from riad_tf.training_step import learning_rate
 
 TINY_SETS = ["--set", "widths=[4,8,8,16,16]", "--set", "ks=[2,4,8]", "--set", "smoothing=5"]
 
@@ -69,7 +69,8 @@ def test_train_writes_run(trained_run):
 
 
 def test_thresholds_calibrated_on_held_out_good(trained_run, dataset):
-    from riad_tf.data import load_arrays, load_mvtec, split_good
+    from riad_tf.data import load_mvtec, split_good
+    from riad_tf.image_files import load_arrays
     from riad_tf.masks import PARTITIONS
     from riad_tf.run import load_detector
 

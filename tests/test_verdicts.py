@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from edge.stream.regions import connected_regions
+from edge.regions import connected_regions
 from edge.verdicts import conformal_threshold, is_anomalous, region_score
-from riad_tf.metrics import calibrate
+from riad_tf.thresholds import calibrate
 
 
 def _good_maps(count: int, seed: int, size: int = 24) -> np.ndarray:

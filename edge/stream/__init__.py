@@ -11,10 +11,10 @@ Example:
 >>> pipeline.run(open_source("strip.png", line_rate=20000), JsonLines("-"))  # doctest: +SKIP
 """
 
+from edge.regions import Region, RegionTracker, box_iou, connected_regions
 from edge.stream.accumulate import Frame, FrameAccumulator
 from edge.stream.output import JsonLines, LatencyStats, write_overlay
 from edge.stream.pipeline import POLICIES, StreamPipeline, StreamSettings, stop_signals
-from edge.stream.regions import Region, RegionTracker, box_iou, connected_regions
 from edge.stream.scorer import FrameScorer, ScoredFrame
 from edge.stream.sources import (
     BadBlock,
@@ -28,7 +28,7 @@ from edge.stream.sources import (
     register_source,
 )
 from edge.stream.stitch import StripStitcher
-from edge.stream.tiling import cut_tiles, tile_starts, tile_sums
+from edge.tiling import cut_tiles, tile_starts, tile_sums
 
 __all__ = [
     "BadBlock",

@@ -36,9 +36,9 @@ from collections import deque
 from typing import Iterator
 
 from edge.errors import ConfigError, InputError, RiadError, one_line
+from edge.regions import RegionTracker
 from edge.stream.accumulate import FrameAccumulator
 from edge.stream.output import LatencyStats, write_overlay
-from edge.stream.regions import RegionTracker
 from edge.stream.scorer import FrameScorer, ScoredFrame
 from edge.stream.stitch import StripStitcher
 
@@ -265,8 +265,10 @@ class StreamPipeline:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """Within the block, SIGTERM (a service manager stopping the stream) acts as Ctrl-C does, and a
-    SIGINT that the shell set to be ignored (a background job) is heard again. Main thread only."""
+    """Within the block, SIGTERM (a service manager stopping the stream) acts as Ctrl-C does.
+
+    A SIGINT that the shell set to be ignored (a background job) is heard again. Main thread only.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return

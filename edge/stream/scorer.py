@@ -4,7 +4,7 @@ Works with any `edge.runner.Runner` (LiteRT, ONNX Runtime, TensorRT) or
 anything with the same call (`runner(images) -> (maps, scores)`) and the
 attributes `image_size`, `channels`. Frames are converted to the model's
 channels once (`edge.images.to_model_input` at the frame's own size, so no
-resizing), then cut into tiles (`edge.stream.tiling`).
+resizing), then cut into tiles (`edge.tiling`).
 
 Example:
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.images import to_model_input
 from edge.stream.accumulate import Frame
-from edge.stream.tiling import cut_tiles, tile_sums
+from edge.tiling import cut_tiles, tile_sums
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ representative images, then converts (`riad_tf.export.tflite`,
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import warnings
@@ -46,10 +47,8 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
     Args:
         run_dir: the training run.
         out_dir: output folder (created).
-        **options: the keyword arguments of `export_detector` (`formats`,
-            `precision`, `batch`, `uint8_input`, `bare_unet`,
-            `representative_images`, `trt`, `name`, `verify`), but not
-            `thresholds` and `preprocessing`, which come from the run.
+        **options: the fields of `ExportOptions` but `thresholds` and
+            `preprocessing`, which come from the run.
 
     Returns:
         `{kind: path}` of what was written (see `export_detector`).
@@ -64,27 +63,11 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
     return export_detector(detector, out_dir, **recorded, **options)
 
 
-def export_detector(
-    detector,
-    out_dir,
-    *,
-    formats: Sequence[str] = FORMATS,
-    precision: str = "fp32",
-    batch: int | None = 1,
-    uint8_input: bool = False,
-    bare_unet: bool = False,
-    representative_images: np.ndarray | None = None,
-    trt: bool = False,
-    thresholds: dict | None = None,
-    preprocessing: dict | None = None,
-    name: str = "riad",
-    verify: bool = True,
-) -> dict[str, Path]:
-    """Exports a `Detector` (or its bare U-Net) for the device.
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What `export_detector` writes, and how.
 
     Args:
-        detector: a `riad_tf.detector.Detector` (trained or not).
-        out_dir: output folder (created).
         formats: any of "tflite", "onnx".
         precision: "fp32", "fp16" or "int8" (see the `riad_tf.export` docstring).
         batch: fixed batch of images, or None for a dynamic batch. A bare
@@ -102,6 +85,28 @@ def export_detector(
         preprocessing: the training images' native size (`riad_tf.run.load_preprocessing`).
         name: file-name stem.
         verify: run each exported model once and compare with Keras.
+    """
+
+    formats: Sequence[str] = FORMATS
+    precision: str = "fp32"
+    batch: int | None = 1
+    uint8_input: bool = False
+    bare_unet: bool = False
+    representative_images: np.ndarray | None = None
+    trt: bool = False
+    thresholds: dict | None = None
+    preprocessing: dict | None = None
+    name: str = "riad"
+    verify: bool = True
+
+
+def export_detector(detector, out_dir, **options) -> dict[str, Path]:
+    """Exports a `Detector` (or its bare U-Net) for the device.
+
+    Args:
+        detector: a `riad_tf.detector.Detector` (trained or not).
+        out_dir: output folder (created).
+        **options: the fields of `ExportOptions`.
 
     Returns:
         `{kind: path}` of what was written: "tflite", "tflite_metadata",
@@ -113,69 +118,80 @@ def export_detector(
         ExportError: a conversion failed, an exported model gives NaN/inf or
             disagrees with Keras, or (trt=True) no engine could be built here.
     """
-    formats = _check_arguments(formats, precision, batch, trt)
+    opts = ExportOptions(**options)
+    formats, precision, bare_unet = opts.formats, opts.precision, opts.bare_unet
+    formats = _check_arguments(formats, precision, opts.batch, opts.trt)
     config = detector.config
     if not detector.built:  # Keras exports only built models; one call builds it
         detector(tf.zeros((1, *config.input_shape)))
-    representative = _prepare_images(representative_images, config, uint8_input)
-    if precision == "int8" and trt and representative is None:
-        raise ConfigError("an int8 TensorRT engine needs representative_images for its calibration")
-    onnx_int8 = "onnx" in formats and precision == "int8" and representative is not None and not trt
-    if "onnx" in formats and precision != "fp32" and not trt and not onnx_int8:
-        warnings.warn(
-            f"the ONNX model is float32; precision {precision!r} applies to TFLite, to TensorRT engines"
-            " and, with representative_images, to an int8 ONNX"
-        )
+    representative = _prepare_images(opts.representative_images, config, opts.uint8_input)
+    onnx_int8 = _onnx_int8(formats, precision, representative, opts.trt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = input_spec(config, batch, uint8_input, bare_unet)
-    stem = f"{name}_unet" if bare_unet else name
+    spec = input_spec(config, opts.batch, opts.uint8_input, bare_unet)
+    stem = f"{opts.name}_unet" if bare_unet else opts.name
     written: dict[str, Path] = {}
-    masks_file = None
     if bare_unet:
-        masks_file = _write_masks(detector, out_dir / f"{stem}.masks.npy")
-        written["masks"] = masks_file
-    common = dict(
-        config=config,
-        spec=spec,
-        thresholds=thresholds,
-        masks_file=masks_file,
-        bare_unet=bare_unet,
-        preprocessing=preprocessing,
-    )
+        written["masks"] = _write_masks(detector, out_dir / f"{stem}.masks.npy")
+    common = dict(config=config, spec=spec, thresholds=opts.thresholds, preprocessing=opts.preprocessing)
+    common.update(masks_file=written.get("masks"), bare_unet=bare_unet)
     calibration = _calibration_inputs(representative, detector, bare_unet)
-
     if "tflite" in formats:
         log.info(f"export: converting to TFLite ({precision})")
         model, quantization = convert_tflite(detector, spec, precision, calibration, bare_unet)
         path = out_dir / f"{stem}_{precision}.tflite"
         written.update(write_model(path, model, precision, quantization, None, common))
     if "onnx" in formats:
-        log.info("export: converting to ONNX")
-        model, scope = convert_onnx(detector, spec, bare_unet)
-        written.update(write_model(out_dir / f"{stem}.onnx", model, "fp32", "none: float32", scope, common))
-        if onnx_int8:
-            if scope is None and not bare_unet:
-                message = f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph"
-                raise ExportError(message, written)
-            log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
-            model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
-            path = out_dir / f"{stem}_int8.onnx"
-            written.update(write_model(path, model, "int8", quantization, scope, common, key="onnx_int8"))
-            log.warning(
-                f"{path.name}: check it on your own good and defective images before use; on a trained "
-                "magnetic-tile model int8 lost most of the pixel accuracy (docs/deployment.md, 'Precision and accuracy')"
-            )
-    if verify:
-        probe = representative[:4] if representative is not None else _probe_images(config, uint8_input)
-        for kind in ("tflite", "onnx", "onnx_int8"):
-            if kind in written:
-                log.info(f"export: checking {written[kind].name} against the Keras detector")
-                verify_model(written[kind], detector, probe, "fp32" if kind == "onnx" else precision, written)
-    if trt:
+        _write_onnx(detector, out_dir / f"{stem}.onnx", onnx_int8, calibration, common, written)
+    if opts.verify:
+        probe = representative[:4] if representative is not None else _probe_images(config, opts.uint8_input)
+        _verify_written(written, detector, probe, precision)
+    if opts.trt:
         log.info("export: TensorRT engine")
         written.update(export_engine(written["onnx"], precision, representative, written))
     return written
+
+
+def _verify_written(written: dict, detector, probe: np.ndarray, precision: str) -> None:
+    """Runs each written model on `probe` and compares it with the Keras detector (`verify_model`)."""
+    for kind in ("tflite", "onnx", "onnx_int8"):
+        if kind in written:
+            log.info(f"export: checking {written[kind].name} against the Keras detector")
+            verify_model(written[kind], detector, probe, "fp32" if kind == "onnx" else precision, written)
+
+
+def _onnx_int8(formats, precision: str, representative, trt: bool) -> bool:
+    """Whether the ONNX gets an int8 copy (quantized in ONNX Runtime); warns when a precision cannot apply to it."""
+    if precision == "int8" and trt and representative is None:
+        raise ConfigError("an int8 TensorRT engine needs representative_images for its calibration")
+    onnx_int8 = "onnx" in formats and precision == "int8" and representative is not None and not trt
+    if "onnx" in formats and precision != "fp32" and not trt and not onnx_int8:
+        warnings.warn(
+            f"the ONNX model is float32; precision {precision!r} applies to TFLite, to TensorRT engines"
+            " and, with representative_images, to an int8 ONNX",
+            stacklevel=3,
+        )
+    return onnx_int8
+
+
+def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, written: dict) -> None:
+    """The float32 ONNX at `path`, and with `int8` its int8 copy beside it; adds them to `written`."""
+    log.info("export: converting to ONNX")
+    spec, bare_unet = common["spec"], common["bare_unet"]
+    model, scope = convert_onnx(detector, spec, bare_unet)
+    written.update(write_model(path, model, "fp32", "none: float32", scope, common))
+    if not int8:
+        return
+    if scope is None and not bare_unet:
+        raise ExportError(f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph", written)
+    log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
+    model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
+    int8_path = path.with_name(f"{path.stem}_int8.onnx")
+    written.update(write_model(int8_path, model, "int8", quantization, scope, common, key="onnx_int8"))
+    log.warning(
+        f"{int8_path.name}: check it on your own good and defective images before use; on a trained "
+        "magnetic-tile model int8 lost most of the pixel accuracy (docs/deployment.md, 'Precision and accuracy')"
+    )
 
 
 def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:

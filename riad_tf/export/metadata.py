@@ -103,7 +103,7 @@ def verify_model(path: Path, detector, probe: np.ndarray, precision: str, writte
     try:
         runner = Runner.open(path)
     except ImportError as err:  # the runtime is not installed here: nothing to check with
-        warnings.warn(f"{path.name}: not checked after export ({err})")
+        warnings.warn(f"{path.name}: not checked after export ({err})", stacklevel=2)
         return
     maps, scores = runner(probe)
     unit = probe.astype(np.float32) / 255.0 if probe.dtype == np.uint8 else probe

@@ -87,12 +87,7 @@ def export_triton(
         ExportError, FileNotFoundError: see `export_run`.
     """
     batcher = _check_arguments(model_name, max_batch, instance_kind, max_queue_delay_us, preferred_batch_sizes, options)
-    check_writable(repository)
-    model_dir = Path(repository) / model_name
-    try:
-        model_dir.mkdir(exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{model_dir}: cannot make the model folder: {one_line(err)}") from None
+    model_dir = _model_folder(repository, model_name)
     # Staged inside the model folder (same file system, so the renames are atomic); Triton ignores
     # folders whose names are not version numbers.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
@@ -110,6 +105,17 @@ def export_triton(
         "triton_metadata": write_metadata(model_dir / MODEL_FILE, served),
         "triton_config": atomic_write_text(model_dir / CONFIG_FILE, config_text),
     }
+
+
+def _model_folder(repository, model_name: str) -> Path:
+    """The model's folder in the repository, created; `OutputError` when it cannot be written."""
+    check_writable(repository)
+    model_dir = Path(repository) / model_name
+    try:
+        model_dir.mkdir(exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{model_dir}: cannot make the model folder: {one_line(err)}") from None
+    return model_dir
 
 
 def model_config(onnx_path, model_name: str, max_batch: int, kind: str, batcher: tuple) -> str:

@@ -3,7 +3,7 @@
 Video files are decoded by `edge.video_files` (OpenCV), as on the device; its
 errors become `DataError`s here. A frame folder holds one image per frame; its
 frames are ordered by natural sort of the file names (`frame_2.png` before
-`frame_10.png`) and read with `riad_tf.data.read_image`.
+`frame_10.png`) and read with `riad_tf.image_files.read_image`.
 
 Frames become model inputs exactly as still images do (docs/method.md, "Images"):
 float32 in [0, 1], grey repeated to 3 channels or colour turned into grey
@@ -29,7 +29,8 @@ import numpy as np
 from edge import video_files
 from edge.images import prepare_image
 from edge.video_files import is_video_file  # noqa: F401  (part of this module's interface)
-from riad_tf.data import DataError, read_image
+from riad_tf.data import DataError
+from riad_tf.image_files import read_image
 
 
 @contextlib.contextmanager

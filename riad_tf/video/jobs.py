@@ -42,6 +42,7 @@ from edge.verdicts import conformal_threshold
 from riad_tf import metrics
 from riad_tf.config import RiadConfig
 from riad_tf.data import DataError, split_holdout
+from riad_tf.thresholds import calibrate
 from riad_tf.video.layouts import Video, VideoSplit, exclude_videos
 
 FRAMES_PER_CHUNK = 64  # frames decoded and scored at a time: bounds memory on long videos
@@ -177,7 +178,7 @@ def calibrate_video_run(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> 
     """Thresholds at the run's `target_fpr` on normal frames, saved as `thresholds.json`.
 
     Besides the image ("image", per-frame score) and pixel thresholds of
-    `riad_tf.metrics.calibrate`, stores "smoothed_frame", the threshold for
+    `riad_tf.thresholds.calibrate`, stores "smoothed_frame", the threshold for
     the smoothed frame score, and "temporal_window".
 
     Args:
@@ -197,7 +198,7 @@ def calibrate_video_run(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> 
         smoothed.append(temporal_smoothing(clip_scores, config.temporal_window))
     if not scores or sum(len(s) for s in scores) == 0:
         raise InputError(f"{run_dir}: no held-out normal frames to calibrate thresholds on")
-    thresholds = metrics.calibrate(np.concatenate(scores), np.concatenate(maps), config.target_fpr)
+    thresholds = calibrate(np.concatenate(scores), np.concatenate(maps), config.target_fpr)
     thresholds["smoothed_frame"] = conformal_threshold(np.concatenate(smoothed), config.target_fpr).threshold
     thresholds["temporal_window"] = config.temporal_window
     save_thresholds(run_dir, thresholds)

@@ -45,7 +45,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edge.images import frame_files, natural_key
-from riad_tf.data import DataError, image_size_of
+from riad_tf.data import DataError
+from riad_tf.image_files import image_size_of
 from riad_tf.video.frames import count_video_frames, is_video_file, iter_frames, stack_frames
 
 VIDEO_LAYOUTS = ("ped2", "avenue", "video")
@@ -219,7 +220,7 @@ def read_label_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_ped2_ground_truth(path: Path) -> list[list[tuple[int, int]]]:
-    """Parses UCSD's MATLAB ground truth (`UCSDped2.m`) without MATLAB.
+    r"""Parses UCSD's MATLAB ground truth (`UCSDped2.m`) without MATLAB.
 
     Lines look like `TestDataset.gt{3} = [1:146];` or `[5:90, 140:200]`; spans
     are 1-based and inclusive; `%` starts a comment.
@@ -234,7 +235,7 @@ def read_ped2_ground_truth(path: Path) -> list[list[tuple[int, int]]]:
 
     >>> import tempfile
     >>> m = Path(tempfile.mkdtemp()) / "UCSDped2.m"
-    >>> _ = m.write_text("TestDataset = {};\\nTestDataset.gt{1} = [61:180];\\nTestDataset.gt{2} = [5:9, 20];\\n")
+    >>> _ = m.write_text("TestDataset = {};\nTestDataset.gt{1} = [61:180];\nTestDataset.gt{2} = [5:9, 20];\n")
     >>> read_ped2_ground_truth(m)
     [[(61, 180)], [(5, 9), (20, 20)]]
     """
@@ -414,7 +415,7 @@ def _first_dir(root: Path, names: Sequence[str]) -> Path:
 
 
 def detect_video_layout(root) -> str | None:
-    """ "ped2", "avenue" or "video" when `root` looks like that layout, else None."""
+    """The layout `root` looks like: "ped2", "avenue" or "video"; None for none of them."""
     root = Path(root)
     if (root / "Train").is_dir() and (root / "Test").is_dir() and not (root / "train" / "good").is_dir():
         return "ped2"

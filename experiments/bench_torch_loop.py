@@ -9,13 +9,13 @@ riad-tf's batched detector (all n x |K| masked copies in one call, scoring
 included) on the paths given. Both get the same threads. The PyTorch side is
 timed WITHOUT the MSGMS scoring, which favours it.
 
-Needs PyTorch, which the project does not depend on: `pip install torch==2.13.0`
+Needs PyTorch: `pip install -e .[reference]` (measured with torch 2.13.0)
 (on this kind of machine that takes a CPU build from the local disk).
 
 Example:
 
-    python3 scripts/bench_torch_loop.py --image-size 128 --batch 1 --iters 3
-    python3 scripts/bench_torch_loop.py --image-size 256 --paths xla,onnx,tflite-fp32 --json torch256.json
+    python3 -m experiments.bench_torch_loop --image-size 128 --batch 1 --iters 3
+    python3 -m experiments.bench_torch_loop --image-size 256 --paths xla,onnx,tflite-fp32 --json torch256.json
 """
 
 from __future__ import annotations
@@ -56,37 +56,11 @@ def per_k_loop(torch, unet, images, masks_per_k):
     return reconstructions
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        import torch
-    except ImportError:
-        print(
-            "bench_torch_loop: PyTorch is not installed; `pip install torch==2.13.0` (CPU build) and re-run",
-            file=sys.stderr,
-        )
-        return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    torch.set_num_threads(args.threads)
-
-    from riad_tf.benchmark import bench_inference, riad_flops, timings
-    from riad_tf.config import RiadConfig
-    from riad_tf.detector import Detector
+def torch_baseline(torch, unet, config, flops: float, args) -> dict:
+    """The record of the PyTorch per-k, per-mask loop over the same U-Net (no scoring): the baseline."""
+    from experiments.reference_torch import UNet  # the same network as riad_tf.model.build_unet, in PyTorch
+    from riad_tf.benchmark import timings
     from riad_tf.masks import inference_masks
-    from riad_tf.model import build_unet
-
-    config = RiadConfig(image_size=(args.image_size, args.image_size), width_multiplier=args.width_multiplier)
-    unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
-    flops = riad_flops(config, unet)["per_image"]
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from reference_torch import UNet  # the same network as riad_tf.model.build_unet, in PyTorch
 
     net = UNet(config.unet_widths, config.channels).eval()
     torch_count = sum(t.numel() for name, t in net.state_dict().items() if not name.endswith("num_batches_tracked"))
@@ -107,6 +81,40 @@ def main(argv=None) -> int:
         "images_per_s": round(args.batch / seconds, 3),
         "gflops": round(flops * args.batch / seconds / 1e9, 1),
     }
+
+    return baseline
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print(
+            "bench_torch_loop: PyTorch is not installed; `pip install -e .[reference]` and re-run",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    import riad_tf  # noqa: F401  (before TensorFlow: it sets TensorFlow's CPU defaults)
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    torch.set_num_threads(args.threads)
+
+    from riad_tf.benchmark import bench_inference
+    from riad_tf.config import RiadConfig
+    from riad_tf.detector import Detector
+    from riad_tf.flops import riad_flops
+    from riad_tf.model import build_unet
+
+    config = RiadConfig(image_size=(args.image_size, args.image_size), width_multiplier=args.width_multiplier)
+    unet = build_unet(config.input_shape, config.unet_widths, config.skip_connections)
+    flops = riad_flops(config, unet)["per_image"]
+
+    baseline = torch_baseline(torch, unet, config, flops, args)
 
     paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
     records = bench_inference(Detector(unet, config), paths, (args.batch,), flops, None, args.iters, 1, args.threads)

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Trains the PyTorch reference under several recipes and seeds at once, and prints each recipe's mean metrics.
+r"""Trains the PyTorch reference under several recipes and seeds at once, and prints each recipe's mean metrics.
 
 riad-tf's recipe differs from the public PyTorch one in a few places (the
 learning rate, the weight decay, a mask partition per image, bfloat16
-training). `scripts/reference_torch.py` can take each of them on its own, so
+training). `experiments/reference_torch.py` can take each of them on its own, so
 this script finds out which of them changes the accuracy, averaged over enough
 seeds and data splits to see through the run-to-run spread (docs/accuracy.md).
 On a GPU a 40-epoch run at 128 px takes well under a minute, so a whole sweep
 fits in a few minutes; on 2 CPU cores each run takes about 45 minutes.
 
-The data are `data.npz` files written by `scripts/compare_reference.py` (one
+The data are `data.npz` files written by `experiments/compare_reference.py` (one
 per data split), or the float16 copies that `--pack` writes to carry them to a
 GPU machine. Every (data, recipe, seed) run goes to
 its own folder under `--out` and is skipped when it has already scored every
@@ -20,13 +20,13 @@ The report, `OUT/results.md` (and `results.json`), gives per recipe and epoch
 the mean and standard deviation over runs of image AUROC, pixel AUROC and
 AUPRO, computed with riad-tf's metric code.
 
-PyTorch is not a riad-tf dependency: `pip install torch==2.13.0`.
+PyTorch comes with the `[reference]` extra: `pip install -e .[reference]` (measured with torch 2.13.0).
 
 Example:
 
-    python3 scripts/sweep_reference.py --data runs/compare-seeds/seed-0/data.npz runs/compare-seeds/seed-1/data.npz \\
+    python3 -m experiments.sweep_reference --data runs/compare-seeds/seed-0/data.npz runs/compare-seeds/seed-1/data.npz \
         --pack runs/gpu-data
-    python3 scripts/sweep_reference.py --data runs/gpu-data/split-0.npz runs/gpu-data/split-1.npz \\
+    python3 -m experiments.sweep_reference --data runs/gpu-data/split-0.npz runs/gpu-data/split-1.npz \
         --seeds 0,1,2,3 --epochs 40 --eval-epochs 10,13,20,30,40 --device cuda --jobs 12 --out runs/sweep
 """
 
@@ -44,10 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # riad_tf.metrics and compare_reference need no TensorFlow
-
-from edge.files import atomic_path, atomic_write_text  # noqa: E402
+from edge.files import atomic_path, atomic_write_text
 
 # name -> reference_torch.py arguments: the public recipe, each riad-tf difference alone, and riad-tf's whole recipe
 RECIPES = {
@@ -89,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
     for path in args.data:
         if not path.is_file():
-            parser.error(f"{path}: no such data file (scripts/compare_reference.py writes one)")
+            parser.error(f"{path}: no such data file (experiments/compare_reference.py writes one)")
     if args.out is None and args.pack is None:
         parser.error("--out is required (or --pack)")
     return args
@@ -136,7 +133,7 @@ def train_run(args, data: Path, recipe: str, seed: int, folder: Path, started: f
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
-        str(REPO / "scripts" / "reference_torch.py"),
+        str(Path(__file__).with_name("reference_torch.py")),
         *("--data", str(data), "--out", str(folder), "--epochs", str(args.epochs)),
         *("--eval-epochs", args.eval_epochs, "--widths", args.widths, "--smoothing", str(args.smoothing)),
         *("--seed", str(seed), "--device", args.device, "--threads", "1"),
@@ -149,7 +146,7 @@ def train_run(args, data: Path, recipe: str, seed: int, folder: Path, started: f
 
 def score_run(data: Path, folder: Path) -> list[dict]:
     """The metrics of each scored epoch of one run (compare_reference.py's), with its losses and speed."""
-    from compare_reference import scored_points
+    from experiments.compare_reference import scored_points
 
     history = json.loads((folder / "history.json").read_text())
     rows = []
@@ -201,7 +198,7 @@ def main(argv=None) -> int:
         for path in pack(args.data, args.pack):
             print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
         return 0
-    command = "python3 scripts/sweep_reference.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python3 -m experiments.sweep_reference " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     runs, started = planned_runs(args), time.time()
     with ThreadPoolExecutor(args.jobs) as pool:

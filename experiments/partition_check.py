@@ -9,10 +9,10 @@ and `context` (riad-tf's inference partitions, `riad_tf.masks.give_context`),
 on the same magnetic-tile test images, and prints per seed and scored epoch:
 
 - image AUROC, pixel AUROC and AUPRO (`riad_tf.metrics.summarize`);
-- the hot spot of the mean map of the good test images (`riad_tf.metrics.hot_spot`:
+- the hot spot of the mean map of the good test images (`riad_tf.thresholds.hot_spot`:
   its ratio to the median window and the share of good maps that peak in it).
 
-It reads runs of `scripts/compare_reference.py`'s riad-tf side, which keep the
+It reads runs of `experiments/compare_reference.py`'s riad-tf side, which keep the
 weights of every scored epoch (RUNS/seed-N/riad-tf-E/weights/epoch_XXX.weights.h5;
 the longest run's last budget is its kept model, model.keras). It trains nothing;
 `--train` first trains the runs it needs (riad-tf only, no PyTorch), which takes
@@ -24,21 +24,10 @@ thresholds are calibrated on the former as `riad-tf train` does, and the
 table says how many good test images each rule rejects and how many defects it
 finds, with the metrics and the hot spot.
 
-With `--trained-context RUNS2`, it also scores runs trained with
-`train_mask_context: true` (training's partitions with context too) with the
-context partitions, beside the smallest epoch of RUNS: the measurement behind
-training's default. Such runs are trained by this script too, with a config
-that says so (below).
-
 Examples:
 
-    python3 scripts/partition_check.py --runs runs/partitions --seeds 0,1 --epochs 13,40 --train
-    riad-tf demo && python3 scripts/partition_check.py --run riad-demo/run
-    printf 'base: default.yaml\ntrain_mask_context: true\n' > configs/train_mask_context.yaml
-    python3 scripts/partition_check.py --runs runs/partitions-train-context --config configs/train_mask_context.yaml \
-        --seeds 0 --epochs 13 --train
-    python3 scripts/partition_check.py --runs runs/partitions --seeds 0 --epochs 13,40 \
-        --trained-context runs/partitions-train-context
+    python3 -m experiments.partition_check --runs runs/partitions --seeds 0,1 --epochs 13,40 --train
+    riad-tf demo && python3 -m experiments.partition_check --run riad-demo/run
 """
 
 from __future__ import annotations
@@ -51,8 +40,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
-sys.path.insert(0, str(REPO / "scripts"))
 
 METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
 
@@ -69,7 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the runs' length in epochs (default: the largest of --epochs); a run still training is scored "
         "at the epochs it has passed",
     )
-    parser.add_argument("--trained-context", type=Path, help="runs trained with train_mask_context: true")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--run", type=Path, help="check one riad-tf run on its own data instead")
     parser.add_argument(
@@ -86,7 +72,7 @@ def _ints(text: str) -> list[int]:
 
 
 def compare_args(runs: Path, seed: int, config: Path) -> argparse.Namespace:
-    import compare_reference
+    from experiments import compare_reference
 
     return compare_reference.parse_args(
         ["--seed", str(seed), "--out", str(runs / f"seed-{seed}"), "--config", str(config)]
@@ -94,7 +80,7 @@ def compare_args(runs: Path, seed: int, config: Path) -> argparse.Namespace:
 
 
 def train_missing(args, seed: int, epochs: list[int], runs: Path, config: Path) -> None:
-    import compare_reference
+    from experiments import compare_reference
 
     run_args = compare_args(runs, seed, config)
     data = compare_reference.prepare_data(run_args)
@@ -104,7 +90,7 @@ def train_missing(args, seed: int, epochs: list[int], runs: Path, config: Path) 
 def scored_model(run_dir: Path, epoch: int, longest: int):
     """The U-Net a run of `epoch` epochs ships, and its label."""
     from riad_tf.run import load_config, load_unet
-    from riad_tf.train import float32_copy
+    from riad_tf.run_records import float32_copy
 
     if epoch == longest:
         history = json.loads((run_dir / "history.json").read_text())
@@ -120,13 +106,14 @@ def score(unet, config, data, context: bool, partition_seed: int | None = None) 
     from riad_tf import metrics
     from riad_tf.detector import Detector
     from riad_tf.masks import inference_masks
+    from riad_tf.thresholds import hot_spot
 
     seed = config.seed if partition_seed is None else partition_seed
     masks = inference_masks(*config.image_size, config.ks, config.n, seed, context=context)
     maps, scores = Detector(unet, config, masks=masks).score(data["test"], batch_size=8)
     labels = data["labels"]
     summary = metrics.summarize(scores, labels, maps, data["test_masks"])
-    spot = metrics.hot_spot(maps[labels == 0], max(config.ks))
+    spot = hot_spot(maps[labels == 0], max(config.ks))
     return {**{k: summary[k] for _, k in METRICS}, "hot_spot": spot, "max_good_score": float(scores[labels == 0].max())}
 
 
@@ -187,10 +174,12 @@ def check_run(run_dir: Path) -> str:
     """Both partition rules on one run: calibrated on its calibration images, measured on its test images."""
     from edge.verdicts import is_anomalous
     from riad_tf import metrics
-    from riad_tf.data import has_pixel_masks, load_arrays, load_split, split_good
+    from riad_tf.data import split_good
     from riad_tf.detector import Detector
+    from riad_tf.image_files import has_pixel_masks, load_arrays, load_split
     from riad_tf.masks import inference_masks
     from riad_tf.run import load_config, load_data_spec, load_unet
+    from riad_tf.thresholds import calibrate, hot_spot
 
     config, unet = load_config(run_dir), load_unet(run_dir)
     split, _ = load_split(load_data_spec(run_dir))
@@ -208,10 +197,10 @@ def check_run(run_dir: Path) -> str:
         )
         good_maps, good_scores = detector.score(good, batch_size=8)
         maps, scores = detector.score(test, batch_size=8)
-        thresholds = metrics.calibrate(good_scores, good_maps, config.target_fpr, config.min_region_area)
+        thresholds = calibrate(good_scores, good_maps, config.target_fpr, config.min_region_area)
         called = np.array([is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)])
         summary = metrics.summarize(scores, labels, maps if pixel else None, masks if pixel else None)
-        spot = metrics.hot_spot(maps[~labels], max(config.ks))
+        spot = hot_spot(maps[~labels], max(config.ks))
         rows.append(
             [name]
             + [_cell(summary[k]) for _, k in METRICS]
@@ -262,19 +251,12 @@ def main(argv=None) -> int:
             needed = run_dir / ("eval/final.npz" if epoch == length else f"weights/epoch_{epoch:03d}.weights.h5")
             if not needed.is_file():
                 sys.exit(f"partition_check.py: {needed}: not there yet; add --train, or wait for the run")
-        variants = [(name, run_dir, length, context) for name, context in (("paper", False), ("context", True))]
-        if args.trained_context:
-            variants.append(("context (trained with context)", args.trained_context / f"seed-{seed}", None, True))
         for epoch in epochs:
-            for name, source, longest, context in variants:
+            for name, context in (("paper", False), ("context", True)):
                 key = f"seed {seed}, epoch {epoch}, {name}"
-                if longest is None:  # a run of its own, scored at `epoch` only
-                    if epoch != min(epochs):
-                        continue
-                    source, longest = source / f"riad-tf-{epoch}", epoch  # its shipped model
                 if key not in results:
-                    unet, label = scored_model(source, epoch, longest)
-                    results[key] = {"label": label, **score(unet, load_config(source), data, context)}
+                    unet, label = scored_model(run_dir, epoch, length)
+                    results[key] = {"label": label, **score(unet, load_config(run_dir), data, context)}
                     atomic_write_text(cache, json.dumps(results, indent=1) + "\n")
                 rows.append(row(seed, results[key]["label"], name, results[key]))
                 print(" | ".join(rows[-1]), flush=True)

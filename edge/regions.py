@@ -1,6 +1,8 @@
-"""Defects: connected regions of the strip map above the pixel threshold, in strip coordinates.
+"""Defects: connected regions of an anomaly map above the region threshold.
 
-Final strip rows arrive a few at a time (`edge.stream.stitch`). A region
+`connected_regions` finds them in one map (an image's, for `riad-edge infer`
+and the report); `RegionTracker` follows them down a line-scan strip, in strip
+coordinates. Final strip rows arrive a few at a time (`edge.stream.stitch`). A region
 that touches the newest row may go on in the next rows, so it is held open
 until a row without it arrives (or the stream ends); closed regions are
 reported once, with their bounding box and peak map value. Regions are

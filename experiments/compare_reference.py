@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""riad-tf against the public PyTorch recipe, side by side on real images, in one command.
+r"""riad-tf against the public PyTorch recipe, side by side on real images, in one command.
 
 Both train on the same magnetic-tile images (../shared/data/magnetic_tile), at the
 same size, U-Net widths, K, n, batch, seed and number of epochs, one after the
 other on this machine with the same threads, and both are scored on the same
 test images with the same metric code (`riad_tf.metrics`):
 
-- `reference`: `scripts/reference_torch.py` (PyTorch's defaults, Adam 1e-4 with
+- `reference`: `experiments/reference_torch.py` (PyTorch's defaults, Adam 1e-4 with
   weight decay 1e-5, constant rate), one run of the largest `--epochs`, its test
   set scored after every epoch of `--eval-epochs` and of `--epochs`. Its rate is
   constant, so its state after 13 epochs is that of a 13-epoch run.
@@ -41,15 +41,15 @@ and `--test-defective` defective images (every defect type, seeded). Maps are
 compared with the masks at the model's size. Re-running the command reuses
 finished runs and their scores; an interrupted riad-tf run resumes. riad-tf's
 scored models keep their weights (riad-tf-E/weights/epoch_XXX.weights.h5), so
-they can be scored again another way (`scripts/partition_check.py`).
+they can be scored again another way (`experiments/partition_check.py`).
 
-Needs PyTorch for the reference (`pip install torch==2.13.0`).
+Needs PyTorch for the reference (`pip install -e .[reference]`; measured with torch 2.13.0).
 
 Examples:
 
-    python3 scripts/compare_reference.py                                     # about 70 min on 2 cores
-    python3 scripts/compare_reference.py --seeds 0,1 --out runs/compare-seeds  # twice that
-    python3 scripts/compare_reference.py --epochs 2 --eval-epochs 1 --train-images 16 \\
+    python3 -m experiments.compare_reference                                     # about 70 min on 2 cores
+    python3 -m experiments.compare_reference --seeds 0,1 --out runs/compare-seeds  # twice that
+    python3 -m experiments.compare_reference --epochs 2 --eval-epochs 1 --train-images 16 \
         --holdout 8 --test-good 8 --test-defective 8 --widths 8,16,32,32,32 --out runs/compare-smoke
 """
 
@@ -68,7 +68,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic_tile"
 METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"), ("F1-max", "f1_max"))
 TARGETS = METRICS[:3]
@@ -155,7 +154,8 @@ def riad_config(args):
 def prepare_data(args) -> Path:
     """Decodes the seeded train / holdout / test images once into OUT/data.npz (reused when present)."""
     from edge.files import atomic_path, atomic_write_text
-    from riad_tf.data import DataError, load_arrays, load_magnetic_tile, validate
+    from riad_tf.data import DataError, load_magnetic_tile
+    from riad_tf.image_files import load_arrays, validate
 
     path = args.out / "data.npz"
     sizes = {
@@ -211,7 +211,7 @@ def run_reference(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path
         return run_dir
     command = [
         sys.executable,
-        str(REPO / "scripts" / "reference_torch.py"),
+        str(Path(__file__).with_name("reference_torch.py")),
         "--data",
         str(data),
         "--out",
@@ -272,9 +272,11 @@ def riad_worker(args) -> int:
 
     import riad_tf  # noqa: F401  (before TensorFlow: CPU defaults)
     from edge.files import atomic_path
+    from riad_tf.batchnorm_guard import settle_batchnorm
     from riad_tf.detector import Detector
     from riad_tf.run import load_unet
-    from riad_tf.train import float32_copy, settle_batchnorm, train
+    from riad_tf.run_records import float32_copy
+    from riad_tf.train import train
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     data = np.load(args.out / "data.npz")
@@ -290,7 +292,7 @@ def riad_worker(args) -> int:
             np.savez(tmp, maps=maps.astype(np.float16), scores=scores, **extra)
 
     def save_weights(name: str, unet) -> None:
-        # Each scored model's weights, so that it can be scored again another way (scripts/partition_check.py).
+        # Each scored model's weights, so that it can be scored again another way (experiments/partition_check.py).
         with atomic_path(run_dir / "weights" / f"{name}.weights.h5", suffix=".weights.h5") as tmp:
             unet.save_weights(tmp)
 
@@ -497,6 +499,26 @@ def machine_line() -> str:
     )
 
 
+def report_header(args, command: str, config, data) -> list[str]:
+    """The report's title, command, machine, data and recipes, as markdown lines."""
+    labels = data["labels"]
+    return [
+        f"# riad-tf against the public PyTorch recipe (magnetic tile, seed {args.seed})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine_line()}; {args.threads} threads for both sides.",
+        "",
+        f"Data: {len(data['train'])} good training images, {len(data['holdout'])} good held-out images (validation loss), "
+        f"test {int((labels == 0).sum())} good + {int(labels.sum())} defective images; {args.image_size} x {args.image_size} px, grey, "
+        f"maps compared with the masks at that size. Both: U-Net widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
+        f"batch {config.batch_size}, mean filter {config.smoothing}, seed {args.seed}.",
+        "",
+        f"riad-tf: `{args.config.name}` ({describe_recipe(config)}); the reference: PyTorch defaults, Adam 1e-4, weight decay 1e-5, constant rate, float32.",
+        "",
+    ]
+
+
 def report(args, command: str, budgets, data) -> tuple[str, dict]:
     """The seed's tables as markdown, and the same figures as a dict (OUT/results.json)."""
     config = riad_config(args)
@@ -515,21 +537,7 @@ def report(args, command: str, budgets, data) -> tuple[str, dict]:
     # riad-tf's curve: every scored state of every run, each at its own run's training time.
     times = time_to_accuracy(reference, [p for e in runs for p in riad[e]])
     metric_names = [m for m, _ in METRICS]
-    labels = data["labels"]
-    lines = [
-        f"# riad-tf against the public PyTorch recipe (magnetic tile, seed {args.seed})",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine_line()}; {args.threads} threads for both sides.",
-        "",
-        f"Data: {len(data['train'])} good training images, {len(data['holdout'])} good held-out images (validation loss), "
-        f"test {int((labels == 0).sum())} good + {int(labels.sum())} defective images; {args.image_size} x {args.image_size} px, grey, "
-        f"maps compared with the masks at that size. Both: U-Net widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
-        f"batch {config.batch_size}, mean filter {config.smoothing}, seed {args.seed}.",
-        "",
-        f"riad-tf: `{args.config.name}` ({describe_recipe(config)}); the reference: PyTorch defaults, Adam 1e-4, weight decay 1e-5, constant rate, float32.",
-        "",
+    lines = report_header(args, command, config, data) + [
         "## Equal epochs",
         "",
         markdown_table(["epochs", "model"] + metric_names + ["s / epoch", "training time"], equal_epoch_rows(figures)),
@@ -610,7 +618,7 @@ def mean_report(command: str, seeds: list[int], summaries: list[dict]) -> str:
 
 def describe_recipe(config) -> str:
     from riad_tf.distribute import resolve_precision
-    from riad_tf.train import describe_schedule
+    from riad_tf.training_step import describe_schedule
 
     return (
         f"Adam lr {config.learning_rate:g} ({describe_schedule(config)}), weight decay {config.weight_decay:g}, "
@@ -640,7 +648,7 @@ def main(argv=None) -> int:
     if args.worker:
         return riad_worker(args)
     started = time.time()
-    command = "python3 scripts/compare_reference.py " + " ".join(
+    command = "python3 -m experiments.compare_reference " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     budgets = sorted(set(_ints(args.epochs)))

@@ -1,4 +1,6 @@
-"""Frames in, model-size tiles out, and tile maps back into a frame map.
+"""Images or stream frames in, model-size tiles out, and tile maps back into one map.
+
+Image inspection (`infer --tile`) and the line-scan stream tile the same way.
 
 Tiles of the model's size start every `stride` pixels; the last tile of a row
 or column is aligned to the frame's edge, so every pixel is covered at least

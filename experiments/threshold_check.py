@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Do the calibrated thresholds keep their promise on real images? (docs/method.md, "Thresholds")
+"""Do the calibrated thresholds keep their promise on real images (docs/method.md, "Thresholds")?
 
-Takes a riad-tf run of `scripts/compare_reference.py` (magnetic tile: 40 held-out
+Takes a riad-tf run of `experiments/compare_reference.py` (magnetic tile: 40 held-out
 good images, 80 good and 160 defective test images, all unseen in training),
 calibrates its thresholds on the held-out good images at several target
-false-positive rates with `riad_tf.metrics.calibrate` (the rule `riad-tf
+false-positive rates with `riad_tf.thresholds.calibrate` (the rule `riad-tf
 train` and `riad-tf calibrate` use), and prints for each: the threshold, the
 rate the 40 images support, and the measured rate on the 80 good test images
 and recall on the 160 defective ones.
@@ -23,9 +23,9 @@ calibration can give.
 
 Example:
 
-    python3 scripts/compare_reference.py                # once: trains runs/compare/riad-tf-40
-    python3 scripts/threshold_check.py --run runs/compare/riad-tf-40
-    python3 scripts/threshold_check.py --run runs/partitions/seed-0/riad-tf-40   # scripts/partition_check.py --train
+    python3 -m experiments.compare_reference                # once: trains runs/compare/riad-tf-40
+    python3 -m experiments.threshold_check --run runs/compare/riad-tf-40
+    python3 -m experiments.threshold_check --run runs/partitions/seed-0/riad-tf-40   # experiments/partition_check.py --train
 """
 
 from __future__ import annotations
@@ -37,7 +37,42 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install -e .`
+
+
+def print_optimism(holdout_scores: np.ndarray, good_test: np.ndarray) -> None:
+    """How far the held-out images that chose the epoch score below unseen good ones (an AUROC)."""
+    from riad_tf.metrics import image_auroc
+
+    # 0.5 when the held-out images score like unseen good ones; above 0.5 when choosing the epoch on them made them low.
+    optimism = image_auroc(
+        np.concatenate([holdout_scores, good_test]), [0] * len(holdout_scores) + [1] * len(good_test)
+    )
+    print(
+        f"\nthe {len(holdout_scores)} held-out images chose the kept epoch; AUROC of unseen good scores against "
+        f"theirs: {optimism:.3f} (0.5: they score like unseen good images)"
+    )
+
+
+def repeated_calibrations(pool: np.ndarray, fixed: int, n: int, target: float, splits: int, rng):
+    """The measured false-positive rates of `splits` calibrations on n images of `pool`, and the supported rate.
+
+    With `fixed` > 0, calibration sets come from the first `fixed` scores and the rate is measured on
+    the rest; else both come from random halves of the whole pool.
+    """
+    from riad_tf.thresholds import calibrate
+
+    rates, bound = [], None
+    for _ in range(splits):
+        if fixed:  # calibrate on n of the selection images, measure on the unseen ones
+            chosen = rng.permutation(fixed)[:n]
+            calibration, measured = pool[chosen], pool[fixed:]
+        else:
+            order = rng.permutation(len(pool))
+            calibration, measured = pool[order[:n]], pool[order[n:]]
+        thresholds = calibrate(calibration, np.zeros((n, 1, 1)), target)
+        rates.append(np.mean(measured > thresholds["image"]))
+        bound = thresholds["supported_fpr"]
+    return rates, bound
 
 
 def main(argv=None) -> int:
@@ -49,12 +84,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     data_file, scored = args.run.parent / "data.npz", args.run / "eval" / "final.npz"
     if not data_file.is_file() or not scored.is_file():
-        sys.exit(f"threshold_check.py: {args.run}: not a finished run of scripts/compare_reference.py")
+        sys.exit(f"threshold_check.py: {args.run}: not a finished run of experiments/compare_reference.py")
 
     import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
     from edge.verdicts import is_anomalous
-    from riad_tf.metrics import calibrate
     from riad_tf.run import load_detector
+    from riad_tf.thresholds import calibrate
 
     data, test = np.load(data_file), np.load(scored)
     holdout_maps, holdout_scores = load_detector(args.run).score(data["holdout"], batch_size=8)
@@ -82,16 +117,8 @@ def main(argv=None) -> int:
 
         holdout_scores = np.array([region_score(m, args.min_region_area) for m in holdout_maps])
         good_test = np.array([region_score(m, args.min_region_area) for m in test_maps[~labels]])
-    from riad_tf.metrics import image_auroc
-
-    # 0.5 when the held-out images score like unseen good ones; above 0.5 when choosing the epoch on them made them low.
-    optimism = image_auroc(
-        np.concatenate([holdout_scores, good_test]), [0] * len(holdout_scores) + [1] * len(good_test)
-    )
-    print(
-        f"\nthe {len(holdout_scores)} held-out images chose the kept epoch; AUROC of unseen good scores against "
-        f"theirs: {optimism:.3f} (0.5: they score like unseen good images)"
-    )
+    print_optimism(holdout_scores, good_test)
+    targets = [float(t) for t in args.targets.split(",")]
     n = min(len(holdout_scores), len(good_test)) // 2
     pools = {
         "unseen good images only (selection separated from calibration)": (good_test, 0),
@@ -104,19 +131,8 @@ def main(argv=None) -> int:
         print(f"\n{args.splits} random calibration sets of {n}, rate on the other good images; {title}:")
         print("| target FPR | supported FPR | mean FPR | 90th percentile FPR |")
         print("|---|---|---|---|")
-        rng = np.random.default_rng(0)
-        for target in (float(t) for t in args.targets.split(",")):
-            rates, bound = [], None
-            for _ in range(args.splits):
-                if fixed:  # calibrate on n of the selection images, measure on the unseen ones
-                    chosen = rng.permutation(fixed)[:n]
-                    calibration, measured = pool[chosen], pool[fixed:]
-                else:
-                    order = rng.permutation(len(pool))
-                    calibration, measured = pool[order[:n]], pool[order[n:]]
-                thresholds = calibrate(calibration, np.zeros((n, 1, 1)), target)
-                rates.append(np.mean(measured > thresholds["image"]))
-                bound = thresholds["supported_fpr"]
+        for target in targets:
+            rates, bound = repeated_calibrations(pool, fixed, n, target, args.splits, np.random.default_rng(0))
             print(f"| {target:g} | {bound:.3f} | {np.mean(rates):.3f} | {np.percentile(rates, 90):.3f} |")
     return 0
 

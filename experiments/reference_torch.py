@@ -16,7 +16,7 @@ defaults and nothing of riad-tf's:
   MSGMS maps upsampled bilinearly, 1 - mean filter (padding not counted),
   averaged over K; score = the map's maximum.
 
-It reads the arrays that `scripts/compare_reference.py` writes (`data.npz`:
+It reads the arrays that `experiments/compare_reference.py` writes (`data.npz`:
 float32 NHWC images in [0, 1]), so both sides see the same pixels, and after
 each epoch listed in `--eval-epochs` it writes the test maps and scores
 (`eval/epoch_NNN.npz`). Per-epoch training seconds, losses and validation
@@ -25,15 +25,15 @@ losses go to `history.json`. The metrics themselves are computed by
 
 `--mask-draw image`, `--precision bfloat16` (and `--learning-rate`,
 `--weight-decay`) train with riad-tf's choices instead, one at a time, so
-`scripts/sweep_reference.py` can measure which of them changes the accuracy;
+`experiments/sweep_reference.py` can measure which of them changes the accuracy;
 `--device cuda` trains on a GPU. The defaults are the public recipe.
 
-PyTorch is not a riad-tf dependency: `pip install torch==2.13.0` (on this kind
-of machine that takes a CPU build from the local disk).
+PyTorch comes with the `[reference]` extra: `pip install -e .[reference]` (measured with
+torch 2.13.0).
 
 Example:
 
-    python3 scripts/reference_torch.py --data runs/compare/data.npz --out runs/compare/torch --epochs 40 --eval-epochs 13,40
+    python3 -m experiments.reference_torch --data runs/compare/data.npz --out runs/compare/torch --epochs 40 --eval-epochs 13,40
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ try:
     import torch.nn.functional as F
     from torch import nn
 except ImportError:  # pragma: no cover - the message is the point
-    sys.exit("reference_torch.py needs PyTorch: pip install torch==2.13.0")
+    sys.exit("reference_torch.py needs PyTorch: pip install -e .[reference]")
 
 
 # ----------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class UNet(nn.Module):
 
 
 def grid_masks(height: int, width: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n keep-masks `(n, H, W)`: the k x k cells randomly split into n disjoint sets, 0 inside a set."""
+    """N keep-masks `(n, H, W)`: the k x k cells randomly split into n disjoint sets, 0 inside a set."""
     rows, cols = height // k, width // k
     order = rng.permutation(rows * cols)
     owner = np.empty(rows * cols, np.int64)
@@ -260,7 +260,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when there is one)")
-    # riad-tf's recipe, piece by piece, to find out which of its differences matters (scripts/sweep_reference.py)
+    # riad-tf's recipe, piece by piece, to find out which of its differences matters (experiments/sweep_reference.py)
     parser.add_argument(
         "--mask-draw",
         choices=("batch", "image"),
@@ -291,6 +291,35 @@ def _atomic_save(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def train_epoch(net, optimizer, train_images: np.ndarray, ks, args, rng, device) -> float:
+    """One epoch of the public recipe in a fresh random order; returns the mean loss per image."""
+    net.train()
+    height, width = train_images.shape[1:3]
+    per_image = args.mask_draw == "image"
+    loss_sum = 0.0
+    indices = rng.permutation(len(train_images))
+    for start in range(0, len(train_images), args.batch_size):
+        x = nchw(train_images[indices[start : start + args.batch_size]], device)
+        masks = training_masks(len(x), height, width, ks, args.n, per_image, rng).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
+            restored = (inpaint_per_image if per_image else inpaint)(net, x, masks)
+        loss = riad_loss(x, restored.float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(x)
+    return loss_sum / len(train_images)
+
+
+def score_test_set(net, test: np.ndarray, masks_by_k, smoothing: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """(maps, scores) of the test images, in batches of 16, in inference mode."""
+    net.eval()
+    maps, scores = zip(
+        *(anomaly_maps(net, nchw(test[s : s + 16], device), masks_by_k, smoothing) for s in range(0, len(test), 16))
+    )
+    return torch.cat(maps).cpu().numpy(), torch.cat(scores).cpu().numpy()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -307,30 +336,18 @@ def main(argv=None) -> int:
     (args.out / "eval").mkdir(parents=True, exist_ok=True)
     history = []
     steps = math.ceil(len(train_images) / args.batch_size)
-    per_image = args.mask_draw == "image"
     print(
         f"reference: {len(train_images)} training images, {steps} steps per epoch, {args.threads} threads, "
         f"{device}, mask draw per {args.mask_draw}, {args.precision}",
         flush=True,
     )
     for epoch in range(1, args.epochs + 1):
-        net.train()
-        started, loss_sum = time.time(), 0.0
-        indices = rng.permutation(len(train_images))
-        for start in range(0, len(train_images), args.batch_size):
-            x = nchw(train_images[indices[start : start + args.batch_size]], device)
-            masks = training_masks(len(x), height, width, ks, args.n, per_image, rng).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
-                restored = (inpaint_per_image if per_image else inpaint)(net, x, masks)
-            loss = riad_loss(x, restored.float())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(x)
+        started = time.time()
+        loss = train_epoch(net, optimizer, train_images, ks, args, rng, device)
         seconds = time.time() - started
         record = {
             "epoch": epoch,
-            "loss": loss_sum / len(train_images),
+            "loss": loss,
             "val_loss": validation_loss(net, holdout, ks, args.n, args.batch_size, device),
             "seconds": round(seconds, 3),
             "images_per_s": round(len(train_images) / seconds, 2),
@@ -341,17 +358,10 @@ def main(argv=None) -> int:
             flush=True,
         )
         if epoch in eval_epochs:
-            net.eval()
-            maps, scores = zip(
-                *(
-                    anomaly_maps(net, nchw(test[s : s + 16], device), masks_by_k, args.smoothing)
-                    for s in range(0, len(test), 16)
-                )
-            )
-            maps, scores = torch.cat(maps).cpu().numpy(), torch.cat(scores).cpu().numpy()
+            maps, scores = score_test_set(net, test, masks_by_k, args.smoothing, device)
             _atomic_save(
                 args.out / "eval" / f"epoch_{epoch:03d}.npz",
-                lambda p: _save_npz(p, maps=maps.astype(np.float16), scores=scores),
+                lambda p, maps=maps, scores=scores: _save_npz(p, maps=maps.astype(np.float16), scores=scores),
             )
         _atomic_save(args.out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1) + "\n"))
     return 0

@@ -14,7 +14,6 @@ message and exit status 1.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -24,6 +23,7 @@ import click
 import numpy as np
 
 from edge.cli_options import (
+    bundled_options,
     echo_records,
     friendly_errors,
     int_list,
@@ -46,49 +46,52 @@ _friendly_errors = friendly_errors  # one line and an exit status per kind of er
 
 
 _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False))
-_runtime_options = [
-    click.option("--threads", type=int, default=None, help="CPU threads of the runtime."),
-    click.option("--max-batch", type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
-    click.option("--memory-mb", type=int, default=1024, show_default=True, help="Activation memory budget."),
-    click.option(
-        "--no-integrity-check", is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."
-    ),
-    click.option(
-        "--runtime",
-        type=click.Choice(["onnxruntime", "openvino"]),
-        default=None,
-        help="Runtime for an .onnx model (default: onnxruntime). OpenVINO suits Intel CPUs and iGPUs.",
-    ),
-    click.option(
-        "--provider",
-        type=click.Choice(["cpu", "cuda", "tensorrt", "openvino"]),
-        default=None,
-        help="ONNX Runtime execution provider (default: every one installed). A missing one is an error.",
-    ),
-    click.option("--openvino-device", default=None, help="--runtime openvino: CPU (default), GPU, AUTO, ..."),
-    click.option(
-        "--openvino-precision",
-        type=click.Choice(["f32", "bf16", "f16"]),
-        default=None,
-        help="--runtime openvino: inference precision (default f32, which keeps the exported model's scores).",
-    ),
-]
-_RUNTIME_KEYS = (  # the parameter names of the options above, in order
-    "threads",
-    "max_batch",
-    "memory_mb",
-    "no_integrity_check",
-    "runtime",
-    "provider",
-    "openvino_device",
-    "openvino_precision",
+_runtime_options = bundled_options(
+    "runtime_options",
+    [
+        (("--threads",), dict(type=int, default=None, help="CPU threads of the runtime.")),
+        (
+            ("--max-batch",),
+            dict(type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
+        ),
+        (("--memory-mb",), dict(type=int, default=1024, show_default=True, help="Activation memory budget.")),
+        (
+            ("--no-integrity-check",),
+            dict(is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."),
+        ),
+        (
+            ("--runtime",),
+            dict(
+                type=click.Choice(["onnxruntime", "openvino"]),
+                default=None,
+                help="Runtime for an .onnx model (default: onnxruntime). OpenVINO suits Intel CPUs and iGPUs.",
+            ),
+        ),
+        (
+            ("--provider",),
+            dict(
+                type=click.Choice(["cpu", "cuda", "tensorrt", "openvino"]),
+                default=None,
+                help="ONNX Runtime execution provider (default: every one installed). A missing one is an error.",
+            ),
+        ),
+        (("--openvino-device",), dict(default=None, help="--runtime openvino: CPU (default), GPU, AUTO, ...")),
+        (
+            ("--openvino-precision",),
+            dict(
+                type=click.Choice(["f32", "bf16", "f16"]),
+                default=None,
+                help="--runtime openvino: inference precision (default f32, which keeps the exported model's scores).",
+            ),
+        ),
+    ],
 )
 
 
 def _open_runner(
     model, threads, max_batch, memory_mb, no_integrity_check, runtime, provider, openvino_device, openvino_precision
 ):
-    """The `Runner` the runtime options ask for (`_with_runtime_options` passes their values)."""
+    """The `Runner` the runtime options ask for (`_runtime_options` passes their values)."""
     from edge.onnxrt import execution_providers
     from edge.openvino import OpenVinoSettings
     from edge.runner import Runner
@@ -115,18 +118,6 @@ def _open_runner(
     )
 
 
-def _with_runtime_options(command):
-    """Adds the runtime options; the command receives their values as one dict, `runtime_options`."""
-
-    @functools.wraps(command)
-    def with_runtime(*args, **kwargs):
-        return command(*args, runtime_options={key: kwargs.pop(key) for key in _RUNTIME_KEYS}, **kwargs)
-
-    for option in reversed(_runtime_options):
-        with_runtime = option(with_runtime)
-    return with_runtime
-
-
 @click.group()
 @click.version_option(package_name="riad-tf")
 @verbosity_options
@@ -147,7 +138,7 @@ def main(verbose, quiet):
 @click.option(
     "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
 )
-@_with_runtime_options
+@_runtime_options
 @_friendly_errors
 def infer(
     model,
@@ -195,7 +186,7 @@ def infer(
 @click.option("--batch-sizes", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
-@_with_runtime_options
+@_runtime_options
 @_friendly_errors
 def bench(model, batches, iters, warmup, runtime_options):
     """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
@@ -346,7 +337,7 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     metavar="SECONDS",
     help="TCP source: keep retrying a refused or lost connection this long, with back-off (0: a refusal is an error).",
 )
-@_with_runtime_options
+@_runtime_options
 @_friendly_errors
 def stream(
     model,
@@ -435,7 +426,7 @@ def stream(
     help="CSV to write (atomically).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per runner call.")
-@_with_runtime_options
+@_runtime_options
 @_friendly_errors
 def video_command(model, video, window, normalise, output, batch_size, runtime_options):
     """Score every frame of a video file or frame folder, with the paper's temporal smoothing.
@@ -507,7 +498,7 @@ def _progress_reporter(name, every_s: float = 5.0):
 @click.option(
     "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
 )
-@_with_runtime_options
+@_runtime_options
 @_friendly_errors
 def serve(
     model,

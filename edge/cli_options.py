@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import sys
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import click
 
@@ -59,6 +59,36 @@ def friendly_errors(command):
             raise _OneLineError(one_line(err), OutputError.exit_code) from None
 
     return wrapper
+
+
+def bundled_options(name: str, options: Sequence[tuple[tuple[str, ...], dict]]):
+    """A decorator adding click options whose values reach the command as one dict, `name`.
+
+    Args:
+        name: the command's parameter that receives `{option name: value}`.
+        options: `(declarations, attributes)` of each option, as `click.option` takes them.
+
+    Example:
+
+    >>> @click.command()
+    ... @bundled_options("runtime", [(("--threads",), {"type": int})])
+    ... def command(runtime):
+    ...     print(runtime)
+    >>> command(["--threads", "2"], standalone_mode=False)
+    {'threads': 2}
+    """
+    keys = [click.Option(list(declarations), **attributes).name for declarations, attributes in options]
+
+    def decorate(command):
+        @functools.wraps(command)
+        def with_bundle(*args, **kwargs):
+            return command(*args, **{name: {key: kwargs.pop(key) for key in keys}}, **kwargs)
+
+        for declarations, attributes in reversed(options):
+            with_bundle = click.option(*declarations, **attributes)(with_bundle)
+        return with_bundle
+
+    return decorate
 
 
 def int_list(text: str | None, *, positive: bool = False, what: str = "integers") -> tuple[int, ...]:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from edge.errors import OutputError
 
@@ -85,3 +85,19 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0, purpose: str 
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         raise OutputError(f"{folder}: {free / 2**20:.0f} MiB free, {purpose} needs about {need_bytes / 2**20:.0f} MiB")
+
+
+def unique_name(name_for: Callable[[int], str], used: set[str], casefold: bool = False) -> str:
+    """The first of `name_for(1)`, `name_for(2)`, ... not in `used` (lower-cased with `casefold`); adds it there.
+
+    Example:
+
+    >>> used = set()
+    >>> [unique_name(lambda i: "a" if i == 1 else f"a_{i}", used) for _ in range(3)]
+    ['a', 'a_2', 'a_3']
+    """
+    index = 1
+    while (key := name_for(index).lower() if casefold else name_for(index)) in used:
+        index += 1
+    used.add(key)
+    return name_for(index)

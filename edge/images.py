@@ -268,6 +268,18 @@ def save_map_png(path: str | os.PathLike, anomaly_map: np.ndarray, vmax: float |
     return path
 
 
+def map_white(thresholds) -> float | None:
+    """The map value drawn white in every map picture: twice the region threshold (None: each map's maximum).
+
+    Example:
+
+    >>> map_white({"image": 0.4, "region": 0.3}), map_white(None)
+    (0.6, None)
+    """
+    region = (thresholds or {}).get("region")
+    return None if region is None else 2 * float(region)
+
+
 def map_to_grey(anomaly_map: np.ndarray, vmax: float | None = None) -> np.ndarray:
     """An anomaly map as uint8 grey: 0 -> 0, `vmax` -> 255 (clipped); `vmax` defaults to the map's maximum.
 

@@ -30,8 +30,8 @@ from typing import Mapping
 
 import numpy as np
 
-from edge.files import atomic_path
-from edge.images import save_map_png
+from edge.files import atomic_path, unique_name
+from edge.images import map_white, save_map_png
 from edge.verdicts import is_anomalous, region_score
 
 
@@ -109,19 +109,13 @@ class MapNames:
     def __init__(self, folder: str | os.PathLike, thresholds: Mapping | None = None, float_maps: bool = False):
         self.folder = Path(folder)
         self.float_maps = float_maps
-        region = (thresholds or {}).get("region")
-        self.vmax = 2 * region if region is not None else None
+        self.vmax = map_white(thresholds)
         self._used: set[str] = set()
 
     def name(self, path) -> str:
         """`STEM_map.png`, or `STEM_N_map.png` for the N-th input named STEM."""
         stem = Path(path).stem
-        name, index = f"{stem}_map.png", 1
-        while name in self._used:
-            index += 1
-            name = f"{stem}_{index}_map.png"
-        self._used.add(name)
-        return name
+        return unique_name(lambda i: f"{stem}_map.png" if i == 1 else f"{stem}_{i}_map.png", self._used)
 
     def write(self, path, anomaly_map: np.ndarray) -> tuple[Path, Path | None]:
         """Writes the map of input `path`; returns the PNG and the `.npy` (None unless `float_maps`)."""

@@ -44,9 +44,9 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edge.images import load_image, map_to_grey
+from edge.images import load_image, map_to_grey, map_white
 from edge.inspection import inspect
-from edge.predictions import with_overrides
+from edge.predictions import error_record, with_overrides
 
 log = logging.getLogger(__name__)
 _BATCHER = web.AppKey("batcher", asyncio.Task)
@@ -221,7 +221,7 @@ class Service:
                 records = await loop.run_in_executor(self._executor, self._score, runner, batch)
             except Exception as err:  # the model failed: every request of the batch learns it, the service lives on
                 log.exception("serve: scoring failed")
-                records = [{"type": "image", "path": item.name, "error": f"scoring failed: {err}"} for item in batch]
+                records = [error_record(item.name, f"scoring failed: {err}") for item in batch]
             for item, record in zip(batch, records):
                 if not item.done.done():
                     item.done.set_result(record)
@@ -260,9 +260,8 @@ def _attach_map(record: dict, anomaly_map: np.ndarray, kind: str, thresholds: di
     elif kind == "png":
         from PIL import Image
 
-        region = (thresholds or {}).get("region")
         buffer = io.BytesIO()
-        Image.fromarray(map_to_grey(anomaly_map, 2 * region if region is not None else None)).save(buffer, "PNG")
+        Image.fromarray(map_to_grey(anomaly_map, map_white(thresholds))).save(buffer, "PNG")
         record["map_png"] = base64.b64encode(buffer.getvalue()).decode()
 
 

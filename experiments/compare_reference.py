@@ -12,7 +12,7 @@ test images with the same metric code (`riad_tf.metrics`):
   constant, so its state after 13 epochs is that of a 13-epoch run.
 - `riad-tf`: the library's default recipe (configs/default.yaml: learning-rate
   schedule, precision picked for this CPU, the kept best epoch) through
-  `riad_tf.train.train` as `riad-tf train` runs it. With a constant rate (the
+  `riad_tf.train.train_unet` as `riad-tf train` runs it. With a constant rate (the
   default) one run of the largest `--epochs` serves every budget, scored after
   each of them; a schedule that depends on the run's length (`--config
   configs/cosine_lr.yaml`) gets one run per value of `--epochs`, each ending
@@ -66,6 +66,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from riad_tf.markdown import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic_tile"
@@ -276,7 +278,7 @@ def riad_worker(args) -> int:
     from riad_tf.detector import Detector
     from riad_tf.run import load_unet
     from riad_tf.run_records import float32_copy
-    from riad_tf.train import train
+    from riad_tf.train import train_unet
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     data = np.load(args.out / "data.npz")
@@ -297,7 +299,7 @@ def riad_worker(args) -> int:
             unet.save_weights(tmp)
 
     def score_along(epoch: int, unet) -> None:
-        # Scored as a run of `epoch` epochs would ship it: the batch-norm statistics settled as train() does.
+        # Scored as a run of `epoch` epochs would ship it: the batch-norm statistics settled as train_unet() does.
         if epoch in eval_epochs and not (run_dir / "eval" / f"epoch_{epoch:03d}.npz").is_file():
             shipped = float32_copy(unet, config)
             settled = settle_batchnorm(shipped, data["train"], config)
@@ -306,7 +308,7 @@ def riad_worker(args) -> int:
             )
             save_weights(f"epoch_{epoch:03d}", shipped)
 
-    train(config, data["train"], run_dir, data["holdout"], progress=False, on_epoch_end=score_along)
+    train_unet(config, data["train"], run_dir, data["holdout"], progress=False, on_epoch_end=score_along)
     save_scores("final.npz", load_unet(run_dir))  # the model riad-tf ships: the kept epoch
     return 0
 
@@ -352,10 +354,6 @@ def scored_points(run_dir: Path, data) -> list[dict]:
 
 def _cell(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def markdown_table(header, rows) -> str:
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [header, ["---"] * len(header)] + rows)
 
 
 def riad_runs(config, budgets) -> list[int]:
@@ -621,7 +619,7 @@ def describe_recipe(config) -> str:
     from riad_tf.training_step import describe_schedule
 
     return (
-        f"Adam lr {config.learning_rate:g} ({describe_schedule(config)}), weight decay {config.weight_decay:g}, "
+        f"Adam lr {config.learning_rate:g} ({describe_schedule(config)}), no weight decay, "
         f"precision {resolve_precision(config.mixed_precision, config.xla)}"
     )
 

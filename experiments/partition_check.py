@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from riad_tf.markdown import markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
@@ -164,10 +166,6 @@ def partition_spread(args, seeds, epoch, results, load_config, write, cache) -> 
     return (
         f"\nThe same model, partitions drawn with the run's seed and seeds {extra}:\n\n{markdown_table(header, rows)}\n"
     )
-
-
-def markdown_table(header, rows) -> str:
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [header, ["---"] * len(header)] + rows)
 
 
 def check_run(run_dir: Path) -> str:

@@ -22,7 +22,7 @@ Example:
 
 >>> from riad_tf.config import RiadConfig
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
->>> report = run_benchmark(cfg, paths=("keras",), batches=(1,), iters=1, warmup=1)  # doctest: +SKIP
+>>> report = benchmark_report(cfg, paths=("keras",), batches=(1,), iters=1, warmup=1)  # doctest: +SKIP
 >>> print(format_report(report))                                                    # doctest: +SKIP
 """
 
@@ -310,7 +310,7 @@ def machine_info(threads: int | None) -> dict:
     }
 
 
-def run_benchmark(
+def benchmark_report(
     config: RiadConfig,
     *,
     paths: Sequence[str] = ("keras", "xla", "onnx"),

@@ -24,6 +24,7 @@ import click
 import yaml
 
 from edge.cli_options import (
+    bundled_options,
     echo_records,
     friendly_errors,
     int_list,
@@ -101,44 +102,79 @@ def _json_option(command):
 
 
 def _folders(name: str, help: str, multiple: bool = True):
-    return click.option(name, multiple=multiple, type=click.Path(exists=True, file_okay=False), help=help)
+    return (name,), dict(multiple=multiple, type=click.Path(exists=True, file_okay=False), help=help)
 
 
-def _data_options(command):
-    options = [
-        click.option(
-            "--data",
-            "data_path",
-            type=click.Path(exists=True, file_okay=False),
-            help="Data-set folder (MVTec category, magnetic-tile root, or a video data set).",
+# The data set, for `train` and `evaluate`: the command receives the values as one dict, `data`.
+_data_options = bundled_options(
+    "data",
+    [
+        (
+            ("--data", "data_path"),
+            dict(
+                type=click.Path(exists=True, file_okay=False),
+                help="Data-set folder (MVTec category, magnetic-tile root, or a video data set).",
+            ),
         ),
-        click.option(
-            "--layout",
-            type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders", "ped2", "avenue", "video"]),
-            default="auto",
-            show_default=True,
-            help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md.",
+        (
+            ("--layout",),
+            dict(
+                type=click.Choice(["auto", "mvtec", "magnetic_tile", "folders", "ped2", "avenue", "video"]),
+                default="auto",
+                show_default=True,
+                help="Image layouts, or video: ped2, avenue, video (train/, test/, labels.csv); see docs/video.md.",
+            ),
         ),
         _folders("--normal", "Folder of good images (folders layout; repeatable)."),
         _folders("--abnormal", "Folder of defective images (repeatable)."),
         _folders("--masks", "Folder of masks NAME_mask.png or NAME.png (default: beside the images).", multiple=False),
         _folders("--test-normal", "Folder of good test images (default: a share of --normal)."),
-        click.option(
-            "--skip-unreadable", is_flag=True, help="Skip unreadable images (and say how many) instead of stopping."
+        (
+            ("--skip-unreadable",),
+            dict(is_flag=True, help="Skip unreadable images (and say how many) instead of stopping."),
         ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    ],
+)
+
+# Config values `train` takes as options of their own (any other: --set): one dict, `overrides`.
+_training_options = bundled_options(
+    "overrides",
+    [
+        (("--epochs",), dict(type=int, help="Training epochs (config 'epochs').")),
+        (("--batch-size",), dict(type=int, help="Images per step and replica (config 'batch_size').")),
+        (
+            ("--learning-rate",),
+            dict(type=float, help="Peak Adam learning rate of the schedule (config 'learning_rate')."),
+        ),
+        (("--image-size",), dict(type=int, help="Square input size (divisible by 16).")),
+        (
+            ("--strategy",),
+            dict(
+                type=click.Choice(STRATEGIES),
+                help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.",
+            ),
+        ),
+        (
+            ("--mixed-precision",),
+            dict(
+                type=click.Choice(MIXED_PRECISION),
+                help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with "
+                "AMX/AVX512-BF16 or with --xla, else float32.",
+            ),
+        ),
+        (("--xla/--no-xla",), dict(default=None, help="Compile the training step with XLA (config 'xla').")),
+    ],
+)
 
 
-def _data_spec(data_path, layout, normal, abnormal, masks, test_normal) -> dict | None:
-    """The data set the options name, or None when they name none (the run's own is used)."""
+def _data_spec(data: dict) -> dict | None:
+    """The data set the data options name, or None when they name none (the run's own is used)."""
     from riad_tf.data import data_spec
 
-    if not (data_path or normal):
+    if not (data["data_path"] or data["normal"]):
         return None
-    return data_spec(data_path, layout, normal, abnormal, masks, test_normal)
+    keys = ("data_path", "layout", "normal", "abnormal", "masks", "test_normal")
+    return data_spec(*(data[k] for k in keys))
 
 
 def _parse_sets(pairs) -> dict:
@@ -173,61 +209,23 @@ def main(verbose, quiet):
 )
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory (re-run to resume).")
-@click.option("--epochs", type=int, help="Training epochs (config 'epochs').")
-@click.option("--batch-size", type=int, help="Images per step and replica (config 'batch_size').")
-@click.option("--learning-rate", type=float, help="Peak Adam learning rate of the schedule (config 'learning_rate').")
-@click.option("--image-size", type=int, help="Square input size (divisible by 16).")
+@_training_options
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set ks=[2,4] (repeatable)."
 )
-@click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    help="Where to train (config 'strategy'); --batch-size is per replica. See docs/distributed.md.",
-)
-@click.option(
-    "--mixed-precision",
-    type=click.Choice(MIXED_PRECISION),
-    help="Training precision (config 'mixed_precision'); auto: float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16 or with --xla, else float32.",
-)
-@click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (config 'xla').")
 @click.option("--no-progress", is_flag=True, help="No live bar; one line per epoch (always so off a terminal).")
 @_json_option
 @_friendly_errors
-def train(
-    config_path,
-    data_path,
-    layout,
-    normal,
-    abnormal,
-    masks,
-    test_normal,
-    skip_unreadable,
-    out,
-    epochs,
-    batch_size,
-    learning_rate,
-    image_size,
-    sets,
-    strategy,
-    mixed_precision,
-    xla,
-    no_progress,
-    as_json,
-):
+def train(config_path, data, out, overrides, sets, no_progress, as_json):
     """Train on good images, then calibrate thresholds on held-out good images."""
     from riad_tf.jobs import train_job
     from riad_tf.run import MODEL_FILE
 
-    overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
-    overrides.update({"strategy": strategy, "mixed_precision": mixed_precision, "xla": xla})
-    if image_size:
-        overrides["image_size"] = (image_size, image_size)
-    overrides.update(_parse_sets(sets))
-    config = _config_from_options(config_path, overrides)
-    spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
+    if overrides["image_size"]:
+        overrides["image_size"] = (overrides["image_size"],) * 2
+    config = _config_from_options(config_path, {**overrides, **_parse_sets(sets)})
     strategy = _start_tensorflow(_verbosity(), strategy=config.strategy)
-    thresholds = train_job(config, spec, out, not no_progress, skip_unreadable, strategy=strategy)
+    thresholds = train_job(config, _data_spec(data), out, not no_progress, data["skip_unreadable"], strategy=strategy)
     if thresholds is None:
         return  # a non-chief worker of a multi-worker job
     log.info(f"model: {Path(out) / MODEL_FILE}")
@@ -248,32 +246,23 @@ def train(
 @click.option("--no-report", is_flag=True, help="Metrics only, no HTML report.")
 @_json_option
 @_friendly_errors
-def evaluate(
-    run_dir,
-    data_path,
-    layout,
-    normal,
-    abnormal,
-    masks,
-    test_normal,
-    skip_unreadable,
-    out,
-    batch_size,
-    no_report,
-    as_json,
-):
+def evaluate(run_dir, data, out, batch_size, no_report, as_json):
     """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type."""
     from riad_tf.jobs import evaluate_job
-    from riad_tf.run import eval_dir
+    from riad_tf.run import METRICS_TABLE_FILE, REPORT_DIR, eval_dir
 
     out = Path(out or eval_dir(run_dir))
-    spec = _data_spec(data_path, layout, normal, abnormal, masks, test_normal)
     summary = evaluate_job(
-        run_dir, spec, out, batch_size=batch_size, report=not no_report, skip_unreadable=skip_unreadable
+        run_dir,
+        _data_spec(data),
+        out,
+        batch_size=batch_size,
+        report=not no_report,
+        skip_unreadable=data["skip_unreadable"],
     )
-    log.info((out / "metrics.md").read_text().rstrip())
+    log.info((out / METRICS_TABLE_FILE).read_text().rstrip())
     if not no_report:
-        log.info(f"report: {out / 'report' / 'index.html'}")
+        log.info(f"report: {out / REPORT_DIR / 'index.html'}")
     if as_json:
         click.echo(json.dumps(summary))
     return summary
@@ -437,9 +426,9 @@ def export(
 @_friendly_errors
 def demo(out, epochs, no_progress):
     """Synthetic inspection data -> train a small model -> evaluate -> HTML report."""
-    from riad_tf.jobs import run_demo
+    from riad_tf.jobs import demo_job
 
-    paths = run_demo(Path(out), epochs=epochs, progress=not no_progress)
+    paths = demo_job(Path(out), epochs=epochs, progress=not no_progress)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
 
@@ -524,7 +513,7 @@ def benchmark(
     json_path,
 ):
     """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
-    from riad_tf.benchmark import format_report, run_benchmark
+    from riad_tf.benchmark import benchmark_report, format_report
 
     overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": int_list(widths) or None}
     config = _config_from_options(config_path, overrides)
@@ -533,7 +522,7 @@ def benchmark(
     if quick:
         iters, peak_size = min(iters, 2), min(peak_size, 1024)
         scaling_batches, scaling_sizes = "1,2,4", "64,128"
-    report = run_benchmark(
+    report = benchmark_report(
         config,
         paths=tuple(p.strip() for p in paths.split(",") if p.strip()),
         batches=int_list(batches),

@@ -26,11 +26,13 @@ from edge.errors import InputError
 from edge.files import atomic_write_text, check_writable
 from edge.inspection import inspect_files, preprocessing_record
 from edge.predictions import MapNames, error_record, with_overrides
+from edge.verdicts import is_anomalous
 from riad_tf import metrics
 from riad_tf import run as runs
 from riad_tf.config import RiadConfig
 from riad_tf.data import DataError, DataSplit, Sample, data_spec, split_good
 from riad_tf.image_files import has_pixel_masks, load_arrays, load_split
+from riad_tf.markdown import cell, markdown_table
 from riad_tf.masks import PARTITIONS
 from riad_tf.thresholds import calibrate, hot_spot, hot_spot_warning
 
@@ -55,15 +57,15 @@ DEMO_IMAGES = {"n_train": 100, "n_test_good": 15, "n_test_defect": 15}
 __all__ = [
     "DEMO_CONFIG",
     "calibrate_job",
-    "calibrate_run",
+    "calibrate_images",
     "data_spec",
     "evaluate_job",
-    "evaluate_run",
+    "evaluate_images",
     "load_data",
     "predict_images",
-    "run_demo",
+    "demo_job",
     "train_job",
-    "train_run",
+    "train_on_images",
 ]
 
 
@@ -123,6 +125,7 @@ def train_job(
         The calibrated thresholds; None on a non-chief worker of a multi-worker job.
     """
     from riad_tf.distribute import is_chief, make_strategy, task
+    from riad_tf.video.jobs import train_on_videos
 
     strategy = strategy or make_strategy(config.strategy)  # multi-worker strategies: before any TensorFlow op
     runs.check_rerun(out_dir, config, spec)  # before anything is written
@@ -130,24 +133,16 @@ def train_job(
     if spec is None:
         raise InputError(f"{out_dir}: give the data set (--data or --normal); the run does not record one")
     skip_unreadable = skip_unreadable or bool(spec.get("skip_unreadable"))
-    if not is_chief(strategy):  # a non-chief worker of a multi-worker job: the chief writes the run
-        thresholds = _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=False)
+    chief = is_chief(strategy)  # only the chief writes the run; other workers of a multi-worker job train along
+    with runs.writing_run(out_dir, "riad-tf train", runs.estimated_run_bytes(config), writes=chief):
+        split, _ = load_data(spec, skip_unreadable)
+        if chief:
+            runs.save_data_spec(out_dir, {**spec, "skip_unreadable": skip_unreadable})
+        train_on = train_on_videos if _is_video(split) else train_on_images
+        thresholds = train_on(config, split, out_dir, progress=progress, strategy=strategy)
+    if not chief:
         log.info("{} {} finished; the chief writes {}".format(*task(strategy), out_dir))
-        return thresholds
-    check_writable(out_dir, runs.estimated_run_bytes(config), "training this model")
-    with runs.run_lock(out_dir, "riad-tf train"):
-        runs.remove_temporaries(out_dir)
-        return _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief=True)
-
-
-def _train(config, spec, out_dir, progress, skip_unreadable, strategy, chief: bool) -> dict | None:
-    from riad_tf.video.jobs import train_video_run
-
-    split, _ = load_data(spec, skip_unreadable)
-    if chief:
-        runs.save_data_spec(out_dir, {**spec, "skip_unreadable": skip_unreadable})
-    job = train_video_run if _is_video(split) else train_run
-    return job(config, split, out_dir, progress=progress, strategy=strategy)
+    return thresholds
 
 
 def evaluate_job(
@@ -167,7 +162,7 @@ def evaluate_job(
     Returns:
         The metrics, as written to `OUT/metrics.json` (OUT defaults to `RUN/eval`).
     """
-    from riad_tf.video.jobs import evaluate_video_run
+    from riad_tf.video.jobs import evaluate_videos
 
     spec = spec or runs.load_data_spec(run_dir)
     if spec is None:
@@ -178,7 +173,7 @@ def evaluate_job(
         raise DataError(f"{spec['path'] or spec['normal'][0]}: no test images in the data set")
     out_dir = Path(out_dir or runs.eval_dir(run_dir))
     check_writable(out_dir)  # before the scoring, not after it
-    job = evaluate_video_run if _is_video(split) else evaluate_run
+    job = evaluate_videos if _is_video(split) else evaluate_images
     summary = job(run_dir, split.test, out_dir, batch_size=batch_size, report=report)
     errors = "".join(json.dumps(error_record(path, f"{path}: {reason}")) + "\n" for path, reason in skipped)
     atomic_write_text(out_dir / "errors.jsonl", errors)
@@ -195,7 +190,7 @@ def evaluate_job(
 # Image jobs
 
 
-def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = True, strategy=None) -> dict | None:
+def train_on_images(config: RiadConfig, split: DataSplit, out_dir, progress: bool = True, strategy=None) -> dict | None:
     """Trains on the good training images and calibrates on a held-out share of them.
 
     Returns:
@@ -203,7 +198,7 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
         a non-chief worker of a multi-worker job.
     """
     from riad_tf.distribute import is_chief, make_strategy
-    from riad_tf.train import train
+    from riad_tf.train import train_unet
 
     kept, validation, calibration = split_good(
         split.train, config.val_fraction, config.calibration_fraction, config.seed
@@ -211,7 +206,7 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
     train_images = load_arrays(kept, config)
     validation_images = load_arrays(validation, config) if validation else None
     strategy = strategy or make_strategy(config.strategy)
-    train(config, train_images, out_dir, validation_images, strategy=strategy, progress=progress)
+    train_unet(config, train_images, out_dir, validation_images, strategy=strategy, progress=progress)
     if not is_chief(strategy):
         return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
     runs.save_preprocessing(out_dir, preprocessing_record([_native_size(s.path) for s in split.train]))
@@ -231,7 +226,7 @@ def train_run(config: RiadConfig, split: DataSplit, out_dir, progress: bool = Tr
             "images training never saw"
         )
         calibration_images = train_images
-    return calibrate_run(out_dir, calibration_images, config.target_fpr, min_region_area=config.min_region_area)
+    return calibrate_images(out_dir, calibration_images, config.target_fpr, min_region_area=config.min_region_area)
 
 
 def _native_size(path: Path) -> tuple[int, int]:
@@ -241,7 +236,7 @@ def _native_size(path: Path) -> tuple[int, int]:
         return image.height, image.width
 
 
-def calibrate_run(
+def calibrate_images(
     run_dir, good_images: np.ndarray, target_fpr: float, batch_size: int = 4, min_region_area: int = 1
 ) -> dict:
     """Thresholds from good images training never saw, saved as `thresholds.json` (`riad_tf.thresholds.calibrate`).
@@ -295,12 +290,12 @@ def calibrate_job(
         raise InputError(f"no images in {', '.join(map(str, good))}")
     images = np.stack([read_image(p, config.image_size, config.channels) for p in paths])
     with runs.run_lock(run_dir, "riad-tf calibrate"):
-        thresholds = calibrate_run(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
+        thresholds = calibrate_images(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
         runs.save_config(run_dir, config)
     return thresholds
 
 
-def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: int = 4, report: bool = True) -> dict:
+def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: int = 4, report: bool = True) -> dict:
     """Scores the test samples and writes `metrics.json`, `metrics.md`, `scores.jsonl` and `report/index.html`.
 
     Args:
@@ -326,12 +321,13 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
     pixel = has_pixel_masks(samples)
     summary = metrics.summarize(scores, labels, maps if pixel else None, masks if pixel else None, types)
     thresholds = runs.load_thresholds(run_dir)
-    summary["calibrated_threshold_rates"] = _verdict_rates(scores, maps, labels, thresholds)
+    summary["calibrated_threshold_rates"] = None
+    if thresholds:
+        predicted = [is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)]
+        summary["calibrated_threshold_rates"] = metrics.verdict_rates(predicted, labels)
     summary["resolution"] = list(config.image_size)
     log.info(f"evaluate: {promise_line(summary['calibrated_threshold_rates'], thresholds)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / "metrics.md", _markdown(summary, run_dir, config.image_size))
+    runs.save_metrics(out_dir, summary, _markdown(summary, run_dir, config.image_size))
     atomic_write_text(
         out_dir / "scores.jsonl",
         "".join(
@@ -342,7 +338,7 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
     if report:
         overall = {k: v for k, v in summary.items() if k != "per_defect_type"}
         write_report(
-            out_dir / "report",
+            out_dir / runs.REPORT_DIR,
             names=[f"{s.defect_type}/{s.path.name}" for s in samples],
             images=images,
             reconstructions=reconstructions,
@@ -360,38 +356,15 @@ def evaluate_run(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: i
 def _markdown(summary: dict, run_dir, resolution: tuple[int, int]) -> str:
     keys = ("num_images", "num_anomalous", "image_auroc", "pixel_auroc", "aupro", "f1_max")
     rows = [("overall", summary)] + sorted(summary["per_defect_type"].items())
-
-    def cell(value):
-        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
     lines = [
         f"# Evaluation of `{run_dir}`",
         "",
         f"Maps compared with ground truth at {resolution[0]} x {resolution[1]} (the model's input size).",
         "F1-max is tuned on the test data itself; the calibrated thresholds are not.",
         "",
-        "| subset | " + " | ".join(keys) + " |",
-        "|---" * (len(keys) + 1) + "|",
+        markdown_table(["subset", *keys], [[name] + [cell(block.get(k)) for k in keys] for name, block in rows]),
     ]
-    lines += [f"| {name} | " + " | ".join(cell(block.get(k)) for k in keys) + " |" for name, block in rows]
     return "\n".join(lines) + "\n"
-
-
-def _verdict_rates(scores, maps, labels, thresholds) -> dict | None:
-    from edge.verdicts import is_anomalous
-
-    if not thresholds:
-        return None
-    predicted = np.array([is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)], bool)
-    labels = np.asarray(labels, bool)
-    return {
-        "false_positive_rate": float(predicted[~labels].mean()) if (~labels).any() else None,
-        "true_positive_rate": float(predicted[labels].mean()) if labels.any() else None,
-        "false_positives": int(predicted[~labels].sum()),
-        "num_good": int((~labels).sum()),
-        "true_positives": int(predicted[labels].sum()),
-        "num_anomalous": int(labels.sum()),
-    }
 
 
 def promise_line(rates: dict | None, thresholds: dict | None) -> str:
@@ -454,7 +427,7 @@ def predict_images(
     )
 
 
-def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) -> dict:
+def demo_job(out_dir: Path, epochs: int | None = None, progress: bool = True) -> dict:
     """Synthetic textures with planted defects -> train -> calibrate -> evaluate -> report."""
     from riad_tf.synthetic import make_synthetic_dataset
 
@@ -464,8 +437,8 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     split, _ = load_split(spec)
     run_dir = out_dir / "run"
     runs.save_data_spec(run_dir, spec)  # like any run: int8 export and `experiments/partition_check.py --run` read it
-    thresholds = train_run(config, split, run_dir, progress=progress)
-    summary = evaluate_run(run_dir, split.test, runs.eval_dir(run_dir))
+    thresholds = train_on_images(config, split, run_dir, progress=progress)
+    summary = evaluate_images(run_dir, split.test, runs.eval_dir(run_dir))
     log.info(
         f"demo: image AUROC {summary['image_auroc']:.3f}, pixel AUROC {summary['pixel_auroc']:.3f}, "
         f"AUPRO {summary['aupro']:.3f}; {promise_line(summary['calibrated_threshold_rates'], thresholds)}"
@@ -473,6 +446,6 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     return {
         "data": data_dir,
         "run": run_dir,
-        "metrics": runs.eval_dir(run_dir) / "metrics.md",
-        "report": runs.eval_dir(run_dir) / "report" / "index.html",
+        "metrics": runs.eval_dir(run_dir) / runs.METRICS_TABLE_FILE,
+        "report": runs.eval_dir(run_dir) / runs.REPORT_DIR / "index.html",
     }

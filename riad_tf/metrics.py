@@ -385,3 +385,32 @@ def summarize(
     for defect in sorted(set(types[~is_good].tolist())):
         summary["per_defect_type"][defect] = _metrics(*subset(is_good | (types == defect)))
     return summary
+
+
+def verdict_rates(predicted, labels) -> dict:
+    """How verdicts went on a labelled test set: the false- and true-positive rates, with their counts.
+
+    Args:
+        predicted: `(N,)` True where an image (or frame) was called anomalous.
+        labels: `(N,)` 1 for anomalous, 0 for good.
+
+    Returns:
+        `{"false_positive_rate", "true_positive_rate"}` (None without good, or
+        without anomalous, items) and the counts `false_positives`, `num_good`,
+        `true_positives`, `num_anomalous`.
+
+    Example:
+
+    >>> verdict_rates([True, False, True, True], [0, 0, 1, 1])["false_positive_rate"]
+    0.5
+    """
+    predicted, labels = np.asarray(predicted, bool), np.asarray(labels, bool)
+    good = ~labels
+    return {
+        "false_positive_rate": float(predicted[good].mean()) if good.any() else None,
+        "true_positive_rate": float(predicted[labels].mean()) if labels.any() else None,
+        "false_positives": int(predicted[good].sum()),
+        "num_good": int(good.sum()),
+        "true_positives": int(predicted[labels].sum()),
+        "num_anomalous": int(labels.sum()),
+    }

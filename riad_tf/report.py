@@ -41,12 +41,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from edge.files import atomic_path, atomic_write_text
+from edge.files import atomic_path, atomic_write_text, unique_name
+from edge.images import IMAGE_EXTENSIONS
 from riad_tf.evaluation import Evaluation
 from riad_tf.report_html import render_page
 
 MAX_PIXELS_FOR_ROC = 2_000_000
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _GROUPS = ("highest-scoring anomalous", "lowest-scoring anomalous", "highest-scoring good")
 
 
@@ -163,21 +163,14 @@ def safe_file_stems(names: Sequence[str]) -> list[str]:
     >>> safe_file_stems(["scratch/000.png", "scratch_000", "<b>"])
     ['scratch_000', 'scratch_000_2', 'b']
     """
-    stems, used = [], set()
-    for name in names:
-        stem = _sanitize(name)
-        candidate, count = stem, 1
-        while candidate.lower() in used:
-            count += 1
-            candidate = f"{stem}_{count}"
-        used.add(candidate.lower())
-        stems.append(candidate)
-    return stems
+    used: set[str] = set()
+    stems = [_sanitize(name) for name in names]
+    return [unique_name(lambda i, s=stem: s if i == 1 else f"{s}_{i}", used, casefold=True) for stem in stems]
 
 
 def _sanitize(name: str) -> str:
     path = Path(str(name))
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
         path = path.with_suffix("")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.as_posix()).strip("._")
     return stem[-120:] or "image"

@@ -11,7 +11,10 @@ Layout of `RUN/` (the names are this module's constants; nothing else spells the
     checkpoints/              CHECKPOINT_DIR: training state for resuming
         best_weights.npz      BEST_WEIGHTS_FILE: the epoch with the lowest validation loss
     logs/                     LOGS_DIR: TensorBoard event files
-    eval/                     EVAL_DIR: `riad-tf evaluate`'s default output (metrics, report)
+    eval/                     EVAL_DIR: `riad-tf evaluate`'s default output (`save_metrics`):
+        metrics.json          METRICS_FILE: the metrics (`riad_tf.metrics.summarize`)
+        metrics.md            METRICS_TABLE_FILE: the same as a markdown table
+        report/index.html     REPORT_DIR: the HTML report (`riad_tf.report`)
     .lock                     LOCK_FILE: held while a command writes the run (`run_lock`)
 
 What a user can rely on: outputs are written to a temporary name and renamed,
@@ -52,7 +55,7 @@ import numpy as np
 import yaml
 
 from edge.errors import ConfigError, InputError, RunLocked, one_line
-from edge.files import atomic_path, atomic_write_text
+from edge.files import atomic_path, atomic_write_text, check_writable
 from riad_tf.config import RiadConfig
 
 CONFIG_FILE = "config.yaml"
@@ -65,6 +68,9 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best_weights.npz"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+METRICS_TABLE_FILE = "metrics.md"
+REPORT_DIR = "report"
 LOCK_FILE = ".lock"
 # Keys that may change when a run is resumed: a longer schedule, another place to train.
 RESUMABLE_KEYS = frozenset({"epochs", "lr_decay_epoch", "strategy", "xla"})
@@ -74,6 +80,14 @@ REPRESENTATIVE_IMAGES = 128  # int8 calibration images, at most
 def eval_dir(run_dir) -> Path:
     """Where `riad-tf evaluate` writes by default: `RUN/eval`."""
     return Path(run_dir) / EVAL_DIR
+
+
+def save_metrics(out_dir, summary: dict, table: str) -> None:
+    """Writes an evaluation's `metrics.json` and its markdown table `metrics.md` into `out_dir` (created)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / METRICS_TABLE_FILE, table)
 
 
 def save_model(run_dir, unet, config: RiadConfig) -> Path:
@@ -259,6 +273,24 @@ def estimated_run_bytes(config: RiadConfig) -> int:
     """
     parameters = 47.5 * sum(w * w for w in config.unet_widths)
     return int(parameters * 4 * 9) + 32 * 2**20
+
+
+@contextlib.contextmanager
+def writing_run(run_dir, command: str, needed_bytes: int = 0, writes: bool = True) -> Iterator[None]:
+    """Prepares a run directory for the process that writes it, for the length of the block.
+
+    With `writes` (the chief of a training job, or any single process): checks
+    that `needed_bytes` fit, holds the run's lock (`run_lock`) and removes the
+    temporaries of an interrupted save. Without it (another worker of a
+    multi-worker job, which writes nothing there): nothing.
+    """
+    if not writes:
+        yield
+        return
+    check_writable(run_dir, needed_bytes, "training this model")
+    with run_lock(run_dir, command):
+        remove_temporaries(run_dir)
+        yield
 
 
 def remove_temporaries(run_dir) -> list[Path]:

@@ -24,7 +24,7 @@ Example:
 >>> from riad_tf.config import RiadConfig
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5, epochs=1, batch_size=4)
 >>> images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
->>> unet = train(cfg, images, tempfile.mkdtemp(), progress=False)
+>>> unet = train_unet(cfg, images, tempfile.mkdtemp(), progress=False)
 >>> unet.output_shape
 (None, 32, 32, 3)
 """
@@ -166,7 +166,7 @@ def _progress_bar(show: bool, epoch: int, config: RiadConfig, steps: int):
     return tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None, file=sys.stderr)
 
 
-def train(
+def train_unet(
     config: RiadConfig,
     train_images: np.ndarray,
     out_dir,

@@ -3,7 +3,7 @@
 
 For every case (image size and U-Net widths) and every combination of replica
 count, precision and XLA, the script builds the training state exactly as
-`riad_tf.train.train` does and runs the shared training step for `--warmup`
+`riad_tf.train.train_unet` does and runs the shared training step for `--warmup`
 steps (tracing, compiling). Then it times `--steps` more of each, round-robin
 over the configurations so that a shared machine's changing load hits all of
 them alike, and reports the median. It also times the input pipeline

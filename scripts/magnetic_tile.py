@@ -7,8 +7,8 @@ auto-encoder baseline, `inpainting: false`), evaluates both on the same test spl
 and prints image AUROC, pixel AUROC, AUPRO and F1-max, overall and per defect type.
 The tables are also written to `OUT/results.md` (and `OUT/results.json`).
 
-The library does the work: `riad_tf.jobs.train_run` trains and calibrates,
-`riad_tf.jobs.evaluate_run` evaluates. Re-running the same command resumes an
+The library does the work: `riad_tf.jobs.train_on_images` trains and calibrates,
+`riad_tf.jobs.evaluate_images` evaluates. Re-running the same command resumes an
 interrupted training from its last checkpoint; finished runs and their metrics are
 reused, not recomputed.
 
@@ -35,6 +35,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+from riad_tf.markdown import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic_tile"
@@ -199,12 +201,12 @@ def run_model(label: str, run_dir: Path, config, split, data_dir: Path, progress
     """Trains (or resumes, or reuses) one model and evaluates it on `split.test`.
 
     Returns:
-        A result row: the label, the metrics summary of `evaluate_run`, training
+        A result row: the label, the metrics summary of `evaluate_images`, training
         seconds (summed over the epochs in `history.json`, so resumed runs count
         every epoch once), evaluation seconds (None when an earlier evaluation
         was reused), epochs trained, and `reused` (nothing was computed).
     """
-    from riad_tf.jobs import evaluate_run, train_run
+    from riad_tf.jobs import evaluate_images, train_on_images
     from riad_tf.run import eval_dir
 
     _check_compatible(run_dir, config)
@@ -215,13 +217,13 @@ def run_model(label: str, run_dir: Path, config, split, data_dir: Path, progress
         print(f"== {label}: training in {run_dir} ({config.epochs} epochs)", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         _record_data(run_dir, data_dir)
-        train_run(config, split, run_dir, progress=progress)
+        train_on_images(config, split, run_dir, progress=progress)
     summary = _stored_metrics(run_dir) if trained else None
     eval_seconds = None
     if summary is None:
         print(f"== {label}: evaluating on {len(split.test)} test images", flush=True)
         started = time.time()
-        summary = evaluate_run(run_dir, split.test, eval_dir(run_dir))
+        summary = evaluate_images(run_dir, split.test, eval_dir(run_dir))
         eval_seconds = time.time() - started
         print(f"== {label}: evaluated in {eval_seconds:.0f} s", flush=True)
     history = _history(run_dir)
@@ -275,11 +277,6 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
     lines = [header, ["-" * w for w in widths]] + rows
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [header, ["---"] * len(header)] + rows
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def _timing(results: list[dict], wall_seconds: float) -> str:

@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from riad_tf.markdown import markdown_table
 from scripts import magnetic_tile as mt  # the training and evaluation of one run
 
 DEFAULT_OUT = Path("runs") / "operating_points"
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
             f"images/s: the whole {base.n} x {len(base.ks)}-pass detector, batch {args.batch}, fastest of {', '.join(EDGE_PATHS)}. "
             "lines/s: square tiles side by side, no overlap.",
             "",
-            mt.markdown_table(header, body),
+            markdown_table(header, body),
             "",
             f"Wall time: {mt._minutes(time.time() - started)}.",
             "",

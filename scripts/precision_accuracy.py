@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from riad_tf.markdown import markdown_table
 from scripts import magnetic_tile as mt  # data loading and tables
 
 # name -> (riad-tf export flags, the file it writes)
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     print(
         f"{args.run}: {len(images)} test images, batch {args.batch}, {flops / 1e9:.2f} GFLOP per image (float32 count)"
     )
-    print(mt.markdown_table(header, body))
+    print(markdown_table(header, body))
     from edge.files import atomic_write_text
 
     atomic_write_text(args.run / "precision_accuracy.json", json.dumps(rows, indent=2) + "\n")

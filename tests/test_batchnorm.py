@@ -13,7 +13,7 @@ from riad_tf.batchnorm_guard import batchnorm_check, reestimate_batchnorm
 from riad_tf.config import RiadConfig
 from riad_tf.run import CONFIG_FILE, load_config, save_config
 from riad_tf.run_records import float32_copy
-from riad_tf.train import train
+from riad_tf.train import train_unet
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def trained(config, images, tmp_path_factory):
-    return train(config, images[:16], tmp_path_factory.mktemp("run"), images[16:], progress=False)
+    return train_unet(config, images[:16], tmp_path_factory.mktemp("run"), images[16:], progress=False)
 
 
 def _spoil_statistics(unet):
@@ -99,7 +99,9 @@ def test_spoiled_last_epoch_is_repaired_before_shipping(config, images, tmp_path
         if epoch == config.epochs:
             _spoil_statistics(unet)
 
-    train(moving, images[:16], out, progress=False, on_epoch_end=spoil_last)  # no held-out images: the last is kept
+    train_unet(
+        moving, images[:16], out, progress=False, on_epoch_end=spoil_last
+    )  # no held-out images: the last is kept
     kept = _kept_record(out)
     assert [r["epoch"] for r in kept] == [config.epochs]
     assert kept[0]["bn_reestimated_batches"] == batchnorm_guard.BATCHNORM_BATCHES
@@ -117,7 +119,7 @@ def test_the_saved_model_keeps_the_statistics_the_config_asks_for(config, images
     out = tmp_path / "run"
     chosen = config.with_overrides({"epochs": 2, "bn_statistics": bn_statistics})
     last = {}
-    trained = train(
+    trained = train_unet(
         chosen, images[:16], out, progress=False, on_epoch_end=lambda e, unet: last.update(e=e, unet=unet)
     )  # no held-out images: the last epoch is kept
     moving = _moving_means(last["unet"])  # training's moving statistics after the last epoch
@@ -173,7 +175,7 @@ def test_unrepairable_statistics_are_never_saved(config, images, tmp_path, monke
             _spoil_statistics(unet)
 
     with pytest.raises(BatchNormDivergenceError, match="not saved"):
-        train(config, images[:16], out, progress=False, on_epoch_end=spoil_last)
+        train_unet(config, images[:16], out, progress=False, on_epoch_end=spoil_last)
     assert not (out / "model.keras").exists()
 
 
@@ -185,9 +187,9 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(config, images, tmp_p
     def snapshot(epoch, unet):
         snapshots[epoch] = [np.array(w) for w in unet.trainable_weights]
 
-    train(config, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)
+    train_unet(config, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot)
     wrecked = config.with_overrides({"epochs": config.epochs + 1, "learning_rate": 10.0, "lr_schedule": "constant"})
-    saved = train(
+    saved = train_unet(
         wrecked, images[:16], out, images[16:], progress=False, on_epoch_end=snapshot
     )  # resumes: one more epoch
 

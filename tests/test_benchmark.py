@@ -135,10 +135,10 @@ def test_benchmark_command_end_to_end(tmp_path):
 
 
 def test_benchmark_rejects_unknown_paths():
-    from riad_tf.benchmark import run_benchmark
+    from riad_tf.benchmark import benchmark_report
 
     with pytest.raises(ValueError, match="unknown path"):
-        run_benchmark(RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS), paths=("keras", "tensorrt"))
+        benchmark_report(RiadConfig(image_size=(32, 32), widths=TINY_WIDTHS), paths=("keras", "tensorrt"))
     assert "tflite-int8" in PATHS
 
 

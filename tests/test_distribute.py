@@ -29,7 +29,7 @@ from riad_tf.distribute import (
     num_workers,
     resolve_precision,
 )
-from riad_tf.train import build_training_state, train
+from riad_tf.train import build_training_state, train_unet
 from riad_tf.training_step import learning_rate, training_batches
 
 TINY = dict(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4, 8), smoothing=5)
@@ -153,9 +153,9 @@ def test_train_rejects_impossible_distributed_settings(tmp_path):
     two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
     images = np.zeros((16, 32, 32, 3), np.float32)
     with pytest.raises(ValueError, match="sync_batchnorm"):
-        train(RiadConfig(**TINY, xla=True, sync_batchnorm=True), images, tmp_path, strategy=two_replicas)
+        train_unet(RiadConfig(**TINY, xla=True, sync_batchnorm=True), images, tmp_path, strategy=two_replicas)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        train(RiadConfig(**TINY, batch_size=16), images, tmp_path, strategy=two_replicas)
+        train_unet(RiadConfig(**TINY, batch_size=16), images, tmp_path, strategy=two_replicas)
     assert not list(tmp_path.iterdir())
 
 
@@ -232,7 +232,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     from riad_tf.config import RiadConfig
     from riad_tf.model import build_unet
-    from riad_tf.train import train
+    from riad_tf.train import train_unet
 
     config = RiadConfig(**json.loads(sys.argv[1]))
     images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
@@ -240,13 +240,13 @@ MIRRORED_SCRIPT = textwrap.dedent(
         "one": (config, tf.distribute.OneDeviceStrategy(devices[0])),
         "two": (config.with_overrides({"batch_size": config.batch_size // 2}), make_strategy("mirrored", devices)),
     }
-    keras.utils.set_random_seed(config.seed)  # what train() does: both runs start from these weights
+    keras.utils.set_random_seed(config.seed)  # what train_unet() does: both runs start from these weights
     initial = build_unet(config.input_shape, config.widths)
     moving = np.array(["moving_" in v.path for v in initial.weights])
     result, weights = {}, {}
     for name, (cfg, strategy) in runs.items():
         out = tempfile.mkdtemp()
-        unet = train(cfg, images, out, strategy=strategy, progress=False)
+        unet = train_unet(cfg, images, out, strategy=strategy, progress=False)
         history = json.load(open(out + "/history.json"))
         weights[name] = unet.get_weights()
         result[name] = {"replicas": strategy.num_replicas_in_sync, "losses": [r["loss"] for r in history]}

@@ -15,19 +15,19 @@ Importing this package does not import TensorFlow or OpenCV.
 Example:
 
 >>> split = validate_videos(load_video_dataset("UCSDped2", "ped2"))       # doctest: +SKIP
->>> train_video_run(RiadConfig.load("configs/ped2.yaml"), split, "runs/ped2")  # doctest: +SKIP
->>> evaluate_video_run("runs/ped2", split.test)["frame_auroc"]             # doctest: +SKIP
+>>> train_on_videos(RiadConfig.load("configs/ped2.yaml"), split, "runs/ped2")  # doctest: +SKIP
+>>> evaluate_videos("runs/ped2", split.test)["frame_auroc"]             # doctest: +SKIP
 """
 
 from edge.temporal import minmax_normalise, temporal_smoothing
 from riad_tf.video.frames import decode_video
 from riad_tf.video.jobs import (
-    calibrate_video_run,
-    evaluate_video_run,
+    calibrate_videos,
+    evaluate_videos,
     frame_auroc,
     holdout_clips,
     summarize_videos,
-    train_video_run,
+    train_on_videos,
 )
 from riad_tf.video.layouts import (
     VIDEO_LAYOUTS,
@@ -50,9 +50,9 @@ __all__ = [
     "VIDEO_LAYOUTS",
     "Video",
     "VideoSplit",
-    "calibrate_video_run",
+    "calibrate_videos",
     "decode_video",
-    "evaluate_video_run",
+    "evaluate_videos",
     "exclude_videos",
     "frame_auroc",
     "holdout_clips",
@@ -68,6 +68,6 @@ __all__ = [
     "resolve_video_layout",
     "summarize_videos",
     "temporal_smoothing",
-    "train_video_run",
+    "train_on_videos",
     "validate_videos",
 ]

@@ -8,20 +8,20 @@ averaged over the current and the previous `temporal_window - 1` frames
 (`edge.temporal`, 3 frames in the paper), and the frame-level ROC AUC over
 all test frames is the metric (Table 3: Ped2 92.5, Avenue17 88.9).
 
-- `train_video_run`: trains on the normal training videos (every
+- `train_on_videos`: trains on the normal training videos (every
   `train_frame_stride`-th frame), holding out whole videos (or, with a single
   training video, its last frames) to calibrate thresholds.
-- `calibrate_video_run`: frame, pixel and smoothed-frame thresholds at the
+- `calibrate_videos`: frame, pixel and smoothed-frame thresholds at the
   target false-positive rate on held-out normal frames.
-- `evaluate_video_run`: frame AUROC overall and per video, for the raw, the
+- `evaluate_videos`: frame AUROC overall and per video, for the raw, the
   smoothed and the smoothed-and-normalised scores, a CSV of every frame's
   scores, and the HTML report with a score plot per video.
 
 Example:
 
 >>> split = validate_videos(load_video_dataset("UCSDped2", "ped2"))      # doctest: +SKIP
->>> train_video_run(RiadConfig.load("configs/ped2.yaml"), split, "runs/ped2")  # doctest: +SKIP
->>> evaluate_video_run("runs/ped2", split.test)["frame_auroc"]            # doctest: +SKIP
+>>> train_on_videos(RiadConfig.load("configs/ped2.yaml"), split, "runs/ped2")  # doctest: +SKIP
+>>> evaluate_videos("runs/ped2", split.test)["frame_auroc"]            # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -42,6 +41,7 @@ from edge.verdicts import conformal_threshold
 from riad_tf import metrics
 from riad_tf.config import RiadConfig
 from riad_tf.data import DataError, split_holdout
+from riad_tf.markdown import cell
 from riad_tf.thresholds import calibrate
 from riad_tf.video.layouts import Video, VideoSplit, exclude_videos
 
@@ -143,7 +143,7 @@ def score_frames(detector, frames: Iterable[np.ndarray], batch_size: int = 4, ke
 # Training and calibration
 
 
-def train_video_run(
+def train_on_videos(
     config: RiadConfig, split: VideoSplit, out_dir, progress: bool = True, strategy=None, batch_size: int = 4
 ) -> dict | None:
     """Trains on the normal training videos and calibrates on held-out frames.
@@ -153,7 +153,7 @@ def train_video_run(
         split: a validated `VideoSplit`.
         out_dir: the run directory (re-run to resume).
         progress: show progress bars.
-        strategy: a `tf.distribute` strategy, passed to `riad_tf.train.train`.
+        strategy: a `tf.distribute` strategy, passed to `riad_tf.train.train_unet`.
         batch_size: frames per detector call during calibration.
 
     Returns:
@@ -161,20 +161,20 @@ def train_video_run(
         non-chief worker of a multi-worker job.
     """
     from riad_tf.distribute import is_chief, make_strategy
-    from riad_tf.train import train
+    from riad_tf.train import train_unet
 
     kept, held_out = holdout_clips(split.train, config.val_fraction, config.seed)
     train_images = _read_clips(kept, config, config.train_frame_stride)
     holdout_images = _read_clips(held_out, config, config.train_frame_stride) if held_out else None
     strategy = strategy or make_strategy(config.strategy)
-    train(config, train_images, out_dir, holdout_images=holdout_images, strategy=strategy, progress=progress)
+    train_unet(config, train_images, out_dir, holdout_images=holdout_images, strategy=strategy, progress=progress)
     del train_images, holdout_images
     if not is_chief(strategy):
         return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
-    return calibrate_video_run(out_dir, held_out or kept, batch_size)
+    return calibrate_videos(out_dir, held_out or kept, batch_size)
 
 
-def calibrate_video_run(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> dict:
+def calibrate_videos(run_dir, clips: Sequence[Clip], batch_size: int = 4) -> dict:
     """Thresholds at the run's `target_fpr` on normal frames, saved as `thresholds.json`.
 
     Besides the image ("image", per-frame score) and pixel thresholds of
@@ -288,9 +288,7 @@ def _pool(per_video: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(v) for v in per_video]) if len(per_video) else np.zeros(0)
 
 
-def evaluate_video_run(
-    run_dir, videos: Sequence[Video], out_dir=None, batch_size: int = 4, report: bool = True
-) -> dict:
+def evaluate_videos(run_dir, videos: Sequence[Video], out_dir=None, batch_size: int = 4, report: bool = True) -> dict:
     """Scores every frame of the test videos; writes metrics, frame scores and the report.
 
     Test videos named in the run's `exclude_test_videos` are left out (Avenue17).
@@ -308,7 +306,7 @@ def evaluate_video_run(
     Returns:
         The metrics dict written to `metrics.json` (see `summarize_videos`).
     """
-    from riad_tf.run import eval_dir, load_detector, load_thresholds
+    from riad_tf.run import REPORT_DIR, eval_dir, load_detector, load_thresholds, save_metrics
     from riad_tf.video.report import write_video_report
 
     out_dir = Path(out_dir or eval_dir(run_dir))
@@ -332,13 +330,11 @@ def evaluate_video_run(
     smoothed = [temporal_smoothing(s, config.temporal_window) for s in scores]
     summary["calibrated_threshold_rates"] = _threshold_rates(smoothed, labels, thresholds)
     summary["resolution"] = list(config.image_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / "metrics.md", _markdown(summary, run_dir))
+    save_metrics(out_dir, summary, _markdown(summary, run_dir))
     atomic_write_text(out_dir / "scores.csv", _scores_csv(names, labels, scores, smoothed))
     if report:
         write_video_report(
-            out_dir / "report",
+            out_dir / REPORT_DIR,
             names=names,
             scores=scores,
             smoothed=smoothed,
@@ -353,12 +349,7 @@ def _threshold_rates(smoothed, labels, thresholds) -> dict | None:
     if not thresholds or "smoothed_frame" not in thresholds:
         return None
     predicted = np.concatenate(smoothed) > thresholds["smoothed_frame"]
-    truth = np.concatenate(labels).astype(bool)
-    return {
-        "threshold": thresholds["smoothed_frame"],
-        "false_positive_rate": float(predicted[~truth].mean()) if (~truth).any() else None,
-        "true_positive_rate": float(predicted[truth].mean()) if truth.any() else None,
-    }
+    return {"threshold": thresholds["smoothed_frame"], **metrics.verdict_rates(predicted, np.concatenate(labels))}
 
 
 def _scores_csv(names, labels, scores, smoothed) -> str:
@@ -372,9 +363,6 @@ def _scores_csv(names, labels, scores, smoothed) -> str:
 
 
 def _markdown(summary: dict, run_dir) -> str:
-    def cell(value):
-        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
     window = summary["temporal_window"]
     lines = [
         f"# Video evaluation of `{run_dir}`",

@@ -1,0 +1,27 @@
+"""Markdown tables for the text that evaluations, benchmarks and experiments write (`metrics.md`, results.md).
+
+Example:
+
+>>> print(markdown_table(["subset", "AUROC"], [["overall", cell(0.98765)], ["crack", cell(None)]]))
+| subset | AUROC |
+| --- | --- |
+| overall | 0.9877 |
+| crack | n/a |
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def cell(value, spec: str = ".4f") -> str:
+    """A table cell: floats with `spec`, None as "n/a", anything else as text."""
+    if value is None:
+        return "n/a"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
+    """A markdown table of `header` and `rows` (cells turned into text with `str`)."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)

@@ -213,7 +213,8 @@ def run_reference(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path
         return run_dir
     command = [
         sys.executable,
-        str(Path(__file__).with_name("reference_torch.py")),
+        "-m",
+        "experiments.reference_torch",  # from the repository root, as this script runs
         "--data",
         str(data),
         "--out",
@@ -250,7 +251,8 @@ def run_riad(args, data: Path, epochs: int, eval_epochs: list[int]) -> Path:
         return run_dir
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "experiments.compare_reference",  # from the repository root, as this script runs
         "--worker",
         "riad-tf",
         "--run-epochs",

@@ -133,7 +133,8 @@ def train_run(args, data: Path, recipe: str, seed: int, folder: Path, started: f
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
-        str(Path(__file__).with_name("reference_torch.py")),
+        "-m",
+        "experiments.reference_torch",  # from the repository root, as this script runs
         *("--data", str(data), "--out", str(folder), "--epochs", str(args.epochs)),
         *("--eval-epochs", args.eval_epochs, "--widths", args.widths, "--smoothing", str(args.smoothing)),
         *("--seed", str(seed), "--device", args.device, "--threads", "1"),

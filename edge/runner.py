@@ -1,4 +1,4 @@
-"""One interface over LiteRT, ONNX Runtime and TensorRT: images in, anomaly maps and scores out.
+"""One interface over LiteRT, ONNX Runtime, OpenVINO and TensorRT: images in, anomaly maps and scores out.
 
 `Runner.open(path)` picks the runtime from the file extension (`.tflite`,
 `.onnx`, `.engine`/`.plan`) and reads `MODEL.json` beside the model. Two kinds

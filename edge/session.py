@@ -29,7 +29,7 @@ import numpy as np
 
 @runtime_checkable
 class Session(Protocol):
-    """A model loaded on a runtime (LiteRT, ONNX Runtime, TensorRT), run one batch at a time.
+    """A model loaded on a runtime (LiteRT, ONNX Runtime, OpenVINO, TensorRT), run one batch at a time.
 
     `isinstance(obj, Session)` checks only that the members exist, not their types.
     """

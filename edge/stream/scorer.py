@@ -1,6 +1,6 @@
 """Frames in, frame maps and scores out: tiles from several frames go through the runner together.
 
-Works with any `edge.runner.Runner` (LiteRT, ONNX Runtime, TensorRT) or
+Works with any `edge.runner.Runner` (LiteRT, ONNX Runtime, OpenVINO, TensorRT) or
 anything with the same call (`runner(images) -> (maps, scores)`) and the
 attributes `image_size`, `channels`. Frames are converted to the model's
 channels once (`edge.images.to_model_input` at the frame's own size, so no

@@ -61,7 +61,7 @@ EXPORTED_PATHS = {
 
 
 # ----------------------------------------------------------------------------
-# FLOPs and peak
+# Memory
 
 
 def peak_rss_mb() -> float:

@@ -472,11 +472,3 @@ class _MaskFinder:
                         listing.setdefault(entry.stem, entry)
             self._listings[folder] = listing
         return self._listings[folder].get(stem)
-
-
-# ----------------------------------------------------------------------------
-# Reading
-
-
-# ----------------------------------------------------------------------------
-# Checking and loading

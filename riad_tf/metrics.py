@@ -286,9 +286,6 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     return _area_up_to(fprs, pros, fpr_limit) / fpr_limit
 
 
-# --------------------------------------------------------------------------- thresholds
-
-
 # --------------------------------------------------------------------------- report
 
 

@@ -377,7 +377,3 @@ def _write_examples(out_dir: Path, data: Evaluation, max_examples: int) -> dict[
             save_figure(_example_figure(i, data, map_vmax), out_dir / relative)
             groups[group].append((i, relative))
     return groups
-
-
-# ---------------------------------------------------------------------------
-# HTML

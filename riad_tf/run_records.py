@@ -6,6 +6,7 @@ Only the chief writes the run directory (`riad_tf.run` names its files).
 the same on every worker:
 
 - `restore()`: the number of finished epochs in the last checkpoint (0 for a new run);
+- `start(epochs_done)`: the chief writes the config and opens its records;
 - `end_epoch(epoch, figures, unet)`: after every epoch, the chief runs the
   batch-norm guard, appends the epoch to `history.json` and keeps the best
   weights; every worker takes part in the checkpoint;
@@ -147,6 +148,9 @@ class WorkerRecords:
             log.info(f"resuming {self.out_dir} after epoch {epochs_done} of {self.config.epochs}")
         return epochs_done
 
+    def start(self, epochs_done: int) -> None:
+        """Begins the records after `epochs_done` finished epochs (once every worker agrees on it)."""
+
     def end_epoch(self, epoch: int, figures: dict, unet) -> None:
         """Saves the checkpoint of finished epoch `epoch` (1-based)."""
         self.checkpoints.save(epoch)
@@ -177,14 +181,13 @@ class ChiefRecords(WorkerRecords):
         super().__init__(checkpoint, out_dir, config, scratch)
         self.guard, self.guard_images, self.has_holdout = guard, guard_images, has_holdout
 
-    def restore(self) -> int:
-        epochs_done = super().restore()
+    def start(self, epochs_done: int) -> None:
+        """Writes the config and opens the history (records past `epochs_done` are redone), best weights and logs."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.out_dir, self.config)
         self.history = History(self.out_dir / HISTORY_FILE, epochs_done)
         self.best = BestWeights(self.out_dir / CHECKPOINT_DIR / BEST_WEIGHTS_FILE, self.history.records)
         self.writer = tf.summary.create_file_writer(str(self.out_dir / LOGS_DIR))
-        return epochs_done
 
     def end_epoch(self, epoch: int, figures: dict, unet) -> None:
         """Runs the guard, records the epoch, keeps the best weights, checkpoints and logs.

@@ -1,6 +1,6 @@
 """Training: Algorithm 2 under any `tf.distribute` strategy, with resume.
 
-The loop (`train`) reads in one screen; each concern lives in its own module:
+The loop (`train_unet`) reads in one screen; each concern lives in its own module:
 
 - `riad_tf.training_step`: the step (Eq. 7 on inpainted batches), the input
   pipeline and the learning-rate schedule;
@@ -208,6 +208,7 @@ def train_unet(
         records.on_epoch_end = on_epoch_end  # called on the chief only
         first_epoch = records.restore()
         assert_workers_agree(strategy, first_epoch, "epoch restored from the checkpoint")
+        records.start(first_epoch)
         step = make_train_step(unet, optimizer, config, strategy)
         dataset = training_batches(train_images, config, global_batch, first_epoch, drop_remainder)
         batches = iter(strategy.experimental_distribute_dataset(dataset))

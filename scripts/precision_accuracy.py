@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     if unknown:
         mt.fail(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
     if not (args.run / "model.keras").is_file():
-        mt.fail(f"{args.run}: no trained run here (model.keras missing); run scripts/operating_points.py first")
+        mt.fail(f"{args.run}: no trained run here (model.keras missing); run python3 -m scripts.operating_points first")
     from edge.runner import Runner
     from riad_tf.flops import riad_flops
     from riad_tf.image_files import load_arrays

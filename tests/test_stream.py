@@ -463,7 +463,8 @@ def test_stream_package_never_imports_tensorflow():
 import sys
 import numpy as np
 import edge.cli
-from edge.stream import ImageLineScan, StreamPipeline, StreamSettings, accumulate, output, pipeline, regions, scorer, sources, stitch, tiling
+from edge.stream import ImageLineScan, StreamPipeline, StreamSettings, accumulate, output, pipeline, scorer, sources, stitch
+import edge.regions, edge.tiling
 
 class Runner:
     image_size, channels, thresholds = (16, 16), 1, {"region": 0.3}

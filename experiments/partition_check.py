@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     for name in sorted({key.split(", ", 2)[2] for key in ours}, key=lambda n: (len(n), n)):
         for epoch in epochs:
             picked = [v for k, v in ours.items() if k.endswith(f"epoch {epoch}, {name}")]
-            if picked:
+            if len(picked) == len(seeds):  # a row of every seed, or none
                 means.append(
                     [f"{epoch}", name]
                     + [f"{np.mean([p[k] for p in picked]):.4f}" for _, k in METRICS]

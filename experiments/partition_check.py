@@ -61,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--run", type=Path, help="check one riad-tf run on its own data instead")
     parser.add_argument(
+        "--colouring",
+        action="store_true",
+        help="also score a third rule, a random proper colouring of each grid (`coloured_masks`; an experiment)",
+    )
+    parser.add_argument(
         "--partition-seeds",
         default="",
         help="other inference-partition seeds to score the longest run's last epoch with, both rules: "
@@ -103,15 +108,44 @@ def scored_model(run_dir: Path, epoch: int, longest: int):
     return unet, str(epoch)
 
 
-def score(unet, config, data, context: bool, partition_seed: int | None = None) -> dict:
-    """Metrics and the good maps' hot spot of one model with one partition rule."""
+def coloured_masks(height: int, width: int, ks, n: int, seed: int, sweeps: int = 30) -> np.ndarray:
+    """Partitions where no cell shares its set with a 4-neighbour: a random proper n-colouring per k (n >= 3).
+
+    Starts from the diagonal colouring (row + 2 x column) mod n and recolours random cells with
+    colours none of their neighbours has (Glauber dynamics), so every removed cell sees all of
+    its neighbours. An experiment (`--colouring`), not riad-tf's rule.
+    """
+    rng = np.random.default_rng((seed, 3))
+    per_k = []
+    for k in ks:
+        rows, cols = height // k, width // k
+        cells = (np.arange(rows)[:, None] + 2 * np.arange(cols)[None, :] + int(rng.integers(n))) % n
+        for _ in range(sweeps * rows * cols):
+            r, c = int(rng.integers(rows)), int(rng.integers(cols))
+            taken = {
+                int(cells[y, x])
+                for y, x in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
+                if 0 <= y < rows and 0 <= x < cols
+            }
+            free = [colour for colour in range(n) if colour not in taken]
+            cells[r, c] = free[int(rng.integers(len(free)))]
+        pixel_set = np.repeat(np.repeat(cells, k, axis=0), k, axis=1)
+        per_k.append((pixel_set[None] != np.arange(n)[:, None, None]).astype(np.float32)[..., None])
+    return np.stack(per_k)
+
+
+def score(unet, config, data, context, partition_seed: int | None = None) -> dict:
+    """Metrics and the good maps' hot spot of one model with one partition rule (`context`: True, False or "colouring")."""
     from riad_tf import metrics
     from riad_tf.detector import Detector
     from riad_tf.masks import inference_masks
     from riad_tf.thresholds import hot_spot
 
     seed = config.seed if partition_seed is None else partition_seed
-    masks = inference_masks(*config.image_size, config.ks, config.n, seed, context=context)
+    if context == "colouring":
+        masks = coloured_masks(*config.image_size, config.ks, config.n, seed)
+    else:
+        masks = inference_masks(*config.image_size, config.ks, config.n, seed, context=context)
     maps, scores = Detector(unet, config, masks=masks).score(data["test"], batch_size=8)
     labels = data["labels"]
     summary = metrics.summarize(scores, labels, maps, data["test_masks"])
@@ -250,7 +284,8 @@ def main(argv=None) -> int:
             if not needed.is_file():
                 sys.exit(f"partition_check.py: {needed}: not there yet; add --train, or wait for the run")
         for epoch in epochs:
-            for name, context in (("paper", False), ("context", True)):
+            rules = (("paper", False), ("context", True)) + ((("colouring", "colouring"),) if args.colouring else ())
+            for name, context in rules:
                 key = f"seed {seed}, epoch {epoch}, {name}"
                 if key not in results:
                     unet, label = scored_model(run_dir, epoch, length)

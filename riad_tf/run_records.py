@@ -23,7 +23,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -155,7 +154,7 @@ class WorkerRecords:
         """Saves the checkpoint of finished epoch `epoch` (1-based)."""
         self.checkpoints.save(epoch)
 
-    def ship(self, unet, train_images: np.ndarray, batch_size: int):
+    def ship(self, unet, train_images: np.ndarray):
         """Saves a float32 copy of `unet` into scratch (every worker saves: the documented pattern); returns it."""
         trained = float32_copy(unet, self.config)
         save_model(self.scratch / "model", trained, self.config)
@@ -166,20 +165,20 @@ class ChiefRecords(WorkerRecords):
     """The chief's records: the run directory, with the batch-norm guard after every epoch.
 
     Args:
-        guard: `f(unet) -> batchnorm_check(...)` on the guard images.
-        guard_images: the images of the guard (`ship_checked` runs it once more).
+        guard_images: the images of the batch-norm guard (`batchnorm_check`
+            after every epoch, `ship_checked` once more before saving).
+        batch_size: the guard's batch size (the global batch).
         has_holdout: the guard images are held-out images, so their loss
             chooses the kept epoch (else the last epoch is kept).
-
-    `on_epoch_end`, when set, is called as `f(epoch, unet)` after each epoch.
+        on_epoch_end: optional `f(epoch, unet)`, called after each epoch.
     """
 
     writes_run_dir = True
-    on_epoch_end: Callable | None = None
 
-    def __init__(self, checkpoint, out_dir: Path, config: RiadConfig, scratch: Path, guard, guard_images, has_holdout):
+    def __init__(self, checkpoint, out_dir, config, scratch, *, guard_images, batch_size, has_holdout, on_epoch_end):
         super().__init__(checkpoint, out_dir, config, scratch)
-        self.guard, self.guard_images, self.has_holdout = guard, guard_images, has_holdout
+        self.guard_images, self.batch_size, self.has_holdout = guard_images, batch_size, has_holdout
+        self.on_epoch_end = on_epoch_end
 
     def start(self, epochs_done: int) -> None:
         """Writes the config and opens the history (records past `epochs_done` are redone), best weights and logs."""
@@ -197,7 +196,7 @@ class ChiefRecords(WorkerRecords):
             figures: `{"loss", "lr", "seconds", "images_per_s"}` of the epoch.
             unet: the training U-Net.
         """
-        check = self.guard(unet)
+        check = batchnorm_check(unet, self.guard_images, self.config, self.batch_size)
         record = {
             "epoch": epoch,
             "loss": figures["loss"],
@@ -218,18 +217,17 @@ class ChiefRecords(WorkerRecords):
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch, unet)
 
-    def ship(self, unet, train_images: np.ndarray, batch_size: int):
+    def ship(self, unet, train_images: np.ndarray):
         """Saves the kept epoch's model, float32, after the guard's last check; returns it.
 
         Args:
             unet: the training U-Net after the last epoch.
             train_images: re-estimate batch norm on these (`settle_batchnorm`).
-            batch_size: the guard's batch size.
         """
         epochs = self.config.epochs
         kept = self.best.epoch if self.best.epoch is not None else epochs
         trained = float32_copy(unet, self.config, self.best.load() if kept != epochs else None)
-        details = ship_checked(trained, self.config, self.guard_images, train_images, batch_size, self.out_dir)
+        details = ship_checked(trained, self.config, self.guard_images, train_images, self.batch_size, self.out_dir)
         self.history.mark_kept(kept, **details)
         how = " (lowest inference-mode validation loss)" if self.has_holdout else " (the last)"
         log.info(f"kept epoch {kept} of {epochs}{how}")
@@ -237,7 +235,7 @@ class ChiefRecords(WorkerRecords):
         return trained
 
 
-def open_records(strategy, checkpoint, out_dir: Path, config: RiadConfig, scratch: Path, guard_images, has_holdout):
+def open_records(strategy, checkpoint, out_dir: Path, config: RiadConfig, scratch: Path, **chief_only):
     """The chief's records (the run directory and the batch-norm guard), or another worker's (its checkpoint share).
 
     Args:
@@ -246,17 +244,12 @@ def open_records(strategy, checkpoint, out_dir: Path, config: RiadConfig, scratc
         out_dir: the run directory.
         config: the run's config.
         scratch: where a worker other than the chief writes (`riad_tf.distribute.scratch_dir`).
-        guard_images: the batch-norm guard's images.
-        has_holdout: whether those are held-out images (their loss chooses the kept epoch).
+        **chief_only: `guard_images`, `batch_size`, `has_holdout` and
+            `on_epoch_end` of `ChiefRecords`.
     """
     if not is_chief(strategy):
         return WorkerRecords(checkpoint, out_dir, config, scratch)
-    batch_size = config.batch_size * strategy.num_replicas_in_sync
-
-    def guard(unet):
-        return batchnorm_check(unet, guard_images, config, batch_size)
-
-    return ChiefRecords(checkpoint, out_dir, config, scratch, guard, guard_images, has_holdout)
+    return ChiefRecords(checkpoint, out_dir, config, scratch, **chief_only)
 
 
 def _log_epoch(writer, record: dict, unet, preview: np.ndarray | None, config: RiadConfig):

@@ -204,8 +204,9 @@ def train_unet(
     unet, optimizer, epoch_var = build_training_state(config, strategy)
     checkpoint = tf.train.Checkpoint(unet=unet, optimizer=optimizer, epoch=epoch_var)
     with scratch_dir(strategy) as scratch:
-        records = open_records(strategy, checkpoint, Path(out_dir), config, scratch, guard_images, has_holdout)
-        records.on_epoch_end = on_epoch_end  # called on the chief only
+        chief_only = dict(guard_images=guard_images, batch_size=global_batch, has_holdout=has_holdout)
+        chief_only["on_epoch_end"] = on_epoch_end
+        records = open_records(strategy, checkpoint, Path(out_dir), config, scratch, **chief_only)
         first_epoch = records.restore()
         assert_workers_agree(strategy, first_epoch, "epoch restored from the checkpoint")
         records.start(first_epoch)
@@ -224,4 +225,4 @@ def train_unet(
             figures = _train_epoch(step, batches, steps, bar, set_rate)
             epoch_var.assign(epoch + 1)
             records.end_epoch(epoch + 1, figures, unet)
-        return records.ship(unet, train_images, global_batch)
+        return records.ship(unet, train_images)

@@ -280,9 +280,18 @@ def _stride(value: str | None) -> tuple[int, int] | None:
 @click.option(
     "--source", required=True, help="DIR, VIDEO, IMAGE (replayed), raw:-|raw:FILE, tcp://127.0.0.1:PORT or PLUGIN:ARGS."
 )
-@click.option("--frame-height", type=int, default=256, show_default=True, help="Lines per frame.")
-@click.option("--overlap", type=int, default=32, show_default=True, help="Lines shared by consecutive frames.")
-@click.option("--stride", default=None, help="Tile stride ROWS,COLUMNS (default: half a tile).")
+@click.option(
+    "--frame-height", type=int, default=None, help="Lines per frame (default: about 256, fitted to the tile grid)."
+)
+@click.option(
+    "--overlap",
+    type=int,
+    default=None,
+    help="Lines shared by consecutive frames (default: a tile less one stride, at the model's scale).",
+)
+@click.option(
+    "--stride", default=None, help="Tile stride ROWS,COLUMNS in model pixels (default: the model's tile_stride)."
+)
 @click.option(
     "--policy",
     type=click.Choice(["block", "drop"]),
@@ -294,11 +303,19 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     "--queue", "queue_size", type=int, default=8, show_default=True, help="Frames waiting for inference, at most."
 )
 @click.option("--batch-frames", type=int, default=4, show_default=True, help="Frames whose tiles are scored together.")
-@click.option("--pixel-threshold", type=float, default=None, help="Override the metadata's pixel threshold.")
+@click.option("--pixel-threshold", type=float, default=None, help="Override the calibrated region threshold.")
 @click.option(
-    "--image-threshold", type=float, default=None, help="Override the metadata's image threshold (frame verdicts)."
+    "--image-threshold",
+    type=float,
+    default=None,
+    help="Override the calibrated threshold, as infer's option does (one threshold: regions and frame verdicts).",
 )
-@click.option("--min-pixels", type=int, default=1, show_default=True, help="Smaller regions are not reported.")
+@click.option(
+    "--min-pixels",
+    type=int,
+    default=None,
+    help="Smaller regions are not reported (default: the model's min_region_area).",
+)
 @click.option(
     "--output",
     default="-",

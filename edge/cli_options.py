@@ -112,7 +112,10 @@ def size_mode_options(command):
         "--resize", is_flag=True, help="Squeeze inputs of another size to the model's input (distorts them)."
     )(command)
     return click.option(
-        "--tile", is_flag=True, help="Inspect inputs of another size in model-size tiles at the training scale."
+        "--tile",
+        is_flag=True,
+        help="Inspect inputs of another size in model-size tiles at the training scale "
+        "(a model trained at a scale tiles every input).",
     )(command)
 
 

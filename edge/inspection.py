@@ -6,14 +6,16 @@
 - Each file is read on its own. A file that cannot be read, holds NaN or
   infinite values, or has the wrong size gets an error record
   (`edge.predictions.error_record`), and the rest are still scored.
-- Size: the model was trained on images of one native size, resized to the
-  model's input (`preprocessing_record`, kept in the run and in every
-  export's metadata). An input of that native size is resized the same way.
-  Any other size is refused, naming both sizes, unless the caller asks:
-  `"resize"` squeezes it to the model's input anyway (the old behaviour);
-  `"tile"` scales it as training scaled its images, cuts it into model-size
-  tiles (half a tile apart, the tiling of `edge.stream`), and stitches their
-  maps. The image's score is then the stitched map's maximum (Eq. 10).
+- Size: a model trained at a scale (`RiadConfig.scale`, recorded as
+  `preprocessing["scale"]` in the run and in every export's metadata) scores
+  every image in tiles: the image is resized by the scale, cut into
+  model-size tiles `tile_stride` of a tile apart (the tiling of
+  `edge.stream`), and the tile maps are stitched (`edge.tiling.tiled_map`).
+  The image's score is the stitched map's maximum (Eq. 10). A model trained
+  on whole images squeezed to its input (no scale) resizes an input of the
+  training images' native size the same way; any other size is refused,
+  naming both sizes, unless the caller asks: `"resize"` squeezes it anyway;
+  `"tile"` tiles it at the scale training squeezed its images by.
 - Verdicts and regions (`edge.verdicts`): regions are the 8-connected parts
   of the map above the region threshold with at least `min_region_area`
   pixels, reported as boxes in the input image's pixel coordinates.
@@ -34,23 +36,26 @@ import numpy as np
 from edge.images import load_image, to_model_input
 from edge.predictions import MapNames, error_record, prediction_record
 from edge.regions import connected_regions
-from edge.tiling import cut_tiles, tile_sums
+from edge.tiling import ScoreFunction, scaled_size, tile_stride, tiled_map
 
 SIZE_MODES = ("strict", "resize", "tile")
 RESIZE = "bilinear (Pillow), colour to grey before, grey to colour after"
 
-ScoreFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-
-def preprocessing_record(native_sizes: Sequence[tuple[int, int]]) -> dict:
-    """What a run and its exports record about their inputs: the training images' native size.
+def preprocessing_record(
+    native_sizes: Sequence[tuple[int, int]], scale: float | None = None, stride: float = 0.5
+) -> dict:
+    """What a run and its exports record about their inputs: the training images' native size and scale.
 
     Args:
         native_sizes: (height, width) of every training image before resizing.
+        scale: `RiadConfig.scale`: None (whole images squeezed) or the scale of tiled training.
+        stride: `RiadConfig.tile_stride`, the step between tiles as a share of the tile.
 
     Returns:
         `{"native_size": [h, w] (the most common), "mixed_sizes": bool, "size_range": [[h, w] smallest,
-        [h, w] largest], "aspect_range": [w/h smallest, largest], "resize": ...}`.
+        [h, w] largest], "aspect_range": [w/h smallest, largest], "resize": ..., "scale": scale or None,
+        "tile_stride": stride}`.
 
     Example:
 
@@ -66,6 +71,8 @@ def preprocessing_record(native_sizes: Sequence[tuple[int, int]]) -> dict:
         "size_range": [sizes.min(axis=0).tolist(), sizes.max(axis=0).tolist()],
         "aspect_range": [round(float(aspects.min()), 4), round(float(aspects.max()), 4)],
         "resize": RESIZE,
+        "scale": scale,
+        "tile_stride": stride,
     }
 
 
@@ -82,6 +89,8 @@ def size_problem(shape: tuple[int, int], preprocessing: dict | None) -> str | No
     (True, False)
     """
     native_size = (preprocessing or {}).get("native_size")
+    if trained_at_scale(preprocessing):
+        return None  # every size is tiled
     if native_size is None or tuple(shape) == tuple(native_size):
         return None
     if preprocessing.get("mixed_sizes") and "aspect_range" in preprocessing:
@@ -97,6 +106,29 @@ def size_problem(shape: tuple[int, int], preprocessing: dict | None) -> str | No
         f"the image is {shape[0]} x {shape[1]} px but the model was trained on {native_size[0]} x {native_size[1]} "
         "images; pass --tile to inspect it in tiles at the training scale, or --resize to squeeze it"
     )
+
+
+def trained_at_scale(preprocessing: dict | None) -> bool:
+    """Whether the model was trained on crops at a scale (every input is then tiled)."""
+    return bool(preprocessing) and preprocessing.get("scale") is not None
+
+
+def tiling_of(preprocessing: dict, model_size: tuple[int, int]) -> tuple[tuple[float, float], tuple[int, int]]:
+    """((row, column) scale, stride) at which inputs are tiled: the recorded scale, or the squeeze of training.
+
+    Example:
+
+    >>> tiling_of({"native_size": [256, 512], "scale": None}, (128, 128))
+    ((0.5, 0.25), (64, 64))
+    >>> tiling_of({"native_size": [256, 512], "scale": 1.0, "tile_stride": 1.0}, (128, 128))
+    ((1.0, 1.0), (128, 128))
+    """
+    share = float(preprocessing.get("tile_stride", 0.5))
+    if trained_at_scale(preprocessing):
+        scale = float(preprocessing["scale"])
+        return (scale, scale), tile_stride(model_size, share)
+    native = preprocessing["native_size"]
+    return (model_size[0] / native[0], model_size[1] / native[1]), tile_stride(model_size, share)
 
 
 def inspect_files(paths: Sequence[Path], *args, **kwargs) -> Iterator[dict]:
@@ -149,9 +181,10 @@ def inspect(
 
     for path, load in items:
         image, problem, other_size = _loaded(path, load, preprocessing)
-        if problem or (other_size and mode != "resize"):
+        tiled = trained_at_scale(preprocessing) and mode != "resize"
+        if problem or tiled or (other_size and mode != "resize"):
             yield from flush()  # records stay in input order
-            if problem or mode == "strict":
+            if problem or (mode == "strict" and not tiled):
                 yield error_record(path, problem or f"{path}: {other_size}")
             else:
                 yield _tiled(
@@ -187,28 +220,20 @@ def _with_map(record: dict, anomaly_map, on_map) -> dict:
 
 
 def _tiled(path, image, score, model_size, channels, preprocessing, thresholds, maps, batch_size, on_map) -> dict:
-    """One image scaled as training scaled its (most common) size, scored tile by tile, maps stitched."""
-    native_size = preprocessing["native_size"]
-    scale = (model_size[0] / native_size[0], model_size[1] / native_size[1])
-    scaled_size = (max(1, round(image.shape[0] * scale[0])), max(1, round(image.shape[1] * scale[1])))
-    scaled = to_model_input([image], scaled_size, channels, "float32")[0]
-    stride = (max(1, model_size[0] // 2), max(1, model_size[1] // 2))
-    tiles, origins = cut_tiles(scaled, model_size, stride)
-    tile_maps, tile_scores = [], []
-    for start in range(0, len(tiles), batch_size):
-        chunk_maps, chunk_scores = score(tiles[start : start + batch_size])
-        tile_maps.append(np.asarray(chunk_maps, np.float32))
-        tile_scores.append(np.asarray(chunk_scores, np.float32))
-    total, count = tile_sums(np.concatenate(tile_maps), origins, scaled_size)
-    stitched = total / np.maximum(count, 1.0)
+    """One image at the model's scale, scored tile by tile, maps stitched (`edge.tiling.tiled_map`)."""
+    scale, stride = tiling_of(preprocessing, model_size)
+    size = scaled_size(image.shape[:2], scale)
+    scaled = to_model_input([image], size, channels, "float32")[0]
+    tiled = tiled_map(scaled, score, model_size, stride, batch_size)
+    stitched = tiled.map
     record = _with_map(
         _record(path, float(stitched.max()), stitched, thresholds, maps, image.shape[:2]), stitched, on_map
     )
     if "error" not in record:
-        to_image = (image.shape[0] / scaled_size[0], image.shape[1] / scaled_size[1])
+        to_image = (image.shape[0] / size[0], image.shape[1] / size[1])
         record["tiles"] = [
             {"origin": [round(r * to_image[0]), round(c * to_image[1])], "score": round(float(s), 6)}
-            for (r, c), s in zip(origins, np.concatenate(tile_scores))
+            for (r, c), s in zip(tiled.origins, tiled.tile_scores)
         ]
     return record
 

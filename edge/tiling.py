@@ -18,7 +18,35 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import numpy as np
+
+ScoreFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def scaled_size(shape: tuple[int, int], scale: float | tuple[float, float]) -> tuple[int, int]:
+    """(height, width) of an image of `shape` resized by `scale` (one, or (rows, columns)), rounded, at least 1.
+
+    Example:
+
+    >>> scaled_size((1263, 500), 0.5), scaled_size((256, 512), (0.5, 0.25))
+    ((632, 250), (128, 128))
+    """
+    rows, cols = (scale, scale) if np.isscalar(scale) else scale
+    return max(1, round(shape[0] * rows)), max(1, round(shape[1] * cols))
+
+
+def tile_stride(tile_size: tuple[int, int], share: float = 0.5) -> tuple[int, int]:
+    """(rows, columns) between tile starts: `share` of the tile (`RiadConfig.tile_stride`), at least 1.
+
+    Example:
+
+    >>> tile_stride((128, 128), 0.5), tile_stride((128, 128), 1.0)
+    ((64, 64), (128, 128))
+    """
+    return max(1, round(tile_size[0] * share)), max(1, round(tile_size[1] * share))
 
 
 def tile_starts(length: int, tile: int, stride: int) -> np.ndarray:
@@ -78,3 +106,45 @@ def tile_sums(maps: np.ndarray, origins: np.ndarray, shape: tuple[int, int]) -> 
         total[row : row + tile_h, col : col + tile_w] += tile_map
         count[row : row + tile_h, col : col + tile_w] += 1.0
     return total[:height, :width], count[:height, :width]
+
+
+@dataclasses.dataclass
+class TiledMap:
+    """An image's stitched map with its tiles' own maps, scores and (row, column) origins."""
+
+    map: np.ndarray
+    tile_maps: np.ndarray
+    tile_scores: np.ndarray
+    origins: np.ndarray
+
+
+def tiled_map(
+    image: np.ndarray, score: ScoreFunction, tile_size: tuple[int, int], stride: tuple[int, int], batch_size: int = 8
+) -> TiledMap:
+    """An image scored tile by tile, the tile maps averaged into one map of the image's size.
+
+    Args:
+        image: float32 `(H, W, C)` in [0, 1], already at the model's scale and channels.
+        score: float32 `(B, th, tw, C)` -> `(maps (B, th, tw), scores (B,))`.
+        tile_size: the model's (height, width).
+        stride: (rows, columns) between tile starts.
+        batch_size: tiles per call of `score`.
+
+    Returns:
+        A `TiledMap`: `map` `(H, W)` float32, `tile_maps` `(N, th, tw)`, `tile_scores` `(N,)`, `origins` `(N, 2)`.
+
+    Example:
+
+    >>> score = lambda tiles: (tiles[..., 0], tiles.max(axis=(1, 2, 3)))
+    >>> tiled_map(np.ones((40, 100, 1), np.float32), score, (32, 32), (16, 16)).map.shape
+    (40, 100)
+    """
+    tiles, origins = cut_tiles(image, tile_size, stride)
+    maps, scores = [], []
+    for start in range(0, len(tiles), batch_size):
+        chunk_maps, chunk_scores = score(tiles[start : start + batch_size])
+        maps.append(np.asarray(chunk_maps, np.float32).reshape(-1, *tile_size))
+        scores.append(np.asarray(chunk_scores, np.float32).reshape(-1))
+    tile_maps = np.concatenate(maps)
+    total, count = tile_sums(tile_maps, origins, image.shape[:2])
+    return TiledMap(total / np.maximum(count, 1.0), tile_maps, np.concatenate(scores), origins)

@@ -153,19 +153,16 @@ def riad_config(args):
 # Data
 
 
-def prepare_data(args) -> Path:
-    """Decodes the seeded train / holdout / test images once into OUT/data.npz (reused when present)."""
-    from edge.files import atomic_path, atomic_write_text
-    from riad_tf.data import DataError, load_magnetic_tile
-    from riad_tf.image_files import load_arrays, validate
+def seeded_samples(args) -> tuple[list, list]:
+    """The good training images in the seed's order, and the test images.
 
-    path = args.out / "data.npz"
-    sizes = {
-        k: getattr(args, k) for k in ("image_size", "train_images", "holdout", "test_good", "test_defective", "seed")
-    }
-    spec_path = args.out / "data.json"
-    if path.is_file() and spec_path.is_file() and json.loads(spec_path.read_text()).get("sizes") == sizes:
-        return path
+    Training takes the first `--train-images`, validation the next
+    `--holdout`; the test set is `--test-good` good and `--test-defective`
+    defective images, seeded.
+    """
+    from riad_tf.data import DataError, load_magnetic_tile
+    from riad_tf.image_files import validate
+
     if not (args.data / "MT_Free").is_dir():
         print(f"compare_reference.py: {args.data}: magnetic-tile data not found; pass --data PATH", file=sys.stderr)
         raise SystemExit(2)
@@ -181,6 +178,22 @@ def prepare_data(args) -> Path:
     defective = [s for s in split.test if s.label == 1]
     test = [test_good[i] for i in sorted(rng.permutation(len(test_good))[: args.test_good])]
     test += [defective[i] for i in sorted(rng.permutation(len(defective))[: args.test_defective])]
+    return good, test
+
+
+def prepare_data(args) -> Path:
+    """Decodes the seeded train / holdout / test images once into OUT/data.npz (reused when present)."""
+    from edge.files import atomic_path, atomic_write_text
+    from riad_tf.image_files import load_arrays
+
+    path = args.out / "data.npz"
+    sizes = {
+        k: getattr(args, k) for k in ("image_size", "train_images", "holdout", "test_good", "test_defective", "seed")
+    }
+    spec_path = args.out / "data.json"
+    if path.is_file() and spec_path.is_file() and json.loads(spec_path.read_text()).get("sizes") == sizes:
+        return path
+    good, test = seeded_samples(args)
     config = riad_config(args)
     arrays = {
         "train": load_arrays(good[: args.train_images], config),

@@ -148,6 +148,14 @@ _training_options = bundled_options(
         ),
         (("--image-size",), dict(type=int, help="Square input size (divisible by 16).")),
         (
+            ("--scale",),
+            dict(
+                type=float,
+                help="Train on random --image-size crops of the images resized by this (1.0: native pixels) and "
+                "score every image in tiles at that scale (config 'scale'; docs/linescan.md).",
+            ),
+        ),
+        (
             ("--strategy",),
             dict(
                 type=click.Choice(STRATEGIES),
@@ -234,6 +242,11 @@ def train(config_path, data, out, overrides, sets, no_progress, as_json):
         f"{thresholds['supported_fpr']:.3g} for a target of {config.target_fpr:g}, from {thresholds['num_images']} "
         "held-out good images)"
     )
+    if "false_alarms_per_1000_lines" in thresholds:
+        log.info(
+            f"on a line: at most about {thresholds['false_alarms_per_1000_lines']:.3g} false alarms per 1000 lines "
+            f"at the training scale (calibration images {thresholds['lines_per_image']:.0f} lines tall)"
+        )
     if as_json:
         click.echo(json.dumps({"run": str(out), "model": str(Path(out) / MODEL_FILE), "thresholds": thresholds}))
 

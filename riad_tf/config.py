@@ -116,6 +116,16 @@ class RiadConfig:
             good images; held-out good images set them (`edge.verdicts`).
         min_region_area: the smallest region of the anomaly map, in pixels at
             the model's size, that makes an image anomalous (1: any pixel).
+    Scale (docs/linescan.md; `riad_tf.crops`, `edge.tiling`):
+        scale: None (the default): every image is squeezed whole to
+            `image_size`. A number: model pixels per image pixel (1.0: the
+            camera's native resolution, 0.5: half). Images are resized by it,
+            training sees fresh random `image_size` crops of the scaled good
+            images every epoch, and every image (held-out, test, a line
+            camera's strip) is scored in model-size tiles at that scale and
+            their maps stitched, by every command alike.
+        tile_stride: the step between tiles, as a share of the tile (0.5: half
+            a tile, each pixel seen by up to 4 tiles; 1.0: no overlap).
     Video (Sec. 4.1, 4.3; `riad_tf.video`):
         temporal_window: frame scores are averaged over the current and the
             `temporal_window - 1` previous frames (3 in the paper).
@@ -168,6 +178,8 @@ class RiadConfig:
     calibration_fraction: float = 0.1
     target_fpr: float = 0.01
     min_region_area: int = 1
+    scale: float | None = None
+    tile_stride: float = 0.5
     temporal_window: int = 3
     exclude_test_videos: tuple[str, ...] = ()
     train_frame_stride: int = 1
@@ -197,6 +209,10 @@ class RiadConfig:
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         self._validate_shares()
+        if self.scale is not None and not 0.0 < self.scale <= 16.0:
+            raise ConfigError(f"scale must be null (squeeze whole images) or in (0, 16], got {self.scale}")
+        if not 0.0 < self.tile_stride <= 1.0:
+            raise ConfigError(f"tile_stride must be a share of the tile in (0, 1], got {self.tile_stride}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
@@ -332,12 +348,18 @@ def _checked_type(name: str, value: Any, default: Any) -> Any:
         return tuple(int(v) for v in value)
     if isinstance(default, bool):
         return value if isinstance(value, bool) else fail("true or false")
+    if default is None and name == "scale":
+        return None if value is None else float(value) if _is_number(value) else fail("null or a number")
     if isinstance(default, int) or (default is None and name == "lr_decay_epoch"):
         if value is None and default is None:
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else fail("an integer")
     if isinstance(default, float):
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else fail("a number")
+        return float(value) if _is_number(value) else fail("a number")
     if isinstance(default, str):
         return value if isinstance(value, str) else fail("a string")
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -8,7 +8,8 @@ This is the object that evaluation, prediction and export use.
 Example:
 
 >>> import numpy as np
->>> from riad_tf.config import RiadConfig
+>>> from edge.tiling import TiledMap, tile_stride, tiled_map
+from riad_tf.config import RiadConfig
 >>> from riad_tf.model import build_unet
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
 >>> detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)
@@ -23,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.tiling import TiledMap, tile_stride, tiled_map
 from riad_tf.config import RiadConfig
 from riad_tf.inpaint import reconstruct
 from riad_tf.masks import inference_masks
@@ -103,6 +105,27 @@ class Detector(keras.Model):
             empty = [np.zeros((0, height, width), np.float32), np.zeros((0,), np.float32)]
             return tuple(empty + [np.zeros((0, *self.config.input_shape), np.float32)] * with_reconstructions)
         return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+    def score_tiled(self, images, batch_size: int = 4, progress: bool = False) -> list[TiledMap]:
+        """Images of any size, already at the config's `scale`, each scored in tiles and stitched.
+
+        Tiles are `config.tile_stride` of a tile apart (`edge.tiling.tiled_map`),
+        exactly as `riad-edge infer` and `riad-edge stream` tile.
+
+        Args:
+            images: float32 `(H, W, C)` arrays in [0, 1] (a list, or an `(N, H, W, C)` array).
+            batch_size: tiles per call.
+            progress: show a progress bar.
+
+        Returns:
+            One `edge.tiling.TiledMap` per image; its `map` has the image's size.
+        """
+        from tqdm.auto import tqdm
+
+        stride = tile_stride(self.config.image_size, self.config.tile_stride)
+        score = lambda tiles: self.score(tiles, batch_size)  # noqa: E731
+        shown = tqdm(images, desc="scoring in tiles", unit="img", disable=None if progress else True)
+        return [tiled_map(image, score, self.config.image_size, stride, batch_size) for image in shown]
 
     def _maps_scores_reconstruction(self, images):
         recs = self.reconstructions(images)

@@ -21,7 +21,7 @@ class Evaluation:
     def __init__(self, names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds):
         self.names = [str(n) for n in names]
         self.images = np.asarray(images)
-        self.reconstructions = np.asarray(reconstructions)
+        self.reconstructions = None if reconstructions is None else np.asarray(reconstructions)
         self.maps = np.asarray(maps, dtype=np.float64)
         self.scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         self.labels = np.asarray(labels).reshape(-1).astype(bool)
@@ -51,20 +51,20 @@ class Evaluation:
         n = len(self.names)
         sized = {
             "images": self.images,
-            "reconstructions": self.reconstructions,
             "maps": self.maps,
             "scores": self.scores,
             "labels": self.labels,
             "defect_types": self.defect_types,
         }
-        if self.masks is not None:
-            sized["masks"] = self.masks
+        for field, value in (("masks", self.masks), ("reconstructions", self.reconstructions)):
+            if value is not None:
+                sized[field] = value
         for field, value in sized.items():
             if len(value) != n:
                 raise ValueError(f"write_report: {field} has {len(value)} entries, names has {n}")
         if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
             raise ValueError(f"write_report: images must be (N, H, W, 1 or 3), got {self.images.shape}")
-        if self.reconstructions.shape != self.images.shape:
+        if self.reconstructions is not None and self.reconstructions.shape != self.images.shape:
             raise ValueError(
                 f"write_report: reconstructions {self.reconstructions.shape} do not match images {self.images.shape}"
             )

@@ -72,7 +72,7 @@ def read_image(path: PathLike, image_size: int | tuple[int, int] | None, channel
     >>> read_image("part.png", (256, 256), 3).shape           # doctest: +SKIP
     (256, 256, 3)
     """
-    with _as_data_error():
+    with as_data_error():
         values = load_image(path)  # (H, W, 1) or (H, W, 3)
     return prepare_image(values, _target_size(image_size, values), channels)
 
@@ -99,7 +99,7 @@ def read_mask(path: PathLike, image_size: int | tuple[int, int] | None) -> np.nd
     >>> read_mask("part_mask.png", (256, 256)).dtype          # doctest: +SKIP
     dtype('bool')
     """
-    with _as_data_error():
+    with as_data_error():
         values = load_image(path).max(axis=-1, keepdims=True)
     binary = (values > 0.5).astype(np.float32)
     return resize_image(binary, _target_size(image_size, binary), "nearest")[..., 0] > 0.5
@@ -111,13 +111,13 @@ def image_size_of(path: PathLike) -> tuple[int, int]:
     Raises:
         DataError: the file cannot be read as an image.
     """
-    with _as_data_error():
+    with as_data_error():
         width, height = open_image(path).size
     return height, width
 
 
 @contextlib.contextmanager
-def _as_data_error():
+def as_data_error():
     """Re-raises edge's `ImageError` ("PATH: cannot read image: REASON") as a `DataError`."""
     try:
         yield

@@ -30,8 +30,9 @@ from edge.verdicts import is_anomalous
 from riad_tf import metrics
 from riad_tf import run as runs
 from riad_tf.config import RiadConfig
+from riad_tf.crops import RandomCrops, grid_tiles, read_all_scaled
 from riad_tf.data import DataError, DataSplit, Sample, data_spec, split_good
-from riad_tf.image_files import has_pixel_masks, load_arrays, load_split
+from riad_tf.image_files import has_pixel_masks, load_arrays, load_split, read_mask
 from riad_tf.markdown import cell, markdown_table
 from riad_tf.masks import PARTITIONS
 from riad_tf.thresholds import calibrate, hot_spot, hot_spot_warning
@@ -203,30 +204,52 @@ def train_on_images(config: RiadConfig, split: DataSplit, out_dir, progress: boo
     kept, validation, calibration = split_good(
         split.train, config.val_fraction, config.calibration_fraction, config.seed
     )
-    train_images = load_arrays(kept, config)
-    validation_images = load_arrays(validation, config) if validation else None
+    if config.scale is None:
+        train_images = load_arrays(kept, config)
+        validation_images = load_arrays(validation, config) if validation else None
+    else:  # fresh random crops every epoch; the validation images as a fixed grid of tiles
+        train_images = RandomCrops(read_all_scaled(kept, config.scale, config.channels), config.image_size, config.seed)
+        validation_images = grid_tiles(read_images(validation, config), config.image_size) if validation else None
     strategy = strategy or make_strategy(config.strategy)
     train_unet(config, train_images, out_dir, validation_images, strategy=strategy, progress=progress)
     if not is_chief(strategy):
         return None  # a non-chief worker of a multi-worker job: the chief calibrates and writes the run
-    runs.save_preprocessing(out_dir, preprocessing_record([_native_size(s.path) for s in split.train]))
-    if calibration:
-        calibration_images = load_arrays(calibration, config)
-    elif validation_images is not None:
+    sizes = [_native_size(s.path) for s in split.train]
+    runs.save_preprocessing(out_dir, preprocessing_record(sizes, config.scale, config.tile_stride))
+    if not calibration:
         log.warning(
             "warning: no calibration images (calibration_fraction 0): thresholds come from the validation images "
             "that chose the kept epoch, whose scores are optimistic; run `riad-tf calibrate` with good images "
             "training never saw"
-        )
-        calibration_images = validation_images
-    else:
-        log.warning(
-            "warning: no held-out good images (val_fraction and calibration_fraction 0): thresholds come from the "
-            "training images and their false-positive bound does not hold; run `riad-tf calibrate` with good "
+            if validation
+            else "warning: no held-out good images (val_fraction and calibration_fraction 0): thresholds come from "
+            "the training images and their false-positive bound does not hold; run `riad-tf calibrate` with good "
             "images training never saw"
         )
-        calibration_images = train_images
+    calibration_images = read_images(calibration or validation or kept, config)
     return calibrate_images(out_dir, calibration_images, config.target_fpr, min_region_area=config.min_region_area)
+
+
+def read_images(samples: Sequence[Sample], config: RiadConfig):
+    """Images as the run's model sees them whole: an `(N, H, W, C)` array at `image_size`, or a list at `scale`."""
+    if config.scale is None:
+        return load_arrays(samples, config)
+    return read_all_scaled(samples, config.scale, config.channels)
+
+
+def score_images(detector, images, batch_size: int = 4) -> tuple[list | np.ndarray, np.ndarray, np.ndarray]:
+    """`(maps, scores, tile maps)` of images read by `read_images`: whole, or in tiles at the run's scale.
+
+    A tiled image's map is the stitched map at its scaled size and its score
+    the map's maximum (Eq. 10); the tile maps (the maps themselves for whole
+    images) are what a fixed hot spot shows in (`riad_tf.thresholds.hot_spot`).
+    """
+    if detector.config.scale is None:
+        maps, scores = detector.score(images, batch_size)
+        return maps, scores, maps
+    tiled = detector.score_tiled(images, batch_size, progress=True)
+    maps = [t.map for t in tiled]
+    return maps, np.array([m.max() for m in maps], np.float32), np.concatenate([t.tile_maps for t in tiled])
 
 
 def _native_size(path: Path) -> tuple[int, int]:
@@ -251,11 +274,13 @@ def calibrate_images(
     if len(good_images) == 0:
         raise InputError(f"{run_dir}: no held-out good images to calibrate thresholds on")
     detector = runs.load_detector(run_dir)
-    maps, scores = detector.score(good_images, batch_size)
+    maps, scores, tile_maps = score_images(detector, good_images, batch_size)
     thresholds = calibrate(scores, maps, target_fpr, min_region_area=min_region_area)
-    # The check for a false defect planted in the same place of every image.
-    thresholds["hot_spot"] = hot_spot(maps, max(detector.config.ks))
+    # The check for a false defect planted in the same place of every image (of every tile).
+    thresholds["hot_spot"] = hot_spot(tile_maps, max(detector.config.ks))
     thresholds["partitions"] = PARTITIONS
+    if detector.config.scale is not None:
+        thresholds.update(line_promise(thresholds["supported_fpr"], [m.shape[0] for m in maps]))
     warnings = [
         support_warning(target_fpr, thresholds["supported_fpr"], thresholds["num_images"]),
         hot_spot_warning(thresholds["hot_spot"], f"the {len(maps)} calibration images"),
@@ -264,6 +289,22 @@ def calibrate_images(
         log.warning(warning)
     runs.save_thresholds(run_dir, thresholds)
     return thresholds
+
+
+def line_promise(supported_fpr: float, heights: Sequence[int]) -> dict:
+    """The false-alarm promise per 1000 lines (at the training scale) of calibration images `heights` lines tall.
+
+    A strip of good product is a run of image-like pieces, each raising a false
+    alarm with probability at most `supported_fpr`: so about
+    `supported_fpr * 1000 / mean height` false alarms per 1000 lines.
+
+    Example:
+
+    >>> line_promise(0.05, [200, 300])["false_alarms_per_1000_lines"]
+    0.2
+    """
+    lines = float(np.mean(heights))
+    return {"lines_per_image": round(lines, 1), "false_alarms_per_1000_lines": supported_fpr * 1000.0 / lines}
 
 
 def calibrate_job(
@@ -280,7 +321,6 @@ def calibrate_job(
     in the run's config so that later commands agree.
     """
     from edge.images import find_images
-    from riad_tf.image_files import read_image
 
     config = runs.load_config(run_dir)
     overrides = {"target_fpr": target_fpr, "min_region_area": min_region_area}
@@ -288,7 +328,7 @@ def calibrate_job(
     paths = find_images(good)
     if not paths:
         raise InputError(f"no images in {', '.join(map(str, good))}")
-    images = np.stack([read_image(p, config.image_size, config.channels) for p in paths])
+    images = read_images([Sample(p, 0) for p in paths], config)
     with runs.run_lock(run_dir, "riad-tf calibrate"):
         thresholds = calibrate_images(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
         runs.save_config(run_dir, config)
@@ -313,9 +353,15 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
     out_dir = Path(out_dir or runs.eval_dir(run_dir))
     detector = runs.load_detector(run_dir)
     config = detector.config
-    images, masks = load_arrays(samples, config, with_masks=True)
-    log.info(f"evaluate: scoring {len(images)} images ({len(detector.masks) * config.n} U-Net passes each)")
-    maps, scores, reconstructions = detector.score(images, batch_size, with_reconstructions=True)
+    log.info(f"evaluate: scoring {len(samples)} images ({len(detector.masks) * config.n} U-Net passes per tile)")
+    if config.scale is None:
+        images, masks = load_arrays(samples, config, with_masks=True)
+        maps, scores, reconstructions = detector.score(images, batch_size, with_reconstructions=True)
+    else:
+        images = read_images(samples, config)
+        masks = [_mask_at(sample, image.shape[:2]) for sample, image in zip(samples, images)]
+        maps, scores, _ = score_images(detector, images, batch_size)
+        reconstructions = None
     labels = np.array([s.label for s in samples])
     types = [s.defect_type for s in samples]
     pixel = has_pixel_masks(samples)
@@ -325,9 +371,9 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
     if thresholds:
         predicted = [is_anomalous(s, m, thresholds) for s, m in zip(scores, maps)]
         summary["calibrated_threshold_rates"] = metrics.verdict_rates(predicted, labels)
-    summary["resolution"] = list(config.image_size)
+    summary["resolution"] = list(config.image_size) if config.scale is None else f"scale {config.scale:g}"
     log.info(f"evaluate: {promise_line(summary['calibrated_threshold_rates'], thresholds)}")
-    runs.save_metrics(out_dir, summary, _markdown(summary, run_dir, config.image_size))
+    runs.save_metrics(out_dir, summary, _markdown(summary, run_dir, config))
     atomic_write_text(
         out_dir / "scores.jsonl",
         "".join(
@@ -337,6 +383,8 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
     )
     if report:
         overall = {k: v for k, v in summary.items() if k != "per_defect_type"}
+        if config.scale is not None:  # the report shows every image at the model's size
+            images, maps, masks = _at_size(config.image_size, images, maps, masks)
         write_report(
             out_dir / runs.REPORT_DIR,
             names=[f"{s.defect_type}/{s.path.name}" for s in samples],
@@ -353,13 +401,36 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
     return summary
 
 
-def _markdown(summary: dict, run_dir, resolution: tuple[int, int]) -> str:
+def _mask_at(sample: Sample, size: tuple[int, int]) -> np.ndarray:
+    """The sample's ground truth at `size` (all False for an image without a mask)."""
+    if sample.mask_path is None:
+        return np.zeros(size, bool)
+    return read_mask(sample.mask_path, size)
+
+
+def _at_size(size: tuple[int, int], images, maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, maps and masks of their own sizes resized to one `size` (bilinear; masks nearest), for the report."""
+    from edge.images import resize_image
+
+    def resized(arrays, method):
+        return np.stack([resize_image(np.atleast_3d(a).astype(np.float32), size, method) for a in arrays])
+
+    return resized(images, "bilinear"), resized(maps, "bilinear")[..., 0], resized(masks, "nearest")[..., 0] > 0.5
+
+
+def _markdown(summary: dict, run_dir, config: RiadConfig) -> str:
     keys = ("num_images", "num_anomalous", "image_auroc", "pixel_auroc", "aupro", "f1_max")
     rows = [("overall", summary)] + sorted(summary["per_defect_type"].items())
+    height, width = config.image_size
+    where = (
+        f"at {height} x {width} (the model's input size)"
+        if config.scale is None
+        else f"at scale {config.scale:g} of the images (each scored in {height} x {width} tiles, maps stitched)"
+    )
     lines = [
         f"# Evaluation of `{run_dir}`",
         "",
-        f"Maps compared with ground truth at {resolution[0]} x {resolution[1]} (the model's input size).",
+        f"Maps compared with ground truth {where}.",
         "F1-max is tuned on the test data itself; the calibrated thresholds are not.",
         "",
         markdown_table(["subset", *keys], [[name] + [cell(block.get(k)) for k in keys] for name, block in rows]),

@@ -82,6 +82,15 @@ def _check_scores_labels(scores, labels, fn: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _check_maps_masks(maps, masks, fn: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(N, H, W)` maps and masks of equal shapes, or (`_is_ragged`) N maps and masks of their own sizes."""
+    if _is_ragged(maps) or _is_ragged(masks):
+        if len(maps) != len(masks):
+            raise ValueError(f"{fn}: {len(maps)} maps for {len(masks)} masks")
+        pairs = [(_as_values(m, f"{fn}: maps"), _as_binary(k, f"{fn}: masks")) for m, k in zip(maps, masks)]
+        for i, (m, k) in enumerate(pairs):
+            if m.ndim != 2 or m.shape != k.shape:
+                raise ValueError(f"{fn}: map {i} is {m.shape} and its mask {k.shape}; need equal (H, W)")
+        return _object_array([m for m, _ in pairs]), _object_array([k for _, k in pairs])
     maps = _as_values(maps, f"{fn}: maps")
     masks = _as_binary(masks, f"{fn}: masks")
     if maps.ndim != 3 or masks.shape != maps.shape:
@@ -89,6 +98,39 @@ def _check_maps_masks(maps, masks, fn: str) -> tuple[np.ndarray, np.ndarray]:
             f"{fn}: maps and masks must both be (N, H, W) with equal shapes, got {maps.shape} and {masks.shape}"
         )
     return maps, masks
+
+
+def _is_ragged(maps) -> bool:
+    """Maps of their own sizes: a list of 2-D arrays of different shapes, or an object array of them."""
+    if isinstance(maps, np.ndarray):
+        return maps.dtype == object
+    return isinstance(maps, (list, tuple)) and len({np.shape(m) for m in maps}) > 1
+
+
+def _object_array(arrays: list) -> np.ndarray:
+    out = np.empty(len(arrays), object)
+    out[:] = arrays
+    return out
+
+
+def _pixels(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's value and label, flat, over all images (`_check_maps_masks`'s output)."""
+    if maps.dtype != object:
+        return maps.ravel(), masks.ravel()
+    return np.concatenate([m.ravel() for m in maps]), np.concatenate([k.ravel() for k in masks])
+
+
+def _regions(masks) -> tuple[np.ndarray, int]:
+    """Flat labels of each image's 8-connected defect regions (0: no defect), numbered across images."""
+    if masks.dtype != object:
+        regions, count = ndimage.label(masks, structure=_EIGHT_CONNECTED_PER_IMAGE)
+        return regions.ravel(), count
+    labelled, count = [], 0
+    for mask in masks:
+        regions, found = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        labelled.append(np.where(regions > 0, regions + count, 0).ravel())
+        count += found
+    return np.concatenate(labelled), count
 
 
 def _require_both_classes(labels: np.ndarray, fn: str, what: str) -> None:
@@ -181,9 +223,9 @@ def pixel_auroc(maps, masks) -> float:
     >>> pixel_auroc(maps, [[[1, 0], [0, 1]]])
     0.75
     """
-    maps, masks = _check_maps_masks(maps, masks, "pixel_auroc")
-    _require_both_classes(masks, "pixel_auroc", "pixels")
-    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+    values, labels = _pixels(*_check_maps_masks(maps, masks, "pixel_auroc"))
+    _require_both_classes(labels, "pixel_auroc", "pixels")
+    return float(roc_auc_score(labels, values))
 
 
 def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,20 +257,20 @@ def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ([0.0, 0.0, 0.6666666666666666, 1.0], [0.0, 1.0, 1.0, 1.0])
     """
     maps, masks = _check_maps_masks(maps, masks, "pro_curve")
-    regions, num_regions = ndimage.label(masks, structure=_EIGHT_CONNECTED_PER_IMAGE)
+    values, labels = _pixels(maps, masks)
+    regions, num_regions = _regions(masks)
     if num_regions == 0:
         raise UndefinedMetricError("pro_curve: the masks contain no anomalous region")
-    num_good = int(masks.size - masks.sum())
+    num_good = int(labels.size - labels.sum())
     if num_good == 0:
         raise UndefinedMetricError("pro_curve: every pixel is anomalous; the FPR is undefined")
 
-    regions = regions.ravel()
     region_sizes = np.bincount(regions)
     inverse_size = np.zeros(num_regions + 1)
     inverse_size[1:] = 1.0 / region_sizes[1:]
 
-    order = np.argsort(maps.ravel())[::-1]  # descending; order within ties is irrelevant
-    values = maps.ravel()[order]
+    order = np.argsort(values)[::-1]  # descending; order within ties is irrelevant
+    values = values[order]
     false_positives = np.cumsum(regions[order] == 0, dtype=np.int64)
     overlap = np.cumsum(inverse_size[regions[order]])
     # One point per distinct value: the last pixel of each run of equal values.
@@ -320,8 +362,8 @@ def _summarize_inputs(scores, labels, maps, masks):
         raise ValueError("summarize: give both maps and masks, or neither")
     if maps is not None:
         maps, masks = _check_maps_masks(maps, masks, "summarize")
-        if maps.shape[0] != scores.size:
-            raise ValueError(f"summarize: {maps.shape[0]} maps for {scores.size} scores; need one per image")
+        if len(maps) != scores.size:
+            raise ValueError(f"summarize: {len(maps)} maps for {scores.size} scores; need one per image")
     return scores, labels, maps, masks
 
 
@@ -339,7 +381,8 @@ def summarize(
         scores: `(N,)` image scores.
         labels: `(N,)` 1 for anomalous images, 0 for good ones.
         maps, masks: optional `(N, H, W)` anomaly maps and ground-truth masks
-            (give both or neither) for the pixel metrics.
+            (give both or neither) for the pixel metrics, or lists of N maps
+            and masks of each image's own size (images scored in tiles).
         defect_types: optional `(N,)` type names; "good" marks the good images.
             Each other type t is evaluated on {good images} U {images of type t}.
         fpr_limit: integration limit of AUPRO.

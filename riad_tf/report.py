@@ -183,11 +183,10 @@ def _sanitize(name: str) -> str:
 def _example_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
     """One row: input | reconstruction | overlay | ground truth | prediction."""
     grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
-    panels = [
-        ("input", _as_rgb(data.images[i]), {}),
-        ("reconstruction", _as_rgb(data.reconstructions[i]), {}),
-        ("anomaly map", _as_rgb(data.images[i]), {}),
-    ]
+    panels = [("input", _as_rgb(data.images[i]), {})]
+    if data.reconstructions is not None:  # none for images scored in tiles
+        panels.append(("reconstruction", _as_rgb(data.reconstructions[i]), {}))
+    panels.append(("anomaly map", _as_rgb(data.images[i]), {}))
     if data.masks is not None:
         panels.append(("ground truth", data.masks[i].astype(float), grey))
     if data.pixel_threshold is not None:
@@ -300,7 +299,8 @@ def write_report(
     Args:
         out_dir: folder to write (created).
         names: one display name per image (may contain slashes).
-        images, reconstructions: `(N, H, W, C)` floats in [0, 1], C = 1 or 3.
+        images, reconstructions: `(N, H, W, C)` floats in [0, 1], C = 1 or 3;
+            reconstructions may be None (images scored in tiles have none).
         maps: `(N, H, W)` anomaly maps; scores: `(N,)` image scores.
         labels: `(N,)` 1 for anomalous, 0 for good; defect_types: `(N,)` str.
         masks: optional `(N, H, W)` ground-truth masks (adds the truth panel

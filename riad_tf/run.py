@@ -189,6 +189,8 @@ def load_data_spec(run_dir) -> dict | None:
 def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.ndarray:
     """Up to `limit` of the run's good training images (not the held-out ones), for int8 calibration.
 
+    A run trained at a scale gets model-size crops of them at that scale.
+
     Raises:
         FileNotFoundError: the run does not record its data (`data.json`).
     """
@@ -203,6 +205,12 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
     config = load_config(run_dir)
     split, _ = load_split(spec, skip_unreadable=True)
     kept, _, _ = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
+    if config.scale is not None:  # what the model sees: crops of the images at its scale
+        from riad_tf.crops import RandomCrops, read_all_scaled
+
+        return RandomCrops(read_all_scaled(kept[:limit], config.scale, config.channels), config.image_size).sample(
+            limit
+        )
     return load_arrays(kept[:limit], config)
 
 

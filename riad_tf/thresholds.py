@@ -82,7 +82,8 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area:
 
     Args:
         good_scores: `(N,)` image scores of good images.
-        good_maps: `(N, H, W)` anomaly maps of the same images.
+        good_maps: `(N, H, W)` anomaly maps of the same images (or N maps of
+            their own sizes: images scored in tiles).
         target_fpr: the wanted bound on the false-positive rate.
         min_region_area: the smallest region (pixels) that makes an image anomalous.
 
@@ -102,11 +103,11 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area:
     from edge.verdicts import conformal_threshold, region_score
 
     scores = _as_values(good_scores, "calibrate: good_scores")
-    maps = _as_values(good_maps, "calibrate: good_maps")
-    if scores.ndim != 1 or maps.ndim < 2 or maps.shape[0] != scores.shape[0]:
+    maps = [_as_values(m, "calibrate: good_maps") for m in good_maps]
+    if scores.ndim != 1 or len(maps) != scores.shape[0] or any(m.ndim != 2 for m in maps):
         raise ValueError(
-            f"calibrate: expected (N,) scores and (N, H, W) maps of the same images, "
-            f"got shapes {scores.shape} and {maps.shape}"
+            f"calibrate: expected (N,) scores and N (H, W) maps of the same images, "
+            f"got shape {scores.shape} and {len(maps)} maps"
         )
     if min_region_area > 1:
         scores = np.array([region_score(m, min_region_area) for m in maps])
@@ -117,7 +118,7 @@ def calibrate(good_scores, good_maps, target_fpr: float = 0.01, min_region_area:
         "image": image.threshold,
         "region": image.threshold,
         "min_region_area": int(min_region_area),
-        "segmentation": threshold_at_fpr(maps, target_fpr),
+        "segmentation": threshold_at_fpr(np.concatenate([m.ravel() for m in maps]), target_fpr),
         "target_fpr": float(target_fpr),
         "supported_fpr": image.supported_fpr,
         "fpr_90": upper,

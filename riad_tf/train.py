@@ -151,11 +151,16 @@ def _train_epoch(step, batches, steps: int, bar, set_rate) -> dict:
     }
 
 
-def _guard_images(train_images: np.ndarray, holdout_images: np.ndarray | None, global_batch: int) -> np.ndarray:
+def _guard_images(train_images, holdout_images: np.ndarray | None, global_batch: int) -> np.ndarray:
     """The held-out images, or (without any) the first few training batches, for the batch-norm guard."""
     if holdout_images is not None and len(holdout_images):
         return holdout_images
-    return train_images[: 4 * global_batch]
+    return _first(train_images, 4 * global_batch)
+
+
+def _first(train_images, count: int) -> np.ndarray:
+    """The first `count` training images, or fixed crops (`riad_tf.crops.RandomCrops.sample`)."""
+    return train_images.sample(count) if hasattr(train_images, "sample") else train_images[:count]
 
 
 def _progress_bar(show: bool, epoch: int, config: RiadConfig, steps: int):
@@ -183,7 +188,8 @@ def train_unet(
 
     Args:
         config: the run's `RiadConfig` (saved as `config.yaml`).
-        train_images: `(N, H, W, C)` float32 anomaly-free images in [0, 1].
+        train_images: `(N, H, W, C)` float32 anomaly-free images in [0, 1], or
+            `riad_tf.crops.RandomCrops` of them at a scale (fresh crops every epoch).
         out_dir: the run directory; an existing checkpoint there is resumed.
             In a multi-worker job, every worker passes the same directory on a
             shared filesystem; only the chief writes it.

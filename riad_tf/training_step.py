@@ -95,7 +95,8 @@ def training_batches(
     keeps its replicas' shares).
 
     Args:
-        images: `(N, H, W, C)` float32 in [0, 1].
+        images: `(N, H, W, C)` float32 in [0, 1], or `riad_tf.crops.RandomCrops`
+            (training at a scale: each epoch's crops are drawn as it reads them).
         config: gives the seed, epochs, K, n and whether to inpaint.
         global_batch: images per step over all replicas.
         first_epoch: the 0-based epoch to start at (after a resume).
@@ -112,8 +113,8 @@ def training_batches(
     >>> [tuple(x.shape) for x, m in ds][:2], len(list(ds))
     ([(4, 32, 32, 3), (4, 32, 32, 3)], 4)
     """
-    pixels = np.ascontiguousarray(images, np.float32)
-    num_images = len(pixels)
+    gather, shape = _gatherer(images)
+    num_images = len(images)
 
     def epoch_batches(epoch):
         key = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, _SHUFFLE_STREAM], tf.int64), epoch)
@@ -124,8 +125,8 @@ def training_batches(
     def load(epoch, index, indices):
         # Gathered from the numpy array itself: no copy of the data set in the graph (which
         # multi-worker sharding would have to serialise, and protobufs stop at 2 GB).
-        batch = tf.numpy_function(lambda i: pixels[i], [indices], tf.float32, stateful=False)
-        batch.set_shape((None, *pixels.shape[1:]))
+        batch = tf.numpy_function(gather, [epoch, indices], tf.float32, stateful=False)
+        batch.set_shape((None, *shape))
         if not config.inpainting:
             return (batch,)
         key = tf.constant([config.seed, _MASK_STREAM], tf.int64)
@@ -139,6 +140,14 @@ def training_batches(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def _gatherer(images):
+    """(`gather(epoch, indices) -> float32 batch`, the shape of one image) of an array or `RandomCrops`."""
+    if hasattr(images, "crops"):
+        return (lambda epoch, indices: images.crops(int(epoch), indices)), images.crop_shape
+    pixels = np.ascontiguousarray(images, np.float32)
+    return (lambda epoch, indices: pixels[indices]), pixels.shape[1:]
 
 
 def make_train_step(unet, optimizer, config: RiadConfig, strategy: tf.distribute.Strategy):

@@ -55,28 +55,33 @@ class StreamSettings:
     """How the stream is cut, scored and judged.
 
     Args:
-        frame_height: lines per frame.
-        overlap: lines shared by consecutive frames.
-        stride: (rows, columns) between tiles; None: half a tile.
+        frame_height: lines per frame; None: about `DEFAULT_FRAME_LINES`, fitted
+            to the tile grid (`frame_geometry`).
+        overlap: lines shared by consecutive frames; None: a tile less one
+            stride, so consecutive frames continue one grid of tiles and the
+            strip map is the map `riad-edge infer` stitches for the same strip.
+        stride: (rows, columns) between tiles, in model pixels; None: the
+            model's `tile_stride` (half a tile).
         queue_size: frames waiting for inference, at most (and results waiting for output).
         policy: "block" or "drop" when the frames queue is full.
         batch_frames: most frames whose tiles go through the model together.
-        pixel_threshold: None: the model metadata's calibrated region threshold (`edge.verdicts`).
-        image_threshold: None: the metadata's image threshold (if any) for frame verdicts.
-        min_pixels: smaller regions are not reported.
+        pixel_threshold: the region threshold; None: the model metadata's calibrated one (`edge.verdicts`).
+        image_threshold: overrides the calibrated threshold as `riad-edge infer --image-threshold`
+            does (image and region threshold are one value); give at most one of the two.
+        min_pixels: smaller regions are not reported; None: the metadata's `min_region_area`.
         max_open_lines: see `RegionTracker`.
         overlay_dir: where to write overlay PNGs of defective frames (None: none).
     """
 
-    frame_height: int = 256
-    overlap: int = 32
+    frame_height: int | None = None
+    overlap: int | None = None
     stride: tuple[int, int] | None = None
     queue_size: int = 8
     policy: str = "block"
     batch_frames: int = 4
     pixel_threshold: float | None = None
     image_threshold: float | None = None
-    min_pixels: int = 1
+    min_pixels: int | None = None
     max_open_lines: int = 4096
     overlay_dir: str | None = None
 
@@ -85,15 +90,50 @@ class StreamSettings:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.queue_size < 1 or self.batch_frames < 1:
             raise ConfigError("queue_size and batch_frames must be >= 1")
+        if self.pixel_threshold is not None and self.image_threshold is not None:
+            raise ConfigError("give the pixel threshold or the image threshold, not both: they are one threshold")
 
 
-def _thresholds(runner, settings: StreamSettings) -> tuple[float, float | None]:
+DEFAULT_FRAME_LINES = 256
+
+
+def frame_geometry(
+    frame_height: int | None, overlap: int | None, tile: int, stride: int, scale: float
+) -> tuple[int, int]:
+    """(frame height, overlap) in camera lines: the given ones, or ones that continue one grid of tiles.
+
+    With the defaults, frames step by a whole number of tile strides and
+    overlap by a tile less one stride (at the model's scale `scale`), so the
+    tiles of consecutive frames are the tiles `riad-edge infer` cuts from the
+    whole strip, each once.
+
+    Example:
+
+    >>> frame_geometry(None, None, tile=128, stride=64, scale=1.0)
+    (256, 64)
+    >>> frame_geometry(None, None, tile=128, stride=64, scale=0.5)
+    (384, 128)
+    """
+    if overlap is None:
+        overlap = round((tile - stride) / scale)
+        if frame_height is not None:
+            overlap = min(overlap, frame_height // 2)
+    if frame_height is None:
+        steps = max(1, round((DEFAULT_FRAME_LINES - overlap) * scale / stride))
+        frame_height = overlap + round(steps * stride / scale)
+    return int(frame_height), int(overlap)
+
+
+def _thresholds(runner, settings: StreamSettings) -> tuple[float, int]:
+    """(the region threshold, the smallest region) in force: the settings', else the metadata's."""
     known = getattr(runner, "thresholds", None) or {}
-    pixel = settings.pixel_threshold if settings.pixel_threshold is not None else known.get("region")
+    pixel = next(
+        (t for t in (settings.image_threshold, settings.pixel_threshold, known.get("region")) if t is not None), None
+    )
     if pixel is None:
         raise InputError("no region threshold: the model metadata has none; give --pixel-threshold")
-    image = settings.image_threshold if settings.image_threshold is not None else known.get("image")
-    return float(pixel), None if image is None else float(image)
+    area = settings.min_pixels if settings.min_pixels is not None else int(known.get("min_region_area", 1) or 1)
+    return float(pixel), area
 
 
 class StreamPipeline:
@@ -106,8 +146,15 @@ class StreamPipeline:
 
     def __init__(self, runner, settings: StreamSettings = StreamSettings()):
         self.runner, self.settings = runner, settings
-        self.pixel_threshold, self.image_threshold = _thresholds(runner, settings)
+        self.pixel_threshold, self.min_pixels = _thresholds(runner, settings)
         self.scorer = FrameScorer(runner, settings.stride)
+        self.frame_height, self.overlap = frame_geometry(
+            settings.frame_height,
+            settings.overlap,
+            self.scorer.tile_size[0],
+            self.scorer.stride[0],
+            self.scorer.scale[0],
+        )
         self._stop = threading.Event()
         self._frames: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._results: queue.Queue = queue.Queue(maxsize=settings.queue_size)
@@ -209,7 +256,7 @@ class StreamPipeline:
         """
         self._source = source
         fixed = bool(getattr(source, "fixed_block_height", False))
-        self.accumulator = FrameAccumulator(self.settings.frame_height, self.settings.overlap, fixed_block_height=fixed)
+        self.accumulator = FrameAccumulator(self.frame_height, self.overlap, fixed_block_height=fixed)
         state = _OutputState(self)
         started = time.perf_counter()
         threads = [
@@ -299,7 +346,7 @@ class _OutputState:
         self.pipeline = pipeline
         self.settings = pipeline.settings
         self.stitcher: StripStitcher | None = None
-        self.tracker = RegionTracker(pipeline.pixel_threshold, self.settings.min_pixels, self.settings.max_open_lines)
+        self.tracker = RegionTracker(pipeline.pixel_threshold, pipeline.min_pixels, self.settings.max_open_lines)
         self.latency = LatencyStats()
         self.frames = self.defects = self.defective_frames = self.lines_inspected = 0
         self.started = self.reported = time.perf_counter()
@@ -312,16 +359,18 @@ class _OutputState:
         self.lines_inspected += int(covered.sum())
         regions = self.tracker.add(first_row, rows)
         self.defects += len(regions)
-        over_image = self.pipeline.image_threshold is not None and scored.score > self.pipeline.image_threshold
-        anomalous = bool(regions) or over_image
+        # The verdict is the regions' (edge.verdicts): a frame is anomalous when a region of the stitched map
+        # closed in it, as an image is when its stitched map has one.
+        anomalous = bool(regions)
         row, col = scored.worst_tile
         record = {
             "type": "frame",
             "frame": frame.index,
             "time": round(time.time(), 6),
             "lines": [frame.first_line, frame.last_line],
-            "score": round(scored.score, 6),
-            "tile": {"line": frame.first_line + row, "column": col},
+            "final_lines": [first_row, first_row + len(rows) - 1],
+            "score": round(float(rows.max() if rows.size else scored.mean_map.max()), 6),
+            "tile": {"line": frame.first_line + row, "column": col, "score": round(scored.score, 6)},
             "anomalous": anomalous,
             "regions": [r.to_dict() for r in regions],
             "partial": frame.partial,
@@ -364,6 +413,15 @@ class _OutputState:
             self.defects += len(regions)
             writer.write({"type": "regions", "time": round(time.time(), 6), "regions": [r.to_dict() for r in regions]})
 
+    def _promise(self) -> float | None:
+        """The calibration's false alarms per 1000 lines of good product (docs/method.md, "Thresholds").
+
+        None for a model not calibrated at a scale, or a threshold given on the command line.
+        """
+        if self.settings.pixel_threshold is not None or self.settings.image_threshold is not None:
+            return None
+        return (getattr(self.pipeline.runner, "thresholds", None) or {}).get("false_alarms_per_1000_lines")
+
     def summary(self, seconds: float, interrupted: bool) -> dict:
         pipeline = self.pipeline
         accumulator = pipeline.accumulator
@@ -382,7 +440,12 @@ class _OutputState:
             "lines_per_s": round(accumulator.lines_seen / seconds, 1) if seconds > 0 else None,
             "latency": self.latency.summary(),
             "pixel_threshold": pipeline.pixel_threshold,
-            "image_threshold": pipeline.image_threshold,
+            "promised_false_alarms_per_1000_lines": self._promise(),
+            "min_pixels": pipeline.min_pixels,
+            "frame_height": pipeline.frame_height,
+            "overlap": pipeline.overlap,
+            "scale": list(pipeline.scorer.scale),
+            "stride": list(pipeline.scorer.stride),
             "policy": self.settings.policy,
             "backend": getattr(session, "backend", None),
             "interrupted": interrupted,

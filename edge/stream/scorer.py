@@ -2,9 +2,12 @@
 
 Works with any `edge.runner.Runner` (LiteRT, ONNX Runtime, OpenVINO, TensorRT) or
 anything with the same call (`runner(images) -> (maps, scores)`) and the
-attributes `image_size`, `channels`. Frames are converted to the model's
-channels once (`edge.images.to_model_input` at the frame's own size, so no
-resizing), then cut into tiles (`edge.tiling`).
+attributes `image_size`, `channels` (and `metadata`). A frame is resized to
+the model's scale and channels (`edge.images.to_model_input`) exactly as
+`riad-edge infer` resizes an image (`edge.inspection.tiling_of`: the scale the
+model was trained at, or the squeeze of its whole training images), cut into
+tiles (`edge.tiling`), and its map is brought back to the frame's lines and
+columns, so the strip map and its regions are in camera pixels.
 
 Example:
 
@@ -20,9 +23,10 @@ import dataclasses
 
 import numpy as np
 
-from edge.images import to_model_input
+from edge.images import resize_image, to_model_input
+from edge.inspection import tiling_of
 from edge.stream.accumulate import Frame
-from edge.tiling import cut_tiles, tile_sums
+from edge.tiling import cut_tiles, scaled_size, tile_stride, tile_sums
 
 
 @dataclasses.dataclass
@@ -52,31 +56,51 @@ class ScoredFrame:
 
 
 class FrameScorer:
-    """Tiles frames, runs the model on all their tiles at once, stitches each frame's map.
+    """Scales and tiles frames, runs the model on all their tiles at once, stitches each frame's map.
 
     Args:
         runner: an `edge.runner.Runner` or a look-alike.
-        stride: (rows, columns) between tile starts; default half a tile.
+        stride: (rows, columns) between tile starts, in model pixels; default
+            the model's `tile_stride` share of a tile (half a tile).
+        scale: (rows, columns) model pixels per camera pixel; default the
+            model's (`edge.inspection.tiling_of`), 1 for a model that records none.
     """
 
-    def __init__(self, runner, stride: tuple[int, int] | None = None):
+    def __init__(self, runner, stride: tuple[int, int] | None = None, scale: tuple[float, float] | None = None):
         self.runner = runner
         self.tile_size = tuple(runner.image_size)
-        self.stride = tuple(stride) if stride else (max(1, self.tile_size[0] // 2), max(1, self.tile_size[1] // 2))
+        preprocessing = getattr(getattr(runner, "metadata", None), "preprocessing", None)
+        recorded = (
+            tiling_of(preprocessing, self.tile_size) if preprocessing else ((1.0, 1.0), tile_stride(self.tile_size))
+        )
+        self.scale = tuple(scale) if scale else recorded[0]
+        self.stride = tuple(stride) if stride else recorded[1]
 
     def prepare(self, frame: Frame) -> np.ndarray:
-        """The frame at the model's channels, float32 in [0, 1], same size."""
-        return to_model_input([frame.image], frame.image.shape[:2], self.runner.channels, "float32")[0]
+        """The frame at the model's scale and channels, float32 in [0, 1]."""
+        size = scaled_size(frame.image.shape[:2], self.scale)
+        return to_model_input([frame.image], size, self.runner.channels, "float32")[0]
 
     def score(self, frames: list[Frame]) -> list[ScoredFrame]:
         """Scores frames; one runner call for all their tiles (the runner splits it by its batch limit)."""
-        cuts = [cut_tiles(self.prepare(frame), self.tile_size, self.stride) for frame in frames]
+        prepared = [self.prepare(frame) for frame in frames]
+        cuts = [cut_tiles(image, self.tile_size, self.stride) for image in prepared]
         tiles = np.concatenate([tiles for tiles, _ in cuts]) if cuts else np.zeros((0, *self.tile_size, 1), np.float32)
         maps, scores = self.runner(tiles)
         scored, start = [], 0
-        for frame, (frame_tiles, origins) in zip(frames, cuts):
+        for frame, image, (frame_tiles, origins) in zip(frames, prepared, cuts):
             end = start + len(frame_tiles)
-            total, count = tile_sums(np.asarray(maps[start:end], np.float32), origins, frame.image.shape[:2])
-            scored.append(ScoredFrame(frame, total, count, np.asarray(scores[start:end], np.float32), origins))
+            total, count = tile_sums(np.asarray(maps[start:end], np.float32), origins, image.shape[:2])
+            total, count = self._to_frame(total, count, frame.image.shape[:2])
+            to_frame = (frame.image.shape[0] / image.shape[0], frame.image.shape[1] / image.shape[1])
+            native_origins = np.round(origins * np.asarray(to_frame)).astype(np.int64)
+            scored.append(ScoredFrame(frame, total, count, np.asarray(scores[start:end], np.float32), native_origins))
             start = end
         return scored
+
+    def _to_frame(self, total: np.ndarray, count: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """A scaled frame's (sum, count) as the frame's own lines and columns (the mean map resized, count 1)."""
+        if total.shape == tuple(shape):
+            return total, count
+        mean = resize_image((total / np.maximum(count, 1.0))[..., None], shape)[..., 0]
+        return mean, np.ones(shape, np.float32)

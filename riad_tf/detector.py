@@ -8,8 +8,7 @@ This is the object that evaluation, prediction and export use.
 Example:
 
 >>> import numpy as np
->>> from edge.tiling import TiledMap, tile_stride, tiled_map
-from riad_tf.config import RiadConfig
+>>> from riad_tf.config import RiadConfig
 >>> from riad_tf.model import build_unet
 >>> cfg = RiadConfig(image_size=(32, 32), widths=(4, 8, 8, 16, 16), ks=(2, 4), smoothing=5)
 >>> detector = Detector(build_unet(cfg.input_shape, cfg.unet_widths), cfg)

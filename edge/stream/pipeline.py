@@ -112,7 +112,7 @@ def frame_geometry(
     >>> frame_geometry(None, None, tile=128, stride=64, scale=1.0)
     (256, 64)
     >>> frame_geometry(None, None, tile=128, stride=64, scale=0.5)
-    (384, 128)
+    (256, 128)
     """
     if overlap is None:
         overlap = round((tile - stride) / scale)

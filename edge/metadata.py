@@ -36,7 +36,9 @@ Schema `riad-edge/1` (keys of the JSON object):
     unet_scope        name fragment of the U-Net's nodes in the graph (TensorRT keeps
                       the other layers in float32), or null
     verification      {"max_abs_diff_maps": .., "max_abs_diff_scores": .., "images": N}
-                      measured at export against the Keras detector, or null
+                      measured at export against the Keras detector, or null; fp16 and
+                      int8 models add "accuracy": the check on real images
+                      (`riad_tf.accuracy_check.accuracy_record`, with "passed")
     preprocessing     {"native_size": [h, w], ...}: the training images' size before
                       the resize to the model's (`edge.inspection`), or null
     notes             free text

@@ -35,6 +35,7 @@ from edge.cli_options import (
     verbosity_options,
 )
 from edge.files import atomic_write_text
+from riad_tf.accuracy_check import Tolerance
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
 _friendly_errors = friendly_errors  # one line and an exit status per kind of error (edge/errors.py)
@@ -374,6 +375,21 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
     help="Where Triton runs it.",
 )
 @click.option("--triton-max-batch", type=int, default=8, show_default=True, help="Triton's max_batch_size.")
+@click.option(
+    "--max-auroc-drop",
+    type=click.FloatRange(0, 100),
+    default=Tolerance.max_auroc_drop,
+    show_default=True,
+    help="fp16/int8: the most image or pixel AUROC (points) the model may lose against float32 on the run's images.",
+)
+@click.option(
+    "--max-map-error",
+    type=click.FloatRange(0),
+    default=Tolerance.max_map_error,
+    show_default=True,
+    help="fp16/int8: the largest mean map change, as a share of the mean float32 map.",
+)
+@click.option("--keep-inaccurate", is_flag=True, help="Keep an fp16/int8 model over those tolerances (with a warning).")
 @_json_option
 @_friendly_errors
 def export(
@@ -390,11 +406,14 @@ def export(
     triton_name,
     triton_instance,
     triton_max_batch,
+    max_auroc_drop,
+    max_map_error,
+    keep_inaccurate,
     as_json,
 ):
     """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server."""
     from riad_tf.export import export_run, export_triton
-    from riad_tf.run import representative_images
+    from riad_tf.run import check_images, representative_images
 
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
     if not formats and not trt and not triton:
@@ -425,6 +444,9 @@ def export(
             bare_unet=bare_unet,
             trt=trt,
             representative_images=representative,
+            check_images=check_images(run_dir) if precision != "fp32" else None,
+            tolerance=Tolerance(max_auroc_drop, max_map_error),
+            keep_inaccurate=keep_inaccurate,
         )
     for kind, path in written.items():
         log.info(f"{kind}: {path}")

@@ -75,6 +75,7 @@ LOCK_FILE = ".lock"
 # Keys that may change when a run is resumed: a longer schedule, another place to train.
 RESUMABLE_KEYS = frozenset({"epochs", "lr_decay_epoch", "strategy", "xla"})
 REPRESENTATIVE_IMAGES = 128  # int8 calibration images, at most
+CHECK_IMAGES = 32  # held-out good and defective images each, at most, for the export's accuracy check
 
 
 def eval_dir(run_dir) -> Path:
@@ -212,6 +213,45 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
             limit
         )
     return load_arrays(kept[:limit], config)
+
+
+def check_images(run_dir, limit: int = CHECK_IMAGES):
+    """Real images for the export's accuracy check: up to `limit` held-out good and `limit` defective ones.
+
+    The good images are the run's validation and calibration images (training
+    never saw them; the test's good images when it held none out), the
+    defective ones are spread over the test's defect types, with their masks.
+    A run trained at a scale gets model-size crops of its good images only.
+
+    Returns:
+        A `riad_tf.accuracy_check.CheckImages`, or None when the run does not
+        record its data (`data.json`).
+    """
+    from riad_tf.accuracy_check import CheckImages
+    from riad_tf.data import split_good
+    from riad_tf.image_files import load_arrays, load_split
+
+    spec = load_data_spec(run_dir)
+    if spec is None:
+        return None
+    config = load_config(run_dir)
+    split, _ = load_split(spec, skip_unreadable=True)
+    _, validation, calibration = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
+    good = (calibration + validation)[:limit] or [s for s in split.test if not s.label][:limit]
+    if not good:
+        return None
+    if config.scale is not None:
+        from riad_tf.crops import RandomCrops, read_all_scaled
+
+        crops = RandomCrops(read_all_scaled(good, config.scale, config.channels), config.image_size, config.seed)
+        return CheckImages(crops.sample(limit))
+    defective = [s for s in split.test if s.label]
+    defective = defective[:: max(1, len(defective) // limit)][:limit]
+    if not defective:
+        return CheckImages(load_arrays(good, config))
+    images, masks = load_arrays(defective, config, with_masks=True)
+    has_masks = any(s.mask_path is not None for s in defective)
+    return CheckImages(load_arrays(good, config), images, masks if has_masks else None)
 
 
 # ----------------------------------------------------------------------------

@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Does the runtime change the verdicts? A trained run on real images, through every CPU runtime.
+"""Does the precision or the runtime change the verdicts? A trained run on real images, every export and CPU runtime.
 
-Not a test. Exports a trained riad-tf run to ONNX (float32, and int8 with the
-U-Net quantized on held-out good images), then scores the same real test
-images (the side-by-side comparison's `data.npz`: magnetic tile at 128 px,
-`experiments/compare_reference.py`) with ONNX Runtime and OpenVINO in each
-precision the CPU has, and prints for each:
+Not a test. Exports a trained riad-tf run at every precision `riad-tf export`
+offers (ONNX float32 and int8; TFLite fp32, fp16 and int8, each int8 calibrated
+on the run's training images as the command does), then scores the same real
+test images (the side-by-side comparison's `data.npz`: magnetic tile at 128 px,
+`experiments/compare_reference.py`) with ONNX Runtime, LiteRT and OpenVINO in
+each precision the CPU has, and prints for each:
 
 - image AUROC, pixel AUROC and AUPRO on the test set (`riad_tf.metrics`);
-- the largest score difference to the Keras model the run saved;
+- the largest score difference to ONNX Runtime float32;
 - verdict flips: an image threshold set on the held-out good images (their
   largest score, under ONNX Runtime fp32), applied to the test images under
   each runtime, counting images whose verdict differs from ONNX Runtime fp32;
-- images/s over the whole test set (one pass, batch 8).
+- images/s over the whole test set, and its ratio to ONNX Runtime fp32 in the
+  same run.
 
-    python3 -m scripts.runtime_accuracy runs/compare-const5/riad-tf-40 --data runs/compare/data.npz
+    python3 -m scripts.runtime_accuracy runs/partitions/seed-0/riad-tf-40 --data runs/partitions/seed-0/data.npz
 
-Needs riad-tf's [tf] extra (for the export) and OpenVINO (`pip install 'riad-tf[openvino]'`).
+Needs riad-tf's [tf] extra (for the export), LiteRT and OpenVINO (`pip install 'riad-tf[openvino]'`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from edge.openvino import OpenVinoSettings
 from edge.runner import Runner
 
 BATCH = 8
+TRAINING_IMAGES = 128  # what `riad-tf export --precision int8` calibrates on, at most
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,62 +43,90 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="data.npz of experiments/compare_reference.py")
     parser.add_argument("--out", type=Path, help="export folder (default: RUN/export-runtimes)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
+    parser.add_argument("--only", default=None, help="comma-separated runtime names to score (default: all)")
     return parser.parse_args(argv)
 
 
-def export(run: Path, out: Path, calibration: np.ndarray) -> Path:
-    """riad.onnx and riad_int8.onnx of the run in `out` (reused when there)."""
-    if not (out / "riad_int8.onnx").is_file():
-        from riad_tf.export import export_run
+def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
+    """Every export of the run, in `out` (reused when there): {name: model file}."""
+    from riad_tf.export import export_run
 
-        export_run(run, out, formats=("onnx",), precision="int8", batch=None, representative_images=calibration)
-    return out
+    models = {
+        "onnx": (out / "onnx", "riad.onnx", dict(formats=("onnx",), precision="int8", batch=None)),
+        "onnx_int8": (out / "onnx", "riad_int8.onnx", None),
+    }
+    for precision in ("fp32", "fp16", "int8"):
+        folder = out / f"tflite-{precision}"
+        models[f"tflite_{precision}"] = (
+            folder,
+            f"riad_{precision}.tflite",
+            dict(formats=("tflite",), precision=precision),
+        )
+    paths = {}
+    for name, (folder, filename, options) in models.items():
+        if options is not None and not (folder / filename).is_file():
+            images = calibration if options["precision"] == "int8" else None
+            export_run(run, folder, representative_images=images, **options)
+        paths[name] = folder / filename
+    return paths
 
 
-def runtimes(export_dir: Path, bf16: bool) -> list[tuple[str, Path, OpenVinoSettings | None]]:
-    fp32, int8 = export_dir / "riad.onnx", export_dir / "riad_int8.onnx"
+def runtimes(models: dict[str, Path], bf16: bool) -> list[tuple[str, Path, OpenVinoSettings | None]]:
+    """(name, model, OpenVINO settings or None for the model's own runtime), ONNX Runtime float32 first."""
     chosen = [
-        ("onnxruntime fp32", fp32, None),
-        ("onnxruntime int8", int8, None),
-        ("openvino f32", fp32, OpenVinoSettings("CPU", "f32")),
+        ("onnxruntime fp32", models["onnx"], None),
+        ("onnxruntime int8", models["onnx_int8"], None),
+        ("litert fp32", models["tflite_fp32"], None),
+        ("litert fp16", models["tflite_fp16"], None),
+        ("litert int8", models["tflite_int8"], None),
+        ("openvino f32", models["onnx"], OpenVinoSettings("CPU", "f32")),
     ]
     if bf16:
-        chosen.append(("openvino bf16", fp32, OpenVinoSettings("CPU", "bf16")))
-    return chosen + [("openvino int8", int8, OpenVinoSettings("CPU", "f32"))]
+        chosen.append(("openvino bf16", models["onnx"], OpenVinoSettings("CPU", "bf16")))
+    return chosen + [("openvino int8", models["onnx_int8"], OpenVinoSettings("CPU", "f32"))]
 
 
 def score(runner: Runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Maps, scores and images/s of `images` (the runner feeds `BATCH` images per model call)."""
+    """Maps, scores and images/s of `images` (the runner feeds up to `BATCH` images per model call)."""
     started = time.perf_counter()
     maps, scores = runner(images)
     return maps, scores, len(images) / (time.perf_counter() - started)
 
 
 def main(argv=None) -> None:
+    import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
     from riad_tf import metrics
 
     args = parse_args(argv)
     data = np.load(args.data)
-    export_dir = export(args.run, args.out or args.run / "export-runtimes", data["holdout"])
-    keras_scores = np.load(args.run / "eval" / "final.npz")["scores"]
+    models = export(args.run, args.out or args.run / "export-runtimes", data["train"][:TRAINING_IMAGES])
     facts = cpu_facts()
+    only = set(args.only.split(",")) if args.only else None
     rows, reference = [], {}
-    for name, path, openvino in runtimes(export_dir, bool(facts["bf16"])):
+    for name, path, openvino in runtimes(models, bool(facts["bf16"])):
+        if only and name not in only and reference:
+            continue
         runner = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=BATCH)
         _, holdout_scores, _ = score(runner, data["holdout"])
         maps, scores, speed = score(runner, data["test"])
         summary = metrics.summarize(scores, data["labels"], maps, data["test_masks"])
         if not reference:
-            reference = {"threshold": float(holdout_scores.max()), "verdicts": scores > holdout_scores.max()}
+            reference = dict(threshold=float(holdout_scores.max()), scores=scores, speed=speed)
+            reference["verdicts"] = scores > reference["threshold"]
         flips = int(np.sum((scores > reference["threshold"]) != reference["verdicts"]))
         rows.append(
             f"| {name} | {summary['image_auroc']:.4f} | {summary['pixel_auroc']:.4f} | {summary['aupro']:.4f} "
-            f"| {np.abs(scores - keras_scores).max():.1e} | {flips} of {len(scores)} | {speed:.2f} |"
+            f"| {np.abs(scores - reference['scores']).max():.1e} | {flips} of {len(scores)} | {speed:.2f} "
+            f"| {speed / reference['speed']:.2f} |"
         )
-    print(f"{facts['cpu']}, {facts['cores']} cores, bfloat16: {', '.join(facts['bf16']) or 'none'}")
-    print(f"run {args.run}; test images {len(data['test'])} ({int(data['labels'].sum())} defective), 128 px")
-    print("| runtime | image AUROC | pixel AUROC | AUPRO | max score diff to Keras | verdict flips | images/s |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+        print(rows[-1], flush=True)
+    print(f"\n{facts['cpu']}, {facts['cores']} cores, bfloat16: {', '.join(facts['bf16']) or 'none'}")
+    print(f"run {args.run}; test images {len(data['test'])} ({int(data['labels'].sum())} defective)")
+    print(
+        "| runtime | image AUROC | pixel AUROC | AUPRO | max score diff to ORT fp32 | verdict flips "
+        "| images/s | x ORT fp32 |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
 
 

@@ -377,12 +377,11 @@ def _with_defect(image, rng, contrast=0.15):
     return np.clip(image, 0.0, 1.0)
 
 
-def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
-    import keras
-    from sklearn.metrics import roc_auc_score
-
+@pytest.fixture(scope="module")
+def int8_case():
+    """A tiny model trained on a texture, its training images, and held-out good and defective images."""
+    from riad_tf.accuracy_check import CheckImages
     from riad_tf.detector import Detector
-    from riad_tf.export import export_detector
 
     cfg = _config(ks=(2, 4, 8))
     train = _textures(48, seed=20)
@@ -390,10 +389,25 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
     rng = np.random.default_rng(21)
     good = _textures(24, seed=22)
     defective = np.stack([_with_defect(x, rng) for x in _textures(24, seed=23)])
-    held_out, labels = np.concatenate([good, defective]), np.r_[np.zeros(24), np.ones(24)]
+    return detector, train, CheckImages(good, defective)
 
+
+def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(int8_case, tmp_path):
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from riad_tf.export import export_detector
+
+    detector, train, check = int8_case
+    held_out, labels = check.all(), np.r_[np.zeros(24), np.ones(24)]
     written = export_detector(
-        detector, tmp_path, formats=("tflite", "onnx"), precision="int8", batch=None, representative_images=train[:32]
+        detector,
+        tmp_path,
+        formats=("tflite", "onnx"),
+        precision="int8",
+        batch=None,
+        representative_images=train[:32],
+        check_images=check,
     )
     fp32_maps, fp32_scores = detector.score(held_out, 16)
     auroc_fp32 = roc_auc_score(labels, fp32_scores)
@@ -403,12 +417,20 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
         runner = Runner.open(written[kind])
         int8_maps, int8_scores = runner(held_out)
         auroc_int8 = roc_auc_score(labels, int8_scores)
+        accuracy = runner.metadata.verification["accuracy"]
         print(
             f"int8 {kind}: image AUROC {auroc_int8:.4f} vs fp32 Keras {auroc_fp32:.4f} "
-            f"(change {100 * (auroc_int8 - auroc_fp32):+.2f} points); max |maps - fp32| = {np.abs(int8_maps - fp32_maps).max():.2e}"
+            f"(change {100 * (auroc_int8 - auroc_fp32):+.2f} points); max |maps - fp32| = {np.abs(int8_maps - fp32_maps).max():.2e}; "
+            f"export check {accuracy}"
         )
         assert abs(auroc_int8 - auroc_fp32) <= 0.05
         assert "int8 U-Net" in runner.metadata.quantization and runner.metadata.precision == "int8"
+        # The export's own check saw the same: both AUROCs, the map change, and a pass.
+        assert accuracy["passed"] and (accuracy["images"], accuracy["defective"]) == (24, 24)
+        assert accuracy["image_auroc"]["float32"] == pytest.approx(auroc_fp32, abs=1e-6)
+        assert accuracy["image_auroc"]["model"] == pytest.approx(auroc_int8, abs=1e-6)
+        relative = np.abs(int8_maps - fp32_maps).mean() / fp32_maps.mean()
+        assert accuracy["map_error"] == pytest.approx(relative, rel=1e-3)
     ops = _tflite_ops(written["tflite"])
     assert ("CONV_2D", "int8") in ops and ("TRANSPOSE_CONV", "int8") in ops  # the U-Net is quantized ...
     scoring_ops = {"AVERAGE_POOL_2D", "SQRT", "DIV", "RESIZE_BILINEAR", "REDUCE_MAX"}
@@ -422,6 +444,53 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(tmp_path):
     ]
     assert quantized == len(unet_layers)  # every U-Net convolution has int8 weights ...
     assert float_convolutions == 8  # ... and none of MSGMS's: 4 scales x (Prewitt on the image, on the reconstruction)
+
+
+def _with_outlier_channel(detector, factor=1e4):
+    """The same function in float32, but one first-layer channel `factor` x larger before the next convolution.
+
+    ReLU(factor * x) = factor * ReLU(x), so scaling a channel's batch-norm
+    output and dividing the next convolution's weights on that channel by
+    `factor` changes nothing in float; an int8 tensor with one range for all
+    its channels then has almost no levels left for the others.
+    """
+    import keras
+
+    from riad_tf.detector import Detector
+
+    unet = keras.models.clone_model(detector.unet)
+    unet.set_weights(detector.unet.get_weights())
+    bn, conv = unet.get_layer("enc1_a_bn"), unet.get_layer("enc1_b_conv")
+    gamma, beta, mean, variance = bn.get_weights()
+    gamma[0], beta[0] = gamma[0] * factor, beta[0] * factor
+    bn.set_weights([gamma, beta, mean, variance])
+    (kernel,) = conv.get_weights()
+    kernel[:, :, 0, :] /= factor
+    conv.set_weights([kernel])
+    return Detector(unet, detector.config)
+
+
+def test_int8_export_refuses_a_model_whose_maps_it_breaks(int8_case, tmp_path):
+    from riad_tf.export import ExportError, export_detector
+
+    detector, train, check = int8_case
+    broken = _with_outlier_channel(detector)
+    float_maps, _ = broken.score(check.all(), 16)
+    expected_maps, _ = detector.score(check.all(), 16)
+    np.testing.assert_allclose(float_maps, expected_maps, atol=1e-4)  # the same model in float32
+
+    options = dict(formats=("onnx",), precision="int8", batch=None, representative_images=train[:32])
+    with pytest.raises(ExportError) as refused:
+        export_detector(broken, tmp_path / "refused", check_images=check, **options)
+    message = str(refused.value)
+    print(message)
+    assert "\n" not in message and "riad_int8.onnx" in message and "% off float32" in message
+    assert not (tmp_path / "refused" / "riad_int8.onnx").exists()  # nothing left to ship by mistake
+    assert (tmp_path / "refused" / "riad.onnx").is_file()  # the float32 model is fine
+
+    written = export_detector(broken, tmp_path / "kept", check_images=check, keep_inaccurate=True, **options)
+    accuracy = read_metadata(written["onnx_int8"]).verification["accuracy"]
+    assert not accuracy["passed"] and accuracy["map_error"] > 0.1
 
 
 def _onnx_convolutions(path) -> tuple[int, int]:

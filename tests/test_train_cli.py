@@ -351,3 +351,22 @@ def test_thresholds_from_the_partitions_of_before_are_called_stale(tmp_path, cap
     with caplog.at_level("WARNING"):
         load_thresholds(tmp_path)
     assert "partitions" not in caplog.text
+
+
+def test_export_int8_checks_accuracy_on_the_runs_images_and_refuses_over_tolerance(trained_run, tmp_path):
+    """`riad-tf export --precision int8` compares with float32 on the run's held-out and defective images."""
+    from edge.metadata import read_metadata
+
+    args = ["export", str(trained_run), "--onnx", "--precision", "int8", "--fixed-batch", "0"]
+    kept = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "kept"), "--max-map-error", "10"])
+    assert kept.exit_code == 0, kept.output
+    accuracy = read_metadata(tmp_path / "kept" / "riad_int8.onnx").verification["accuracy"]
+    assert accuracy["passed"] and accuracy["images"] > 0 and accuracy["defective"] > 0
+    assert {"float32", "model"} <= set(accuracy["image_auroc"]) and "pixel_auroc" in accuracy
+
+    refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "refused"), "--max-map-error", "0"])
+    assert refused.exit_code != 0
+    line = [line for line in refused.output.splitlines() if "was not kept" in line]
+    assert len(line) == 1 and "riad_int8.onnx: on " in line[0] and "% off float32 (tolerance 0 %)" in line[0]
+    assert "Traceback" not in refused.output
+    assert not (tmp_path / "refused" / "riad_int8.onnx").exists()

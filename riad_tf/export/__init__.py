@@ -24,13 +24,19 @@ Precision:
   applies to the engine built from it with `trt=True`, which keeps the
   non-U-Net layers in FP32). "int8" with `representative_images` (and no
   `trt`) also writes `{name}_int8.onnx` for ONNX Runtime on CPUs: the U-Net's
-  nodes statically quantized (QDQ, per-channel 7-bit int8 weights, uint8
-  activations with min-max ranges from the images), the rest float32.
+  nodes statically quantized as `int8_recipe` says (`onnx.Int8Recipe`; by
+  default QDQ, per-channel 7-bit int8 weights, uint8 activations with min-max
+  ranges from the images), the rest float32.
 
 Every exported model is run once at export time (LiteRT / ONNX Runtime, when
 installed) against the Keras detector: a model with NaN/inf outputs, or an
 fp32 model more than 1e-3 away, raises `ExportError`; the differences are
-stored in the metadata ("verification").
+stored in the metadata ("verification"). Every fp16 or int8 model is also
+compared with float32 on real images (`check_images`: `riad-tf export` takes
+the run's held-out good and its defective test images) by
+`riad_tf.accuracy_check`: the map change and, with defects, the image and pixel
+AUROC of both go into `verification.accuracy`, and a model over the
+`tolerance` is removed and refused with `ExportError` unless `keep_inaccurate`.
 
 Modules:
 - `detector`: `export_detector`, `export_run`, their arguments and images;

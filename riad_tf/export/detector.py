@@ -23,10 +23,11 @@ from edge.errors import ConfigError
 from edge.files import atomic_write_bytes, check_writable
 from edge.images import to_model_input
 from edge.inpaint import masked_copies
+from riad_tf.accuracy_check import CheckImages, Tolerance, check_accuracy
 from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import input_spec
 from riad_tf.export.metadata import verify_model, write_model
-from riad_tf.export.onnx import convert_onnx, quantize_onnx
+from riad_tf.export.onnx import Int8Recipe, convert_onnx, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
 from riad_tf.run import load_detector, load_preprocessing, load_thresholds
@@ -85,6 +86,13 @@ class ExportOptions:
         preprocessing: the training images' native size (`riad_tf.run.load_preprocessing`).
         name: file-name stem.
         verify: run each exported model once and compare with Keras.
+        check_images: real images (`riad_tf.accuracy_check.CheckImages`) on
+            which every fp16 or int8 model is compared with float32; None
+            skips that check with a warning.
+        tolerance: how far such a model may move (`Tolerance`) before the
+            export refuses it.
+        keep_inaccurate: keep a model over the tolerance, with a warning.
+        int8_recipe: how the ONNX U-Net is quantized (`riad_tf.export.onnx.Int8Recipe`).
     """
 
     formats: Sequence[str] = FORMATS
@@ -98,6 +106,10 @@ class ExportOptions:
     preprocessing: dict | None = None
     name: str = "riad"
     verify: bool = True
+    check_images: CheckImages | None = None
+    tolerance: Tolerance = Tolerance()
+    keep_inaccurate: bool = False
+    int8_recipe: Int8Recipe = Int8Recipe()
 
 
 def export_detector(detector, out_dir, **options) -> dict[str, Path]:
@@ -142,10 +154,12 @@ def export_detector(detector, out_dir, **options) -> dict[str, Path]:
         path = out_dir / f"{stem}_{precision}.tflite"
         written.update(write_model(path, model, precision, quantization, None, common))
     if "onnx" in formats:
-        _write_onnx(detector, out_dir / f"{stem}.onnx", onnx_int8, calibration, common, written)
+        _write_onnx(detector, out_dir / f"{stem}.onnx", onnx_int8, calibration, common, written, opts.int8_recipe)
     if opts.verify:
         probe = representative[:4] if representative is not None else _probe_images(config, opts.uint8_input)
         _verify_written(written, detector, probe, precision)
+    if precision != "fp32":
+        _check_reduced_precision(written, detector, opts)
     if opts.trt:
         log.info("export: TensorRT engine")
         written.update(export_engine(written["onnx"], precision, representative, written))
@@ -158,6 +172,39 @@ def _verify_written(written: dict, detector, probe: np.ndarray, precision: str) 
         if kind in written:
             log.info(f"export: checking {written[kind].name} against the Keras detector")
             verify_model(written[kind], detector, probe, "fp32" if kind == "onnx" else precision, written)
+
+
+def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> None:
+    """The accuracy check of every fp16/int8 model written (`riad_tf.accuracy_check`); a refused one is removed."""
+    from edge.metadata import read_metadata, write_metadata
+    from edge.runner import Runner
+
+    reduced = [kind for kind in ("tflite", "onnx_int8") if kind in written]
+    if reduced and opts.check_images is None:
+        log.warning("export: no real images to check the reduced-precision models on; check them yourself")
+        return
+    images = dataclasses.replace(
+        opts.check_images,
+        good=_prepare_images(opts.check_images.good, detector.config, opts.uint8_input),
+        defective=_prepare_images(opts.check_images.defective, detector.config, opts.uint8_input),
+    )
+    for kind in reduced:
+        path = written[kind]
+        try:
+            runner = Runner.open(path)
+        except ImportError as err:  # the runtime is not installed here
+            warnings.warn(f"{path.name}: accuracy not checked ({err})", stacklevel=3)
+            continue
+        log.info(f"export: checking {path.name} against float32 on {images.count} real images")
+        try:
+            record = check_accuracy(runner, detector, images, opts.tolerance, path.name, opts.keep_inaccurate)
+        except ExportError as err:
+            for key in (kind, f"{kind}_metadata"):
+                written.pop(key).unlink(missing_ok=True)
+            raise ExportError(str(err), written) from None
+        metadata = read_metadata(path)
+        verification = {**(metadata.verification or {}), "accuracy": record}
+        write_metadata(path, dataclasses.replace(metadata, verification=verification))
 
 
 def _onnx_int8(formats, precision: str, representative, trt: bool) -> bool:
@@ -174,7 +221,7 @@ def _onnx_int8(formats, precision: str, representative, trt: bool) -> bool:
     return onnx_int8
 
 
-def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, written: dict) -> None:
+def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, written: dict, recipe: Int8Recipe) -> None:
     """The float32 ONNX at `path`, and with `int8` its int8 copy beside it; adds them to `written`."""
     log.info("export: converting to ONNX")
     spec, bare_unet = common["spec"], common["bare_unet"]
@@ -185,13 +232,9 @@ def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, wri
     if scope is None and not bare_unet:
         raise ExportError(f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph", written)
     log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
-    model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0])
+    model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0], recipe)
     int8_path = path.with_name(f"{path.stem}_int8.onnx")
     written.update(write_model(int8_path, model, "int8", quantization, scope, common, key="onnx_int8"))
-    log.warning(
-        f"{int8_path.name}: check it on your own good and defective images before use; on a trained "
-        "magnetic-tile model int8 lost most of the pixel accuracy (docs/deployment.md, 'Precision and accuracy')"
-    )
 
 
 def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:

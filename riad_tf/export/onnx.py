@@ -7,6 +7,8 @@ shadow the `onnx` library).
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tempfile
 from pathlib import Path
 
@@ -72,7 +74,41 @@ def convert_onnx(detector, spec: tf.TensorSpec, bare_unet: bool) -> tuple[bytes,
     return model.SerializeToString(), scope
 
 
-def quantize_onnx(model: bytes, scope: str | None, calibration: np.ndarray, batch: int | None) -> tuple[bytes, str]:
+@dataclasses.dataclass(frozen=True)
+class Int8Recipe:
+    """How the ONNX U-Net is quantized to int8 (`quantize_onnx`).
+
+    Args:
+        ranges: how activation ranges come from the calibration inputs:
+            "minmax", "percentile" (`percentile` of |values|) or "entropy".
+        percentile: the percentile of the "percentile" ranges.
+        weight_bits: 7 (safe on x86 CPUs without VNNI, whose uint8 x int8
+            instruction saturates 16-bit sums of full 8-bit weights) or 8.
+        symmetric_activations: int8 activations symmetric around 0 (what
+            TensorRT's explicit quantization expects) instead of uint8 ones.
+        float_layers: starts of Keras layer names of the U-Net (`riad_tf.model`)
+            whose nodes stay float32, e.g. `("enc1", "out_conv")`.
+    """
+
+    ranges: str = "minmax"
+    percentile: float = 99.999
+    weight_bits: int = 7
+    symmetric_activations: bool = False
+    float_layers: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for the metadata's `quantization`."""
+        activations = "int8 symmetric" if self.symmetric_activations else "uint8"
+        ranges = f"percentile {self.percentile}" if self.ranges == "percentile" else self.ranges
+        line = f"QDQ, per-channel {self.weight_bits}-bit int8 weights, {activations} activations, {ranges} ranges"
+        if self.float_layers:
+            line += f"; float32 layers: {', '.join(self.float_layers)}"
+        return line
+
+
+def quantize_onnx(
+    model: bytes, scope: str | None, calibration: np.ndarray, batch: int | None, recipe: Int8Recipe = Int8Recipe()
+) -> tuple[bytes, str]:
     """int8 ONNX for ONNX Runtime: the U-Net's nodes quantized statically (QDQ), the rest float32.
 
     Args:
@@ -80,6 +116,7 @@ def quantize_onnx(model: bytes, scope: str | None, calibration: np.ndarray, batc
         scope: the U-Net's name-scope prefix in a whole-detector graph; None for a bare U-Net.
         calibration: what the model takes (images, or masked copies for a bare U-Net).
         batch: the model's fixed batch, None for a dynamic one.
+        recipe: ranges, bits and the layers left in float32 (`Int8Recipe`).
 
     Returns:
         (model bytes, one line saying what was quantized).
@@ -89,10 +126,14 @@ def quantize_onnx(model: bytes, scope: str | None, calibration: np.ndarray, batc
     """
     try:
         import onnx
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as err:
         raise ExportError(f"int8 ONNX needs onnxruntime ({err}); pip install onnxruntime") from None
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    methods["entropy"] = CalibrationMethod.Entropy
+    if recipe.ranges not in methods or recipe.weight_bits not in (7, 8):
+        raise ExportError(f"unknown int8 recipe {recipe}")
     try:
         with tempfile.TemporaryDirectory(prefix="riad-onnx-int8-") as tmp:
             source, prepared, quantized = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
@@ -102,31 +143,47 @@ def quantize_onnx(model: bytes, scope: str | None, calibration: np.ndarray, batc
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
             unet_nodes = [node.name for node in graph.node] if scope is None else _onnx_unet_nodes(graph, scope)
+            kept_float = set(layer_nodes(graph, recipe.float_layers))
             quantize_static(
                 str(prepared),
                 str(quantized),
                 _CalibrationFeed(calibration, batch),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if recipe.symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, which
-                # adds two products into a saturating int16 (2 x 255 x 127 overflows it, 2 x 255 x 63
-                # does not). On magnetic tile 8-bit weights cost 7.1 image-AUROC points, 7-bit 0.9.
                 per_channel=True,
-                reduce_range=True,
-                nodes_to_quantize=unet_nodes,
+                reduce_range=recipe.weight_bits == 7,
+                nodes_to_quantize=[name for name in unet_nodes if name not in kept_float],
+                calibrate_method=methods[recipe.ranges],
+                extra_options={
+                    "ActivationSymmetric": recipe.symmetric_activations,
+                    "CalibPercentile": recipe.percentile,
+                },
             )
             result = quantized.read_bytes()
     except Exception as err:  # onnxruntime.quantization raises many types; report one line
         message = str(err).splitlines()[0] if str(err) else repr(err)
         raise ExportError(f"int8 ONNX quantization failed: {message}") from err
-    weights = "(QDQ, per-channel 7-bit int8 weights, uint8 activations)"
     if scope is None:
-        return result, f"full int8 U-Net {weights}, calibrated on {len(calibration)} masked copies"
+        return result, f"full int8 U-Net ({recipe.describe()}), calibrated on {len(calibration)} masked copies"
     return result, (
-        f"int8 U-Net {weights}, calibrated on {len(calibration)} images; "
+        f"int8 U-Net ({recipe.describe()}), calibrated on {len(calibration)} images; "
         "masking, assembly (Eq. 2) and scoring (Eq. 3-10) float32"
     )
+
+
+def layer_nodes(graph, layers) -> list[str]:
+    """Names of the ONNX nodes of the Keras layers whose names start with one of `layers`.
+
+    tf2onnx renames some nodes (convolutions become `Conv__123`) but their
+    weights keep the layer's name scope, so a node belongs to `enc1_a_conv`
+    when its name or one of its inputs has an `/enc1_a_conv_1/` part; `enc1`
+    names every layer of the first encoder block.
+    """
+    if not layers:
+        return []
+    pattern = re.compile(r"/(?:" + "|".join(re.escape(layer) for layer in layers) + r")\w*/")
+    return [node.name for node in graph.node if any(pattern.search(name) for name in (node.name, *node.input))]
 
 
 def _onnx_unet_nodes(graph, scope: str) -> list[str]:

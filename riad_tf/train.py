@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from edge.errors import InputError
+from edge.errors import InputError, TrainingError
 from riad_tf.config import RiadConfig
 from riad_tf.distribute import (
     assert_workers_agree,
@@ -151,6 +151,15 @@ def _train_epoch(step, batches, steps: int, bar, set_rate) -> dict:
     }
 
 
+def _check_finite(loss: float, epoch: int, config: RiadConfig) -> None:
+    """Stops training on a non-finite loss, before the epoch is recorded: no NaN weights are ever saved."""
+    if not np.isfinite(loss):
+        raise TrainingError(
+            f"epoch {epoch}: the training loss is {loss}; nothing of this epoch was saved. "
+            f"Lower learning_rate ({config.learning_rate:g}) or check the images for NaN"
+        )
+
+
 def _guard_images(train_images, holdout_images: np.ndarray | None, global_batch: int) -> np.ndarray:
     """The held-out images, or (without any) the first few training batches, for the batch-norm guard."""
     if holdout_images is not None and len(holdout_images):
@@ -229,6 +238,7 @@ def train_unet(
 
             bar = _progress_bar(show_progress, epoch, config, steps)
             figures = _train_epoch(step, batches, steps, bar, set_rate)
+            _check_finite(figures["loss"], epoch + 1, config)
             epoch_var.assign(epoch + 1)
             records.end_epoch(epoch + 1, figures, unet)
         return records.ship(unet, train_images)

@@ -199,3 +199,14 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(config, images, tmp_p
     assert kept == [min(losses, key=losses.get)] and kept[0] < wrecked.epochs, losses
     for got, want in zip(saved.trainable_weights, snapshots[kept[0]]):
         np.testing.assert_allclose(np.array(got), want, rtol=1e-6)
+
+
+def test_a_non_finite_training_loss_stops_training_before_anything_is_saved(config, images, tmp_path):
+    from edge.errors import TrainingError
+
+    poisoned = images[:16].copy()
+    poisoned[3, 5, 5, 0] = np.nan  # one bad pixel makes the epoch's loss NaN
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"epoch 1: the training loss is nan; nothing of this epoch was saved"):
+        train_unet(config, poisoned, out, progress=False)
+    assert not (out / "model.keras").exists() and not list(out.glob("checkpoints/ckpt-*"))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from riad_tf.accuracy_check import map_error
 from riad_tf.export.onnx import Int8Recipe
 
 RECIPES = {
@@ -152,12 +153,13 @@ def main(argv=None) -> int:
         maps, scores, speed = score(sess, test)
         summary = metrics.summarize(scores, labels, maps, masks)
         if not reference:
-            reference = dict(threshold=holdout_scores.max(), scores=scores, speed=speed)
+            reference = dict(threshold=holdout_scores.max(), scores=scores, maps=maps, speed=speed)
             reference["verdicts"] = scores > reference["threshold"]
         flips = int(np.sum((scores > reference["threshold"]) != reference["verdicts"]))
         rows.append(
             f"| {name} | {summary['image_auroc']:.4f} | {summary['pixel_auroc']:.4f} | {summary['aupro']:.4f} "
-            f"| {np.abs(scores - reference['scores']).max():.3f} | {flips} of {len(scores)} | {speed:.2f} "
+            f"| {np.abs(scores - reference['scores']).max():.3f} | {map_error(maps, reference['maps']):.3f} "
+            f"| {flips} of {len(scores)} | {speed:.2f} "
             f"| {speed / reference['speed']:.2f} |"
         )
         print(rows[-1], flush=True)
@@ -165,8 +167,11 @@ def main(argv=None) -> int:
     print(
         f"\n{facts['cpu']}, {facts['cores']} cores; run {args.run}; {len(test)} test images, {int(labels.sum())} defective"
     )
-    print("| model | image AUROC | pixel AUROC | AUPRO | max score change | verdict flips | images/s | x float32 |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print(
+        "| model | image AUROC | pixel AUROC | AUPRO | max score change | map error | verdict flips | images/s "
+        "| x float32 |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
     if args.layers:
         print(f"\nper-tensor SQNR (dB) of {args.layers} against float32 on 8 test images, worst first")

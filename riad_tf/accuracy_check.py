@@ -62,6 +62,18 @@ class Tolerance:
     max_map_error: float = 0.1
 
 
+def map_error(maps, reference_maps) -> float:
+    """The mean |map change| over the mean float32 map: 0 for the same maps, about 1 for unrelated ones.
+
+    Example:
+
+    >>> map_error(np.array([[1.1, 2.2]]), np.array([[1.0, 2.0]]))
+    0.1
+    """
+    maps, reference_maps = np.asarray(maps, np.float64), np.asarray(reference_maps, np.float64)
+    return round(float(np.abs(maps - reference_maps).mean() / max(np.abs(reference_maps).mean(), 1e-12)), 12)
+
+
 def accuracy_record(maps, scores, reference_maps, reference_scores, images: CheckImages) -> dict:
     """What changed from float32 (`reference_*`) to the exported model (`maps`, `scores`) on `images`.
 
@@ -73,12 +85,11 @@ def accuracy_record(maps, scores, reference_maps, reference_scores, images: Chec
     """
     from riad_tf import metrics
 
-    maps, reference_maps = np.asarray(maps, np.float64), np.asarray(reference_maps, np.float64)
     change = np.abs(np.asarray(scores, np.float64) - np.asarray(reference_scores, np.float64))
     record = {
         "images": len(images.good),
         "defective": 0 if images.defective is None else len(images.defective),
-        "map_error": float(np.abs(maps - reference_maps).mean() / max(np.abs(reference_maps).mean(), 1e-12)),
+        "map_error": map_error(maps, reference_maps),
         "max_score_change": float(change.max()),
         "mean_score_change": float(change.mean()),
     }

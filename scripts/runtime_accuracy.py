@@ -9,7 +9,9 @@ test images (the side-by-side comparison's `data.npz`: magnetic tile at 128 px,
 each precision the CPU has, and prints for each:
 
 - image AUROC, pixel AUROC and AUPRO on the test set (`riad_tf.metrics`);
-- the largest score difference to ONNX Runtime float32;
+- the largest score difference to ONNX Runtime float32, and the map error the
+  export's accuracy check measures (`riad_tf.accuracy_check`: mean |map change|
+  over the mean float32 map);
 - verdict flips: an image threshold set on the held-out good images (their
   largest score, under ONNX Runtime fp32), applied to the test images under
   each runtime, counting images whose verdict differs from ONNX Runtime fp32;
@@ -32,6 +34,7 @@ import numpy as np
 from edge.bench import cpu_facts
 from edge.openvino import OpenVinoSettings
 from edge.runner import Runner
+from riad_tf.accuracy_check import map_error
 
 BATCH = 8
 TRAINING_IMAGES = 128  # what `riad-tf export --precision int8` calibrates on, at most
@@ -111,22 +114,23 @@ def main(argv=None) -> None:
         maps, scores, speed = score(runner, data["test"])
         summary = metrics.summarize(scores, data["labels"], maps, data["test_masks"])
         if not reference:
-            reference = dict(threshold=float(holdout_scores.max()), scores=scores, speed=speed)
+            reference = dict(threshold=float(holdout_scores.max()), scores=scores, maps=maps, speed=speed)
             reference["verdicts"] = scores > reference["threshold"]
         flips = int(np.sum((scores > reference["threshold"]) != reference["verdicts"]))
         rows.append(
             f"| {name} | {summary['image_auroc']:.4f} | {summary['pixel_auroc']:.4f} | {summary['aupro']:.4f} "
-            f"| {np.abs(scores - reference['scores']).max():.1e} | {flips} of {len(scores)} | {speed:.2f} "
+            f"| {np.abs(scores - reference['scores']).max():.1e} | {map_error(maps, reference['maps']):.3f} "
+            f"| {flips} of {len(scores)} | {speed:.2f} "
             f"| {speed / reference['speed']:.2f} |"
         )
         print(rows[-1], flush=True)
     print(f"\n{facts['cpu']}, {facts['cores']} cores, bfloat16: {', '.join(facts['bf16']) or 'none'}")
     print(f"run {args.run}; test images {len(data['test'])} ({int(data['labels'].sum())} defective)")
     print(
-        "| runtime | image AUROC | pixel AUROC | AUPRO | max score diff to ORT fp32 | verdict flips "
-        "| images/s | x ORT fp32 |"
+        "| runtime | image AUROC | pixel AUROC | AUPRO | max score diff to ORT fp32 | map error "
+        "| verdict flips | images/s | x ORT fp32 |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
 
 

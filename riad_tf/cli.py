@@ -192,7 +192,12 @@ def _parse_sets(pairs) -> dict:
         key, sep, text = pair.partition("=")
         if not sep:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
-        values[key.strip()] = yaml.safe_load(text)
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise click.BadParameter(
+                f"{pair!r}: not a YAML value ({str(err).splitlines()[0]})", param_hint="--set"
+            ) from None
     return values
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,6 +45,7 @@ RETIRED_KEYS = {
 
 
 # Keys with a smallest value, and keys with a list of choices (`RiadConfig.validate`).
+MAX_WIDTH_MULTIPLIER = 16.0
 _AT_LEAST = {
     "epochs": 1,
     "batch_size": 1,
@@ -196,7 +198,12 @@ class RiadConfig:
 
     def validate(self) -> None:
         """Raises `edge.errors.ConfigError` (a `ValueError`) naming the key and the rule it breaks."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{field.name} must be a finite number, got {value}")
         self._validate_geometry()
+        self._validate_loss()
         for name, least in _AT_LEAST.items():
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
@@ -204,10 +211,7 @@ class RiadConfig:
             raise ConfigError(f"seed must be a non-negative int, got {self.seed}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        self._validate_schedule()
         self._validate_shares()
         if self.scale is not None and not 0.0 < self.scale <= 16.0:
             raise ConfigError(f"scale must be null (squeeze whole images) or in (0, 16], got {self.scale}")
@@ -226,8 +230,8 @@ class RiadConfig:
             raise ConfigError("ks must list at least one region size k")
         if min(self.widths) < 1:
             raise ConfigError(f"widths must be positive, got {self.widths}")
-        if not self.width_multiplier > 0:
-            raise ConfigError(f"width_multiplier must be positive, got {self.width_multiplier}")
+        if not 0 < self.width_multiplier <= MAX_WIDTH_MULTIPLIER:
+            raise ConfigError(f"width_multiplier must be in (0, {MAX_WIDTH_MULTIPLIER}], got {self.width_multiplier}")
         if len(self.widths) != 5:
             raise ConfigError(f"widths must list 5 U-Net levels, got {self.widths}")
         if height % 16 or width % 16:
@@ -235,6 +239,33 @@ class RiadConfig:
         for k in self.ks:
             if k <= 0 or height % k or width % k:
                 raise ConfigError(f"ks: region size k={k} does not divide image_size {height}x{width}")
+
+    def _validate_schedule(self) -> None:
+        """The learning rate and its schedule."""
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.lr_decay_epoch is not None and self.lr_decay_epoch < 1:
+            raise ConfigError(f"lr_decay_epoch must be null or at least 1, got {self.lr_decay_epoch}")
+
+    def _validate_loss(self) -> None:
+        """The MSGMS pyramid and the mean filter fit the image, and the loss weights are usable (Eq. 3-8)."""
+        if self.msgms_scales < 1 or 2 ** (self.msgms_scales - 1) > min(self.image_size) // 2:
+            raise ConfigError(
+                f"msgms_scales must be at least 1 and leave the coarsest scale at least 2 px "
+                f"(image_size {self.image_size}), got {self.msgms_scales}"
+            )
+        if self.smoothing > min(self.image_size):
+            raise ConfigError(f"smoothing ({self.smoothing}) must not exceed the image size {self.image_size}")
+        if not self.gms_c > 0:
+            raise ConfigError(
+                f"gms_c must be positive (it keeps Eq. 4 defined where both gradients vanish), got {self.gms_c}"
+            )
+        if self.lambda_g < 0 or self.lambda_s < 0 or self.lambda_g + self.lambda_s == 0:
+            raise ConfigError(
+                f"lambda_g and lambda_s must be >= 0 and not both 0, got {self.lambda_g} and {self.lambda_s}"
+            )
 
     def _validate_shares(self) -> None:
         """The held-out shares of the good images and the false-positive target are fractions that fit."""
@@ -300,13 +331,17 @@ class RiadConfig:
         return cls().with_overrides(values)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RiadConfig":
+    def load(cls, path: str | os.PathLike, _extending: tuple[Path, ...] = ()) -> "RiadConfig":
         """Reads a YAML (or JSON) config; `base:` names a config it extends.
 
         Raises:
-            ConfigError: naming the file and the key when a value breaks a rule.
+            ConfigError: naming the file and the key when a value breaks a rule,
+                or the configs whose `base:` chain comes back to itself.
         """
         path = Path(path)
+        if path.resolve() in _extending:
+            chain = " -> ".join(str(p) for p in (*_extending, path.resolve()))
+            raise ConfigError(f"{path}: its base: chain comes back to itself ({chain})")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -314,7 +349,9 @@ class RiadConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys to values")
         base = values.pop("base", None)
-        parent = cls.load(path.parent / base) if base else cls()
+        if base is not None and not isinstance(base, str):
+            raise ConfigError(f"{path}: base must name a config file, got {base!r}")
+        parent = cls.load(path.parent / base, (*_extending, path.resolve())) if base else cls()
         try:
             return parent.with_overrides(values)
         except ConfigError as err:

@@ -79,6 +79,15 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
         (["--set", "ks=[3]"], "ks: region size k=3"),
         (["--set", "epochs=ten"], "epochs must be an integer"),
         (["--set", "channels=x"], "channels must be an integer"),
+        (["--set", "learning_rate=.inf"], "learning_rate must be a finite number"),
+        (["--set", "weight_decay=.nan"], "weight_decay"),
+        (["--set", "msgms_scales=0"], "msgms_scales must be at least 1"),
+        (["--set", "msgms_scales=9"], "msgms_scales must be at least 1"),
+        (["--set", "gms_c=-1"], "gms_c must be positive"),
+        (["--set", "lambda_g=-1"], "lambda_g and lambda_s must be >= 0"),
+        (["--set", "lr_decay_epoch=-2"], "lr_decay_epoch must be null or at least 1"),
+        (["--set", "width_multiplier=.inf"], "width_multiplier must be a finite number"),
+        (["--set", "smoothing=99"], "smoothing (99) must not exceed the image size"),
     ],
 )
 def test_bad_config_values_are_refused_naming_the_key(options, words, datasets, tmp_path):
@@ -87,6 +96,26 @@ def test_bad_config_values_are_refused_naming_the_key(options, words, datasets, 
     failure = _failure(result)
     assert failure.code == 4 and words in failure.line
     assert not out.exists()  # refused before anything is written
+
+
+def test_a_set_value_that_is_not_plain_yaml_is_a_usage_error(datasets, tmp_path):
+    out = tmp_path / "run"
+    tag = "epochs=!!python/object/apply:os.system ['touch pwned']"
+    result = CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(out), *TINY, "--set", tag])
+    assert result.exit_code == 2 and "not a YAML value" in result.output and "Traceback" not in result.output
+    assert not out.exists() and not (Path.cwd() / "pwned").exists()
+
+
+def test_a_config_whose_base_chain_comes_back_to_itself_is_refused(tmp_path):
+    from edge.errors import ConfigError
+    from riad_tf.config import RiadConfig
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nepochs: 3\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    for name in ("a.yaml", "self.yaml"):
+        with pytest.raises(ConfigError, match="base: chain comes back to itself"):
+            RiadConfig.load(tmp_path / name)
 
 
 def test_a_square_image_size_may_be_one_number(tmp_path):

@@ -206,7 +206,7 @@ def test_frame_folders_are_read_in_natural_order(tmp_path):
     write_frame_folder(tmp_path / "test" / "b", frames, "frame_{}.png")
     write_label_csv(tmp_path / "labels.csv", {"b": np.zeros(12)})
     split = validate_videos(load_video_dataset(tmp_path, "video"))
-    values = split.train[0].read(RiadConfig(image_size=(16, 16), ks=(2, 4), channels=1))
+    values = split.train[0].read(RiadConfig(image_size=(16, 16), ks=(2, 4), channels=1, smoothing=5))
     np.testing.assert_allclose(values[:, 0, 0, 0], np.arange(12) * 10 / 255, atol=1e-6)
 
 

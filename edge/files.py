@@ -63,6 +63,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def open_own_file(path: str | os.PathLike, fresh: bool = False):
+    """Opens `path` for reading and writing (binary, unbuffered) without following a symbolic link there.
+
+    A file in a shared folder (a run's `.lock`, a stream's `.partial`) must
+    not be a link someone planted to make us truncate or fill another file.
+
+    Args:
+        path: the file; created (mode 0666 less the umask) when missing.
+        fresh: start a new, empty file: whatever is at `path` (a stale file or
+            a link) is removed first, and the new one is created exclusively.
+
+    Returns:
+        A binary file object opened "r+b", unbuffered.
+
+    Raises:
+        OutputError: `path` is a symbolic link (without `fresh`), or cannot be opened.
+    """
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        if fresh:
+            path.unlink(missing_ok=True)  # removes a link itself, never its target
+            flags |= os.O_EXCL
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if path.is_symlink():
+            raise OutputError(f"{path}: is a symbolic link; refusing to write through it (remove it)") from None
+        raise OutputError(f"{path}: cannot open: {err.strerror or err}") from None
+    return os.fdopen(fd, "r+b", buffering=0)
+
+
 def check_writable(folder: str | os.PathLike, need_bytes: int = 0, purpose: str = "this") -> None:
     """Checks before long work that `folder` can be created and written and has `need_bytes` free.
 

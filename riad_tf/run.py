@@ -55,7 +55,7 @@ import numpy as np
 import yaml
 
 from edge.errors import ConfigError, InputError, RunLocked, one_line
-from edge.files import atomic_path, atomic_write_text, check_writable
+from edge.files import atomic_path, atomic_write_text, check_writable, open_own_file
 from riad_tf.config import RiadConfig
 
 CONFIG_FILE = "config.yaml"
@@ -270,21 +270,19 @@ def run_lock(run_dir, command: str = "riad-tf") -> Iterator[None]:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    handle = open(path, "a+")
+    handle = open_own_file(run_dir / LOCK_FILE)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.read().decode(errors="replace").strip() or "another process"
         handle.close()
         raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish or stop it") from None
     try:
         handle.seek(0)
         handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {started})\n")
-        handle.flush()
+        handle.write(f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {started})\n".encode())
         yield
     finally:
         handle.truncate(0)

@@ -190,6 +190,32 @@ def test_a_second_writer_is_refused_and_a_killed_holder_releases_the_lock(traine
         pass
 
 
+def test_links_planted_where_we_write_are_never_followed(trained, datasets, tmp_path):
+    """A symlink at RUN/.lock or at a stream's OUTPUT.partial must not truncate or fill its target."""
+    from edge.stream import JsonLines
+    from riad_tf.run import LOCK_FILE
+
+    victim = tmp_path / "someone-elses-file"
+    victim.write_text("precious\n")
+    lock = trained / LOCK_FILE
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(victim)
+    try:
+        result = CliRunner().invoke(main, ["calibrate", str(trained), "--good", str(datasets[0] / "test" / "good")])
+        failure = _failure(result)
+        assert failure.code == 5 and "symbolic link" in failure.line and LOCK_FILE in failure.line
+    finally:
+        lock.unlink()
+    assert victim.read_text() == "precious\n"
+
+    output = tmp_path / "records.jsonl"
+    output.with_name("records.jsonl.partial").symlink_to(victim)
+    writer = JsonLines(output)
+    writer.write({"frame": 0})
+    writer.close()
+    assert victim.read_text() == "precious\n" and output.read_text() == '{"frame": 0}\n'
+
+
 def test_temporaries_of_an_interrupted_save_are_removed_on_the_next_start(trained, datasets):
     from riad_tf.run import remove_temporaries
 

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edge.errors import OutputError
-from edge.files import atomic_path
+from edge.files import atomic_path, open_own_file
 
 LATENCY_WINDOW = 100_000  # latest latencies kept for the percentiles (bounded memory)
 
@@ -80,7 +80,7 @@ class JsonLines:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._partial = self.path.with_name(self.path.name + ".partial")
-            self._file = open(self._partial, "wb", buffering=0)
+            self._file = open_own_file(self._partial, fresh=True)
             self._kept = 0  # bytes of whole records
 
     def write(self, record: dict) -> None:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
 
@@ -21,7 +22,18 @@ def cell(value, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def escaped(text) -> str:
+    r"""`text` safe inside a markdown table cell: HTML markup shown as text, `|` kept inside the cell.
+
+    Example:
+
+    >>> print(escaped("<svg onload=alert(1)>|x"))
+    &lt;svg onload=alert(1)&gt;\|x
+    """
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
 def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
-    """A markdown table of `header` and `rows` (cells turned into text with `str`)."""
+    """A markdown table of `header` and `rows` (cells turned into text with `str`, escaped by `escaped`)."""
     lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
+    return "\n".join("| " + " | ".join(map(escaped, line)) + " |" for line in lines)

@@ -23,6 +23,8 @@ import click
 import numpy as np
 
 from edge.cli_options import (
+    POSITIVE_INT,
+    FiniteFloat,
     bundled_options,
     echo_records,
     friendly_errors,
@@ -49,12 +51,12 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 _runtime_options = bundled_options(
     "runtime_options",
     [
-        (("--threads",), dict(type=int, default=None, help="CPU threads of the runtime.")),
+        (("--threads",), dict(type=POSITIVE_INT, default=None, help="CPU threads of the runtime.")),
         (
             ("--max-batch",),
-            dict(type=int, default=None, help="Most inputs per model call (default: from --memory-mb)."),
+            dict(type=POSITIVE_INT, default=None, help="Most inputs per model call (default: from --memory-mb)."),
         ),
-        (("--memory-mb",), dict(type=int, default=1024, show_default=True, help="Activation memory budget.")),
+        (("--memory-mb",), dict(type=POSITIVE_INT, default=1024, show_default=True, help="Activation memory budget.")),
         (
             ("--no-integrity-check",),
             dict(is_flag=True, help="Run a model whose metadata has no sha256 (not recommended)."),
@@ -133,10 +135,10 @@ def main(verbose, quiet):
 @_model_argument
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @map_options
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per runner call.")
+@click.option("--batch-size", type=POSITIVE_INT, default=8, show_default=True, help="Images per runner call.")
 @size_mode_options
 @click.option(
-    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+    "--image-threshold", type=FiniteFloat(), default=None, help="Override the calibrated image (and region) threshold."
 )
 @_runtime_options
 @_friendly_errors
@@ -184,8 +186,8 @@ def infer(
 @main.command()
 @_model_argument
 @click.option("--batch-sizes", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4.")
-@click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls first.")
+@click.option("--iters", type=POSITIVE_INT, default=20, show_default=True, help="Timed calls per batch size.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
 @_runtime_options
 @_friendly_errors
 def bench(model, batches, iters, warmup, runtime_options):
@@ -218,9 +220,14 @@ def _load_calibration(calib_dir: Path, metadata) -> np.ndarray:
 @click.option("--int8", "precision", flag_value="int8", help="INT8 U-Net, calibrated on --calib.")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), help="Folder of .npy or image files (INT8).")
 @click.option(
-    "--max-profile-batch", type=int, default=None, help="Largest batch of the engine's profile (dynamic-batch ONNX)."
+    "--max-profile-batch",
+    type=POSITIVE_INT,
+    default=None,
+    help="Largest batch of the engine's profile (dynamic-batch ONNX).",
 )
-@click.option("--workspace-mb", type=int, default=2048, show_default=True, help="TensorRT's builder workspace.")
+@click.option(
+    "--workspace-mb", type=POSITIVE_INT, default=2048, show_default=True, help="TensorRT's builder workspace."
+)
 @_friendly_errors
 def build_engine(onnx, output, precision, calib, max_profile_batch, workspace_mb):
     """Build a TensorRT engine from an exported ONNX, on the device that will run it.
@@ -281,11 +288,14 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     "--source", required=True, help="DIR, VIDEO, IMAGE (replayed), raw:-|raw:FILE, tcp://127.0.0.1:PORT or PLUGIN:ARGS."
 )
 @click.option(
-    "--frame-height", type=int, default=None, help="Lines per frame (default: about 256, fitted to the tile grid)."
+    "--frame-height",
+    type=POSITIVE_INT,
+    default=None,
+    help="Lines per frame (default: about 256, fitted to the tile grid).",
 )
 @click.option(
     "--overlap",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Lines shared by consecutive frames (default: a tile less one stride, at the model's scale).",
 )
@@ -300,19 +310,26 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     help="When inference falls behind: hold the capture back, or drop frames (counted).",
 )
 @click.option(
-    "--queue", "queue_size", type=int, default=8, show_default=True, help="Frames waiting for inference, at most."
+    "--queue",
+    "queue_size",
+    type=POSITIVE_INT,
+    default=8,
+    show_default=True,
+    help="Frames waiting for inference, at most.",
 )
-@click.option("--batch-frames", type=int, default=4, show_default=True, help="Frames whose tiles are scored together.")
-@click.option("--pixel-threshold", type=float, default=None, help="Override the calibrated region threshold.")
+@click.option(
+    "--batch-frames", type=POSITIVE_INT, default=4, show_default=True, help="Frames whose tiles are scored together."
+)
+@click.option("--pixel-threshold", type=FiniteFloat(), default=None, help="Override the calibrated region threshold.")
 @click.option(
     "--image-threshold",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Override the calibrated threshold, as infer's option does (one threshold: regions and frame verdicts).",
 )
 @click.option(
     "--min-pixels",
-    type=int,
+    type=POSITIVE_INT,
     default=None,
     help="Smaller regions are not reported (default: the model's min_region_area).",
 )
@@ -328,7 +345,7 @@ def _stride(value: str | None) -> tuple[int, int] | None:
 @click.option(
     "--overlays", type=click.Path(file_okay=False), default=None, help="Folder for overlay PNGs of defective frames."
 )
-@click.option("--width", type=int, default=None, help="Raw sources: pixels per line.")
+@click.option("--width", type=POSITIVE_INT, default=None, help="Raw sources: pixels per line.")
 @click.option(
     "--dtype",
     type=click.Choice(["uint8", "uint16", "float32"]),
@@ -340,12 +357,20 @@ def _stride(value: str | None) -> tuple[int, int] | None:
     "--channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Raw sources: channels per pixel."
 )
 @click.option(
-    "--line-rate", type=float, default=0.0, show_default=True, help="Replayed image: lines/s (0: as fast as possible)."
+    "--line-rate",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Replayed image: lines/s (0: as fast as possible).",
 )
 @click.option(
-    "--lines-per-block", type=int, default=64, show_default=True, help="Lines read at a time (raw, replayed image)."
+    "--lines-per-block",
+    type=POSITIVE_INT,
+    default=64,
+    show_default=True,
+    help="Lines read at a time (raw, replayed image).",
 )
-@click.option("--repeat", type=int, default=1, show_default=True, help="Replayed image: times to replay it.")
+@click.option("--repeat", type=POSITIVE_INT, default=1, show_default=True, help="Replayed image: times to replay it.")
 @click.option(
     "--reconnect",
     type=click.FloatRange(min=0),
@@ -501,7 +526,11 @@ def _progress_reporter(name, every_s: float = 5.0):
     "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Most images scored together."
 )
 @click.option(
-    "--max-wait-ms", type=float, default=5.0, show_default=True, help="Longest wait for more images to batch."
+    "--max-wait-ms",
+    type=FiniteFloat(0, 60_000),
+    default=5.0,
+    show_default=True,
+    help="Longest wait for more images to batch.",
 )
 @click.option(
     "--queue",
@@ -513,7 +542,7 @@ def _progress_reporter(name, every_s: float = 5.0):
 )
 @size_mode_options
 @click.option(
-    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+    "--image-threshold", type=FiniteFloat(), default=None, help="Override the calibrated image (and region) threshold."
 )
 @_runtime_options
 @_friendly_errors

@@ -11,12 +11,38 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from typing import Iterable, Sequence
 
 import click
 
 from edge.errors import InputError, OutputError, RiadError, one_line
+
+
+class FiniteFloat(click.FloatRange):
+    """A click float option that is a finite number within [min, max] (click's FloatRange lets NaN through).
+
+    Example:
+
+    >>> FiniteFloat(min=0).convert("2.5", None, None)
+    2.5
+    >>> FiniteFloat().convert("nan", None, None)
+    Traceback (most recent call last):
+    ...
+    click.exceptions.BadParameter: nan is not a finite number.
+    """
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+POSITIVE_INT = click.IntRange(min=1)
 
 
 class _OneLineError(click.ClickException):

@@ -24,6 +24,8 @@ import click
 import yaml
 
 from edge.cli_options import (
+    POSITIVE_INT,
+    FiniteFloat,
     bundled_options,
     echo_records,
     friendly_errors,
@@ -261,7 +263,7 @@ def train(config_path, data, out, overrides, sets, no_progress, as_json):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/eval).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
+@click.option("--batch-size", type=POSITIVE_INT, default=4, show_default=True, help="Images per detector call.")
 @click.option("--no-report", is_flag=True, help="Metrics only, no HTML report.")
 @_json_option
 @_friendly_errors
@@ -291,10 +293,10 @@ def evaluate(run_dir, data, out, batch_size, no_report, as_json):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @map_options
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
+@click.option("--batch-size", type=POSITIVE_INT, default=4, show_default=True, help="Images per detector call.")
 @size_mode_options
 @click.option(
-    "--image-threshold", type=float, default=None, help="Override the calibrated image (and region) threshold."
+    "--image-threshold", type=FiniteFloat(), default=None, help="Override the calibrated image (and region) threshold."
 )
 @_friendly_errors
 def predict(run_dir, images, maps_dir, float_maps, batch_size, tile, resize, image_threshold):
@@ -335,7 +337,7 @@ def predict(run_dir, images, maps_dir, float_maps, batch_size, tile, resize, ima
     default=None,
     help="Smallest anomalous region in pixels (default: the run's).",
 )
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per detector call.")
+@click.option("--batch-size", type=POSITIVE_INT, default=4, show_default=True, help="Images per detector call.")
 @_friendly_errors
 def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
     """New thresholds from good images, without retraining (docs/method.md, "Thresholds")."""
@@ -362,7 +364,11 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
     help="Weights and activations (int8 calibrates on the run's training images; docs/deployment.md).",
 )
 @click.option(
-    "--fixed-batch", type=int, default=1, show_default=True, help="The model's fixed batch; 0 for a dynamic batch."
+    "--fixed-batch",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="The model's fixed batch; 0 for a dynamic batch.",
 )
 @click.option("--uint8-input", is_flag=True, help="Take uint8 images (0-255) instead of float [0, 1].")
 @click.option("--bare-unet", is_flag=True, help="Export only the U-Net; the edge runner does masks and scoring.")
@@ -379,7 +385,7 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
     show_default=True,
     help="Where Triton runs it.",
 )
-@click.option("--triton-max-batch", type=int, default=8, show_default=True, help="Triton's max_batch_size.")
+@click.option("--triton-max-batch", type=POSITIVE_INT, default=8, show_default=True, help="Triton's max_batch_size.")
 @click.option(
     "--max-auroc-drop",
     type=click.FloatRange(0, 100),
@@ -461,7 +467,7 @@ def export(
 
 @main.command(cls=_TensorFlowCommand)
 @click.option("--out", type=click.Path(file_okay=False), default="riad-demo", show_default=True, help="Demo folder.")
-@click.option("--epochs", type=int, default=None, help="Override the demo's epochs.")
+@click.option("--epochs", type=POSITIVE_INT, default=None, help="Override the demo's epochs.")
 @click.option("--no-progress", is_flag=True, help="No live bar; one line per epoch (always so off a terminal).")
 @_friendly_errors
 def demo(out, epochs, no_progress):
@@ -509,8 +515,8 @@ class _BenchmarkCommand(click.Command):
     show_default=True,
     help="Any of keras,xla,onnx,onnx-int8,tflite-fp32,tflite-fp16,tflite-int8.",
 )
-@click.option("--iters", type=int, default=3, show_default=True, help="Timed calls per measurement.")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls before timing.")
+@click.option("--iters", type=POSITIVE_INT, default=3, show_default=True, help="Timed calls per measurement.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed calls before timing.")
 @click.option(
     "--threads",
     type=int,
@@ -525,8 +531,10 @@ class _BenchmarkCommand(click.Command):
 @click.option("--scaling-batches", default="1,2,4,8,16,32", show_default=True, help="Batch sizes of the scaling table.")
 @click.option("--scaling-sizes", default="64,128,256,512", show_default=True, help="Image sizes of the scaling table.")
 @click.option("--training", is_flag=True, help="Training images/s, float32 and mixed bfloat16.")
-@click.option("--train-batch", type=int, default=8, show_default=True, help="Batch of the training measurement.")
-@click.option("--peak-size", type=int, default=2048, show_default=True, help="Matrix size of the matmul peak.")
+@click.option(
+    "--train-batch", type=POSITIVE_INT, default=8, show_default=True, help="Batch of the training measurement."
+)
+@click.option("--peak-size", type=POSITIVE_INT, default=2048, show_default=True, help="Matrix size of the matmul peak.")
 @click.option(
     "--quick", is_flag=True, help="Short run: 2 timed calls, scaling batch 1,2,4 and sizes 64,128, 1024^2 peak."
 )

@@ -98,6 +98,32 @@ def test_bad_config_values_are_refused_naming_the_key(options, words, datasets, 
     assert not out.exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize(
+    "cli, args, option",
+    [
+        (main, ["predict", "{run}", "{image}", "--batch-size", "0"], "--batch-size"),
+        (main, ["evaluate", "{run}", "--batch-size", "0"], "--batch-size"),
+        (main, ["calibrate", "{run}", "--good", "{folder}", "--batch-size", "0"], "--batch-size"),
+        (main, ["predict", "{run}", "{image}", "--image-threshold", "nan"], "--image-threshold"),
+        (main, ["export", "{run}", "--onnx", "--out", "{folder}", "--fixed-batch", "-1"], "--fixed-batch"),
+        (edge_main, ["infer", "{model}", "{image}", "--image-threshold", "inf"], "--image-threshold"),
+        (edge_main, ["infer", "{model}", "{image}", "--threads", "0"], "--threads"),
+        (edge_main, ["serve", "{model}", "--max-wait-ms", "nan"], "--max-wait-ms"),
+        (edge_main, ["serve", "{model}", "--max-wait-ms", "inf"], "--max-wait-ms"),
+        (edge_main, ["stream", "{model}", "--source", "{image}", "--pixel-threshold", "-inf"], "--pixel-threshold"),
+        (edge_main, ["stream", "{model}", "--source", "{image}", "--line-rate", "nan"], "--line-rate"),
+    ],
+)
+def test_bad_numeric_options_are_usage_errors_before_any_work(cli, args, option, tmp_path):
+    folder, image, model = tmp_path / "folder", tmp_path / "part.png", tmp_path / "riad.onnx"
+    folder.mkdir()
+    image.write_bytes(b"not read")
+    model.write_bytes(b"not read")
+    names = dict(run=folder, folder=folder, image=image, model=model)
+    result = CliRunner().invoke(cli, [a.format(**names) for a in args])
+    assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output, result.output
+
+
 def test_a_set_value_that_is_not_plain_yaml_is_a_usage_error(datasets, tmp_path):
     out = tmp_path / "run"
     tag = "epochs=!!python/object/apply:os.system ['touch pwned']"

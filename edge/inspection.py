@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -74,6 +75,40 @@ def preprocessing_record(
         "scale": scale,
         "tile_stride": stride,
     }
+
+
+def preprocessing_problem(preprocessing) -> str | None:
+    """What is wrong with a preprocessing record (`preprocessing.json`, the metadata's), or None.
+
+    Example:
+
+    >>> preprocessing_problem(preprocessing_record([(200, 300)], scale=1.0)) is None
+    True
+    >>> preprocessing_problem({"native_size": 5})
+    'native_size must be [height, width] of positive integers, got 5'
+    """
+    if not isinstance(preprocessing, dict):
+        return f"must be a JSON object, got {type(preprocessing).__name__}"
+    size = preprocessing.get("native_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        return f"native_size must be [height, width] of positive integers, got {size!r}"
+    scale, stride = preprocessing.get("scale"), preprocessing.get("tile_stride", 0.5)
+    if scale is not None and not (_number(scale) and 0 < scale <= 16):
+        return f"scale must be null or a number in (0, 16], got {scale!r}"
+    if not (_number(stride) and 0 < stride <= 1):
+        return f"tile_stride must be a share of the tile in (0, 1], got {stride!r}"
+    if scale is None and size is None:
+        return "has neither native_size nor scale"
+    aspects = preprocessing.get("aspect_range")
+    if aspects is not None and not (isinstance(aspects, list) and len(aspects) == 2 and all(map(_number, aspects))):
+        return f"aspect_range must be [smallest, largest] width/height, got {aspects!r}"
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def size_problem(shape: tuple[int, int], preprocessing: dict | None) -> str | None:

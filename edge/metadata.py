@@ -62,6 +62,8 @@ from typing import Any, Mapping
 from edge.embedded import EMBEDDED_FORMATS, comparable, embed, embedded_payload, read_embedded
 from edge.errors import InputError, one_line
 from edge.files import atomic_write_bytes
+from edge.inspection import preprocessing_problem
+from edge.verdicts import thresholds_problem
 
 SCHEMA = "riad-edge/1"
 FORMATS = ("tflite", "onnx", "tensorrt")
@@ -128,6 +130,10 @@ class ModelMetadata:
             (self.input_dtype in INPUT_DTYPES, f"input_dtype {self.input_dtype!r} is not one of {INPUT_DTYPES}"),
             (len(self.input_shape) == 4, f"input_shape {list(self.input_shape)} is not [batch, H, W, C]"),
             (self.graph != "unet" or bool(self.masks_file), "a bare U-Net needs masks_file"),
+            (
+                self.masks_file is None or _plain_file_name(self.masks_file),
+                f"masks_file {self.masks_file!r} must be a file name beside the model, not a path",
+            ),
         )
         for ok, problem in checks:
             if not ok:
@@ -136,12 +142,12 @@ class ModelMetadata:
             if key not in config:
                 raise MetadataError(f"config has no {key!r}")
         _check_config(config, self.input_shape)
-        if self.thresholds is not None and not (
-            isinstance(self.thresholds, dict) and _is_number(self.thresholds.get("image", 0.0))
-        ):
-            raise MetadataError(
-                f"thresholds must be null or an object with a numeric image threshold: {self.thresholds}"
-            )
+        problem = None if self.thresholds is None else thresholds_problem(self.thresholds)
+        if problem:
+            raise MetadataError(f"thresholds {problem}")
+        problem = None if self.preprocessing is None else preprocessing_problem(self.preprocessing)
+        if problem:
+            raise MetadataError(f"preprocessing {problem}")
 
     # Values the runner needs, read from the stored training config.
     @property
@@ -221,8 +227,8 @@ def update_metadata(model_path: str | os.PathLike, metadata: ModelMetadata) -> P
     return write_metadata(model_path, dataclasses.replace(metadata, sha256=file_sha256(model_path)))
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _plain_file_name(name) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def _positive_ints(value) -> bool:

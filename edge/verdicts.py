@@ -137,6 +137,47 @@ def _largest_region(mask: np.ndarray) -> int:
     return int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
 
 
+THRESHOLD_KEYS = ("image", "region", "segmentation", "smoothed_frame")
+SHARE_KEYS = ("target_fpr", "supported_fpr", "fpr_90")
+
+
+def thresholds_problem(thresholds) -> str | None:
+    """What is wrong with a thresholds record (`thresholds.json`, the metadata's `thresholds`), or None.
+
+    Every threshold present must be a finite number (or null), `min_region_area`
+    a positive integer, the rates shares in [0, 1]; "image" must be there.
+
+    Example:
+
+    >>> thresholds_problem({"image": 0.3, "region": 0.3, "min_region_area": 4}) is None
+    True
+    >>> thresholds_problem({"image": float("nan")})
+    'image must be a finite number, got nan'
+    """
+    if not isinstance(thresholds, dict):
+        return f"must be a JSON object, got {type(thresholds).__name__}"
+    if "image" not in thresholds:
+        return "has no image threshold"
+    for key in THRESHOLD_KEYS:
+        value = thresholds.get(key)
+        if value is not None and not _finite(value):
+            return f"{key} must be a finite number, got {value!r}"
+    if thresholds["image"] is None:
+        return "image must be a finite number, got None"
+    area = thresholds.get("min_region_area", 1)
+    if not (isinstance(area, int) and not isinstance(area, bool) and area >= 1):
+        return f"min_region_area must be a positive integer, got {area!r}"
+    for key in SHARE_KEYS:
+        value = thresholds.get(key)
+        if value is not None and not (_finite(value) and 0 <= value <= 1):
+            return f"{key} must be a share in [0, 1], got {value!r}"
+    return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def is_anomalous(score: float, anomaly_map: np.ndarray | None, thresholds: dict) -> bool:
     """The image verdict: its region score above the image threshold (`score` itself when the area is 1)."""
     area = int(thresholds.get("min_region_area", 1) or 1)

@@ -151,12 +151,13 @@ def load_thresholds(run_dir) -> dict | None:
     (`riad_tf.masks.PARTITIONS`) came from other maps than the run now makes:
     a warning says to calibrate again.
     """
+    from edge.verdicts import thresholds_problem
     from riad_tf.masks import PARTITIONS
 
     path = Path(run_dir) / THRESHOLDS_FILE
     if not path.is_file():
         return None
-    thresholds = json.loads(path.read_text())
+    thresholds = _read_record(path, thresholds_problem)
     if thresholds.get("partitions") != PARTITIONS:
         logging.getLogger(__name__).warning(
             f'warning: {path} was calibrated with the inference partitions of before (docs/method.md, "Masks"); '
@@ -172,8 +173,10 @@ def save_preprocessing(run_dir, preprocessing: dict) -> None:
 
 def load_preprocessing(run_dir) -> dict | None:
     """The recorded preprocessing (`{"native_size": [h, w], ...}`), or None for a run that has none."""
+    from edge.inspection import preprocessing_problem
+
     path = Path(run_dir) / PREPROCESSING_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_record(path, preprocessing_problem) if path.is_file() else None
 
 
 def save_data_spec(run_dir, spec: dict) -> None:
@@ -184,7 +187,34 @@ def save_data_spec(run_dir, spec: dict) -> None:
 def load_data_spec(run_dir) -> dict | None:
     """The data set recorded by `save_data_spec`, or None when the run does not record one."""
     path = Path(run_dir) / DATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_record(path, _data_spec_problem) if path.is_file() else None
+
+
+def _data_spec_problem(spec) -> str | None:
+    """What is wrong with a `data.json` (`riad_tf.data.data_spec`), or None."""
+    if not isinstance(spec, dict):
+        return f"must be a JSON object, got {type(spec).__name__}"
+    for key in ("path", "masks"):
+        if not isinstance(spec.get(key), (str, type(None))):
+            return f"{key} must be a folder or null, got {spec.get(key)!r}"
+    if not isinstance(spec.get("layout"), str):
+        return f"layout must be text, got {spec.get('layout')!r}"
+    for key in ("normal", "abnormal", "test_normal"):
+        if not (isinstance(spec.get(key), list) and all(isinstance(v, str) for v in spec[key])):
+            return f"{key} must be a list of folders, got {spec.get(key)!r}"
+    return None
+
+
+def _read_record(path: Path, problem_of) -> dict:
+    """A run's JSON record at `path`, checked by `problem_of` (a one-line `InputError` naming the file otherwise)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read it: {one_line(err)}; re-run the command that writes it") from None
+    problem = problem_of(record)
+    if problem:
+        raise InputError(f"{path}: {problem}; re-run the command that writes it")
+    return record
 
 
 def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.ndarray:

@@ -576,3 +576,115 @@ def test_records_after_a_failed_write_follow_the_last_whole_one(tmp_path, monkey
         "frame",
         "summary",
     ]
+
+
+# ----------------------------------------------------------------------------
+# Run-directory files and model metadata: random values, never a traceback
+
+JUNK = [
+    None,
+    True,
+    0,
+    -1,
+    5,
+    1e308,
+    float("nan"),
+    float("inf"),
+    "",
+    "abc",
+    [],
+    [5],
+    [1, 2, 3],
+    ["a", "b"],
+    {},
+    {"x": 1},
+]
+
+
+def _mutations(record: dict):
+    """The record replaced whole by each junk value, then each key of it set to each junk value."""
+    yield from JUNK
+    for key in record:
+        for junk in JUNK:
+            yield {**record, key: junk}
+
+
+def _use_thresholds(thresholds):
+    from edge.verdicts import is_anomalous
+
+    is_anomalous(0.5, np.zeros((8, 8), np.float32), thresholds)
+
+
+def _use_preprocessing(preprocessing):
+    from edge.inspection import size_problem, tiling_of
+
+    size_problem((32, 48), preprocessing)
+    tiling_of(preprocessing, (32, 32))
+
+
+@pytest.mark.parametrize(
+    "name, load, use",
+    [
+        ("thresholds.json", "load_thresholds", _use_thresholds),
+        ("preprocessing.json", "load_preprocessing", _use_preprocessing),
+        ("data.json", "load_data_spec", lambda spec: None),
+    ],
+)
+def test_random_values_in_run_files_are_one_line_errors_or_work(trained, name, load, use, tmp_path):
+    import shutil
+    import warnings
+
+    from edge.errors import RiadError
+    from riad_tf import run as runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for small in ("config.yaml", "thresholds.json", "data.json"):
+        shutil.copy(trained / small, run / small)
+    original = json.loads((trained / name).read_text()) if (trained / name).is_file() else {"native_size": [32, 32]}
+    refused = 0
+    for value in _mutations(original):
+        (run / name).write_text(json.dumps(value))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded = getattr(runs, load)(run)
+        except RiadError as err:
+            assert name in str(err) and "\n" not in str(err)
+            refused += 1
+            continue
+        use(loaded)  # what is accepted must be usable
+    (run / name).write_text("{not json")
+    with pytest.raises(RiadError, match=name):
+        getattr(runs, load)(run)
+    assert refused >= len(JUNK)  # every whole-file replacement at least
+
+
+def test_random_values_in_model_metadata_are_one_line_errors_or_work(trained, tmp_path):
+    from edge.errors import RiadError
+    from edge.metadata import ModelMetadata, metadata_path, read_metadata
+    from riad_tf.export import export_run
+
+    written = export_run(trained, tmp_path / "export", formats=("onnx",), batch=None)
+    model = written["onnx"]
+    original = json.loads(metadata_path(model).read_text())
+    copy = tmp_path / "copy" / "riad.onnx"
+    copy.parent.mkdir()
+    copy.write_bytes(b"")  # no metadata inside: the JSON beside it is all there is
+    checked = 0
+    for field in ("thresholds", "preprocessing", "config", "input_shape", "masks_file", "graph", "precision"):
+        inner = original[field] if isinstance(original[field], dict) else {}
+        for value in [*JUNK, *(v for v in _mutations(inner) if isinstance(v, dict))]:
+            metadata_path(copy).write_text(json.dumps({**original, field: value}))
+            try:
+                metadata = read_metadata(copy, verify=False)
+            except RiadError as err:
+                assert str(copy.name) in str(err) and "\n" not in str(err)
+                continue
+            checked += 1
+            assert isinstance(metadata, ModelMetadata)
+            if metadata.thresholds:
+                _use_thresholds(metadata.thresholds)
+            if metadata.preprocessing:
+                _use_preprocessing(metadata.preprocessing)
+    assert checked > 0

@@ -38,7 +38,7 @@ from edge.cli_options import (
 from edge.errors import InputError
 from edge.images import IMAGE_EXTENSIONS, find_images, load_image, to_model_input
 from edge.metadata import read_metadata
-from edge.predictions import MapNames, with_overrides
+from edge.predictions import MapNames, warn_if_uncalibrated, with_overrides
 
 log = logging.getLogger("edge.cli")
 STREAM_FREE_BYTES = 16 * 2**20  # refused below this: a stream writes about 0.3 kB a frame, for hours
@@ -168,6 +168,7 @@ def infer(
     if not paths:
         raise click.ClickException(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(images)}")
     thresholds = with_overrides(runner.thresholds, image_threshold)
+    warn_if_uncalibrated(thresholds, model)
     preprocessing = runner.metadata.preprocessing
     records = inspect_files(
         paths,

@@ -5,6 +5,7 @@ Both commands print one JSON object per image:
     {"type": "image", "path": ..., "score": s}         always
     {"anomalous": ..., "threshold": t,                 when a threshold is known
      "threshold_source": "calibrated" | "override"}    (`edge.verdicts.is_anomalous`)
+    {"threshold_source": "none"}                       when none is: scores only
     {"region_score": r}                                when min_region_area > 1
     {"map": "MAPS/NAME_map.png"}                       when maps are written
 
@@ -24,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Mapping
@@ -65,6 +67,8 @@ def prediction_record(
         record["anomalous"] = is_anomalous(score, anomaly_map, thresholds)
         record["threshold"] = float(thresholds["image"])
         record["threshold_source"] = thresholds.get("source", "calibrated")
+    else:
+        record["threshold_source"] = "none"
     if map_file is not None:
         record["map"] = str(map_file)
     if map_float is not None:
@@ -79,6 +83,16 @@ def error_record(path, message: str) -> dict:
         "path": str(path),
         "error": str(message).splitlines()[0] if str(message) else "unknown error",
     }
+
+
+def warn_if_uncalibrated(thresholds: Mapping | None, model) -> None:
+    """Says on stderr (once per command) that `model` gives scores only: no threshold, so no verdicts."""
+    if not thresholds or thresholds.get("image") is None:
+        logging.getLogger(__name__).warning(
+            f"warning: {model} has no calibrated thresholds: records carry scores only, no verdicts "
+            '("threshold_source": "none"); calibrate it (riad-tf calibrate RUN --good DIR, then export again) '
+            "or pass --image-threshold"
+        )
 
 
 def with_overrides(thresholds: Mapping | None, image: float | None = None) -> dict | None:

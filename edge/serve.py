@@ -46,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from edge.images import load_image, map_to_grey, map_white
 from edge.inspection import inspect
-from edge.predictions import error_record, with_overrides
+from edge.predictions import error_record, warn_if_uncalibrated, with_overrides
 
 log = logging.getLogger(__name__)
 _BATCHER = web.AppKey("batcher", asyncio.Task)
@@ -120,6 +120,7 @@ class Service:
     async def _start(self, app) -> None:
         loop = asyncio.get_running_loop()
         self.runner = await loop.run_in_executor(self._reloads, self.open_runner)
+        self._warn_if_uncalibrated(self.runner)
         self.queue = asyncio.Queue(maxsize=self.settings.queue_size)
         app[_BATCHER] = asyncio.create_task(self._batch_forever())
         self.accepting = True
@@ -144,7 +145,12 @@ class Service:
         fresh = await loop.run_in_executor(self._reloads, self.open_runner)
         self.runner = fresh  # batches already started keep the runner they took
         log.info("serve: model reloaded")
+        self._warn_if_uncalibrated(fresh)
         return "reloaded"
+
+    def _warn_if_uncalibrated(self, runner) -> None:
+        thresholds = with_overrides(getattr(runner, "thresholds", None), self.settings.image_threshold)
+        warn_if_uncalibrated(thresholds, getattr(getattr(runner, "metadata", None), "model_file", "the model"))
 
     # ------------------------------------------------------------------
     # Endpoints

@@ -25,7 +25,7 @@ import numpy as np
 from edge.errors import InputError
 from edge.files import atomic_write_text, check_writable
 from edge.inspection import inspect_files, preprocessing_record
-from edge.predictions import MapNames, error_record, with_overrides
+from edge.predictions import MapNames, error_record, warn_if_uncalibrated, with_overrides
 from edge.verdicts import is_anomalous
 from riad_tf import metrics
 from riad_tf import run as runs
@@ -484,6 +484,7 @@ def predict_images(
     detector = runs.load_detector(run_dir)
     config = detector.config
     thresholds = with_overrides(runs.load_thresholds(run_dir), image_threshold)
+    warn_if_uncalibrated(thresholds, run_dir)
     preprocessing = runs.load_preprocessing(run_dir)
     yield from inspect_files(
         paths,

@@ -332,6 +332,21 @@ def test_broken_deployment_files_are_refused(change, words, exported, trained, t
     assert failure.code == 3 and words in failure.line
 
 
+def test_a_model_without_thresholds_says_so_on_every_record_path(trained, tmp_path):
+    from riad_tf.export import export_run
+
+    run = tmp_path / "uncalibrated"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("thresholds.json", ".lock"))
+    model = export_run(run, tmp_path / "export", formats=("onnx",), batch=None)["onnx"]
+    image = sorted(Path(json.loads((trained / "data.json").read_text())["path"]).glob("test/good/*.png"))[0]
+    for cli, args in ((main, ["predict", str(run), str(image)]), (edge_main, ["infer", str(model), str(image)])):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+        assert record["threshold_source"] == "none" and "anomalous" not in record and np.isfinite(record["score"])
+        assert "has no calibrated thresholds" in result.stderr
+
+
 def test_metadata_that_is_a_list_and_a_corrupt_model_with_a_matching_sha256(exported, trained, tmp_path):
     from edge.metadata import file_sha256
 

@@ -16,11 +16,13 @@ def test_record_has_a_verdict_only_with_an_image_threshold():
         "type": "image",
         "path": "a/x.png",
         "score": 0.25,
+        "threshold_source": "none",
     }
     assert prediction_record("x.png", 0.25, {"image": None, "region": 0.1}) == {
         "type": "image",
         "path": "x.png",
         "score": 0.25,
+        "threshold_source": "none",
     }
     calibrated = prediction_record("x.png", 0.75, {"image": 0.5, "region": 0.1}, map_file=Path("m/x_map.png"))
     assert calibrated == {

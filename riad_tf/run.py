@@ -324,9 +324,16 @@ def check_rerun(run_dir, config: RiadConfig, spec: dict | None) -> None:
     """Refuses, before anything is written, to train into a run of another configuration or data set.
 
     Only `RESUMABLE_KEYS` may differ from the stored config (resuming with more
-    epochs, say); the data set must be the recorded one.
+    epochs, say), never to fewer epochs than the run has trained; the data set
+    must be the recorded one.
     """
     run_dir = Path(run_dir)
+    trained = _epochs_trained(run_dir)
+    if config.epochs < trained:
+        raise ConfigError(
+            f"{run_dir} has trained {trained} epochs; {config.epochs} would shorten it: "
+            f"give --epochs {trained} or more to resume it, or use another --out"
+        )
     if (run_dir / CONFIG_FILE).is_file():
         old, new = load_config(run_dir).to_dict(), config.to_dict()
         changed = sorted(k for k in new if k not in RESUMABLE_KEYS and old.get(k) != new[k])
@@ -336,6 +343,15 @@ def check_rerun(run_dir, config: RiadConfig, spec: dict | None) -> None:
     stored = load_data_spec(run_dir)
     if stored is not None and spec is not None and _without_options(stored) != _without_options(spec):
         raise InputError(f"{run_dir} was trained on another data set ({DATA_FILE}); use another --out")
+
+
+def _epochs_trained(run_dir: Path) -> int:
+    """How many epochs `RUN/history.json` records (0 for a new run or an unreadable history)."""
+    try:
+        history = json.loads((run_dir / HISTORY_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(history) if isinstance(history, list) else 0
 
 
 def _without_options(spec: dict) -> dict:

@@ -191,6 +191,17 @@ def test_a_failed_re_run_leaves_a_finished_run_as_it_was(trained, datasets):
     assert _snapshot(trained) == before
 
 
+def test_a_re_run_never_shortens_a_trained_run(trained, datasets, tmp_path):
+    run = tmp_path / "three-epochs"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns(".lock"))
+    history = json.loads((run / "history.json").read_text())
+    (run / "history.json").write_text(json.dumps([{**history[0], "epoch": e} for e in (1, 2, 3)]))
+    before = _snapshot(run)
+    shorter = CliRunner().invoke(main, ["train", "--data", str(datasets[0]), "--out", str(run), *TINY, "--epochs", "2"])
+    assert _failure(shorter).code == 4 and "has trained 3 epochs; 2 would shorten it" in _failure(shorter).line
+    assert _snapshot(run) == before
+
+
 def test_a_second_writer_is_refused_and_a_killed_holder_releases_the_lock(trained, datasets):
     from riad_tf.run import LOCK_FILE, run_lock
 

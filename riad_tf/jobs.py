@@ -328,11 +328,38 @@ def calibrate_job(
     paths = find_images(good)
     if not paths:
         raise InputError(f"no images in {', '.join(map(str, good))}")
+    _check_calibration_images(paths, run_dir, config)
     images = read_images([Sample(p, 0) for p in paths], config)
     with runs.run_lock(run_dir, "riad-tf calibrate"):
         thresholds = calibrate_images(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
         runs.save_config(run_dir, config)
     return thresholds
+
+
+def _check_calibration_images(paths: Sequence[Path], run_dir, config: RiadConfig) -> None:
+    """Calibration images follow `predict`'s rules (readable, finite, a size the model takes) and are not training's.
+
+    Raises:
+        InputError: one line naming the first file that breaks a rule.
+    """
+    from edge.images import load_image
+    from edge.inspection import size_problem
+
+    training = runs.training_paths(run_dir)
+    reused = [p for p in paths if Path(p).resolve() in training]
+    if reused:
+        raise InputError(
+            f"{reused[0]}: {len(reused)} of the {len(paths)} calibration images are the run's training images; "
+            "calibrate on good images training never saw (their scores are optimistic)"
+        )
+    preprocessing = runs.load_preprocessing(run_dir)
+    for path in paths:
+        image = load_image(path)  # ImageError (an InputError) names the file
+        if not np.all(np.isfinite(image)):
+            raise InputError(f"{path}: the image holds NaN or infinite values")
+        problem = None if config.scale is not None else size_problem(image.shape[:2], preprocessing)
+        if problem:
+            raise InputError(f"{path}: {problem.split('; pass --tile')[0]}; calibrate on images like the training ones")
 
 
 def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size: int = 4, report: bool = True) -> dict:

@@ -217,6 +217,24 @@ def _read_record(path: Path, problem_of) -> dict:
     return record
 
 
+def training_paths(run_dir) -> set[Path]:
+    """The resolved paths of the images the run trained on (empty when it does not record its data)."""
+    from riad_tf.data import load_dataset, split_good
+    from riad_tf.video.layouts import VIDEO_LAYOUTS
+
+    spec = load_data_spec(run_dir)
+    if spec is None or spec["layout"] in VIDEO_LAYOUTS:
+        return set()
+    config = load_config(run_dir)
+    try:
+        keys = ("normal", "abnormal", "masks", "test_normal")
+        split = load_dataset(spec["path"], layout=spec["layout"], **{k: spec[k] for k in keys})
+    except (OSError, ValueError):  # the data set moved: nothing to compare with
+        return set()
+    kept, _, _ = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
+    return {Path(s.path).resolve() for s in kept}
+
+
 def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.ndarray:
     """Up to `limit` of the run's good training images (not the held-out ones), for int8 calibration.
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -332,6 +333,31 @@ def test_calibrate_without_retraining(trained_run, dataset, tmp_path):
     assert json.loads(enough.stdout.strip().splitlines()[-1])["image"] == stored["image"]
     assert stored["num_images"] == 4 and stored["target_supported"] and stored["supported_fpr"] == pytest.approx(0.2)
     assert RiadConfig.load(run / "config.yaml").target_fpr == 0.2  # later commands see the new target
+
+
+def test_calibrate_refuses_training_images_and_images_predict_would_refuse(trained_run, dataset, tmp_path):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns(".lock"))
+    before = (run / "thresholds.json").read_bytes()
+    good = sorted((dataset / "test" / "good").glob("*.png"))
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    Image.fromarray(np.full((32, 32), np.nan, np.float32), mode="F").save(nan / "nan.tiff")
+    other = tmp_path / "other-size"
+    other.mkdir()
+    Image.open(good[0]).resize((48, 32)).save(other / "wide.png")
+    cases = [
+        (dataset / "train" / "good", "are the run's training images"),
+        (nan, "NaN or infinite values"),
+        (other, "32 x 48 px"),
+    ]
+    for folder, words in cases:
+        result = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(folder), "--target-fpr", "0.2"])
+        lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert result.exit_code == 3 and len(lines) == 1 and words in lines[0], result.output
+    assert (run / "thresholds.json").read_bytes() == before  # nothing written
 
 
 def test_thresholds_from_the_partitions_of_before_are_called_stale(tmp_path, caplog, monkeypatch):

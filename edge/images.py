@@ -87,13 +87,25 @@ def load_image(path, name: str | None = None) -> np.ndarray:
     >>> load_image("part.png").shape                          # doctest: +SKIP
     (480, 640, 3)
     """
-    return _to_float(open_image(path, name))
+    try:
+        return _to_float(open_image(path, name))
+    except ImageError as err:
+        message = str(err)
+        raise ImageError(
+            message if message.startswith(str(path if name is None else name)) else f"{name or path}: {message}"
+        ) from None
 
 
 def _to_float(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.float32) / 65535.0
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageError(
+                f"integer image with values {values.min()} to {values.max()}: only 8- and 16-bit values "
+                "(0-65535) are understood; convert it to 16-bit or to float in [0, 1]"
+            )
+        values = values.astype(np.float32) / 65535.0
     elif mode == "F":
         values = np.asarray(image, np.float32)
     else:
@@ -105,6 +117,9 @@ def _to_float(image: Image.Image) -> np.ndarray:
             image = image.convert("RGB")  # RGBA, CMYK, YCbCr, LAB, HSV: alpha dropped
         values = np.asarray(image).astype(np.float32) / 255.0
     return as_unit_float(values)
+
+
+FLOAT_SLACK = 1e-3  # float pixels this far outside [0, 1] are rounding, not another range
 
 
 def as_unit_float(image: np.ndarray) -> np.ndarray:
@@ -124,7 +139,12 @@ def as_unit_float(image: np.ndarray) -> np.ndarray:
         raise ImageError(f"image shape {image.shape} is not (H, W) or (H, W, C) with C in 1-4")
     if values.shape[-1] in (2, 4):  # grey + alpha, RGBA: drop alpha
         values = values[..., :-1]
-    return np.clip(values, 0.0, 1.0)
+    finite = np.isfinite(values)
+    low, high = (values[finite].min(), values[finite].max()) if finite.any() else (0.0, 1.0)
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        raise ImageError(f"float image with values {low:g} to {high:g}: float images must hold values in [0, 1]")
+    # Rounding overshoots are clipped; NaN and infinities stay, for the callers' one-line refusal.
+    return np.clip(values, 0.0, 1.0, out=values.copy(), where=finite)
 
 
 def resize_image(values: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:

@@ -343,6 +343,24 @@ def test_broken_deployment_files_are_refused(change, words, exported, trained, t
     assert failure.code == 3 and words in failure.line
 
 
+def test_float_and_integer_images_outside_their_range_are_error_records_not_clipped(exported, tmp_path):
+    from PIL import Image
+
+    cases = {
+        "inf.tiff": (np.full((32, 32), np.inf, np.float32), "F", "NaN or infinite"),
+        "thousand.tiff": (np.full((32, 32), 1000.0, np.float32), "F", "values in [0, 1]"),
+        "negative.tiff": (np.full((32, 32), -0.5, np.float32), "F", "values in [0, 1]"),
+        "int32.tiff": (np.full((32, 32), 100_000, np.int32), "I", "0-65535"),
+    }
+    for name, (values, mode, _) in cases.items():
+        Image.fromarray(values, mode=mode).save(tmp_path / name)
+    result = CliRunner().invoke(edge_main, ["infer", str(exported), *(str(tmp_path / name) for name in cases)])
+    records = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    for name, (_, _, words) in cases.items():
+        assert "score" not in records[name] and words in records[name]["error"] and name in records[name]["error"]
+
+
 def test_a_model_without_thresholds_says_so_on_every_record_path(trained, tmp_path):
     from riad_tf.export import export_run
 

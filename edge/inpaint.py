@@ -32,6 +32,8 @@ def check_masks(masks: np.ndarray, ks, n: int, image_size, source: str = "masks"
     expected = (len(ks), n, *image_size, 1)
     if masks.shape != expected:
         raise ValueError(f"{source}: masks have shape {masks.shape}, expected {expected} (|K|, n, H, W, 1)")
+    if not np.isin(masks, (0, 1)).all():
+        raise ValueError(f"{source}: masks must hold only 0 (removed) and 1 (kept)")
     masks = masks.astype(np.float32)
     if not np.all((1.0 - masks).sum(axis=1) == 1.0):  # Eq. 1
         raise ValueError(f"{source}: not a partition: some pixel is not removed in exactly one mask (Eq. 1)")

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from edge import scoring
-from edge.errors import InputError
+from edge.errors import InputError, one_line
 from edge.images import to_model_input
 from edge.inpaint import assemble, check_masks, masked_copies
-from edge.metadata import EXTENSIONS, ModelMetadata, read_metadata
+from edge.metadata import EXTENSIONS, MetadataError, ModelMetadata, read_metadata
 from edge.session import Session
 from edge.verdicts import is_anomalous
 
@@ -109,13 +109,7 @@ class Runner:
         self._config = metadata.config
         self._masks = None
         if metadata.graph == "unet":
-            self._masks = check_masks(
-                np.load(model_dir / metadata.masks_file),
-                metadata.ks,
-                metadata.n,
-                metadata.image_size,
-                metadata.masks_file,
-            )
+            self._masks = _load_masks(model_dir / metadata.masks_file, metadata)
         self.max_batch = self._max_batch(max_batch, memory_mb)
 
     @classmethod
@@ -298,3 +292,19 @@ class Runner:
     def anomalous_pixels(self, maps: np.ndarray) -> np.ndarray:
         """True where a pixel lies in a region: map value > the calibrated region threshold."""
         return np.asarray(maps) > self._threshold("region")
+
+
+def _load_masks(path: Path, metadata: ModelMetadata) -> np.ndarray:
+    """A bare U-Net's inference masks, checked against its config (`edge.inpaint.check_masks`).
+
+    Raises:
+        MetadataError: one line naming the file: unreadable, not one plain
+            array (pickled objects are never loaded), or not the partitions.
+    """
+    try:
+        masks = np.load(path, allow_pickle=False)
+        if not isinstance(masks, np.ndarray):
+            raise ValueError("not a single .npy array")
+        return check_masks(masks, metadata.ks, metadata.n, metadata.image_size, path.name)
+    except (OSError, ValueError, EOFError) as err:
+        raise MetadataError(f"{path}: not the model's inference masks: {one_line(err)}") from None

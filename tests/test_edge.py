@@ -223,6 +223,47 @@ def toy_unet(tmp_path_factory):
     return _write_toy_unet(tmp_path_factory.mktemp("toy"))
 
 
+def test_bad_mask_files_of_a_bare_unet_are_one_line_errors(toy_unet, tmp_path):
+    import io
+    import shutil
+
+    from edge.errors import InputError
+    from edge.runner import Runner
+
+    masks_name = f"{toy_unet.stem}.masks.npy"
+    good = np.load(toy_unet.with_name(masks_name))
+    wrong_values = good.astype(np.float32) * 0.5 + 0.25
+    not_a_partition = good.copy()
+    not_a_partition[:, 0] = 1  # pixels removed in no mask
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases = {
+        "truncated": good.tobytes()[:50],
+        "pickled": pickled.getvalue(),
+        "wrong shape": _npy(good[:1]),
+        "not 0 and 1": _npy(wrong_values),
+        "not a partition": _npy(not_a_partition),
+    }
+    for label, data in cases.items():
+        folder = tmp_path / label.replace(" ", "-")
+        folder.mkdir()
+        for path in toy_unet.parent.glob(f"{toy_unet.stem}.*"):
+            shutil.copy(path, folder / path.name)
+        (folder / masks_name).write_bytes(data)
+        with pytest.raises(InputError) as refused:
+            Runner.open(folder / toy_unet.name, verify=False)
+        message = str(refused.value)
+        assert masks_name in message and "\n" not in message, (label, message)
+
+
+def _npy(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("max_batch", [None, 5, 24])
 def test_bare_unet_runner_matches_the_keras_detector(toy_unet, max_batch):
     from edge.runner import Runner

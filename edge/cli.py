@@ -539,7 +539,34 @@ def _progress_reporter(name, every_s: float = 5.0):
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Images waiting, at most; beyond: HTTP 503.",
+    help="Requests held at once (reading, queued or scored), at most; beyond: HTTP 503.",
+)
+@click.option(
+    "--max-body-mb", type=POSITIVE_INT, default=64, show_default=True, help="Largest request body; beyond: HTTP 413."
+)
+@click.option(
+    "--max-pixels",
+    type=POSITIVE_INT,
+    default=40_000_000,
+    show_default=True,
+    help="Largest image (H x W, read from its header before decoding); beyond: HTTP 413.",
+)
+@click.option(
+    "--max-tiles", type=POSITIVE_INT, default=4096, show_default=True, help="Most tiles of one image; beyond: HTTP 413."
+)
+@click.option(
+    "--max-held-mb",
+    type=POSITIVE_INT,
+    default=128,
+    show_default=True,
+    help="Request bodies held at once, in MB; beyond: HTTP 503 before the body is read.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=FiniteFloat(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests get after SIGTERM.",
 )
 @size_mode_options
 @click.option(
@@ -555,6 +582,11 @@ def serve(
     batch_size,
     max_wait_ms,
     queue_size,
+    max_body_mb,
+    max_pixels,
+    max_tiles,
+    max_held_mb,
+    shutdown_timeout,
     tile,
     resize,
     image_threshold,
@@ -572,8 +604,12 @@ def serve(
         token=token,
         mode=size_mode(tile, resize),
         image_threshold=image_threshold,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_tiles=max_tiles,
+        max_held_mb=max_held_mb,
     )
-    run_service(lambda: _open_runner(model, **runtime_options), settings, host, port)
+    run_service(lambda: _open_runner(model, **runtime_options), settings, host, port, shutdown_timeout)
 
 
 if __name__ == "__main__":

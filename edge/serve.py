@@ -35,6 +35,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,17 +45,31 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from edge.errors import RiadError, one_line
 from edge.images import load_image, map_to_grey, map_white
 from edge.inspection import inspect
 from edge.predictions import error_record, warn_if_uncalibrated, with_overrides
 
 log = logging.getLogger(__name__)
 _BATCHER = web.AppKey("batcher", asyncio.Task)
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class ReloadFailed(RiadError):
+    """The new model could not be opened; the previous one keeps serving."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
-    """How the service batches, queues and guards its requests."""
+    """How the service batches, queues and guards its requests.
+
+    `queue_size` bounds the requests held at once (from reading the body to
+    the answer) and `max_held_mb` the bytes of their bodies (as each request
+    declares them in Content-Length; one request is always let in): beyond
+    either, 503 before the body is read, so memory stays bounded. A body over
+    `max_body_mb` gets 413; so does an image larger than `max_pixels` (read
+    from its header, before decoding) or needing more than `max_tiles` tiles.
+    """
 
     max_batch: int = 8
     max_wait_ms: float = 5.0
@@ -63,6 +78,9 @@ class ServeSettings:
     mode: str = "strict"
     image_threshold: float | None = None
     max_body_mb: int = 64
+    max_pixels: int = 40_000_000
+    max_tiles: int = 4096
+    max_held_mb: int = 128
 
 
 @dataclasses.dataclass
@@ -86,6 +104,9 @@ class Service:
         self.open_runner, self.settings = open_runner, settings
         self.runner = None
         self.accepting = False
+        self.held = 0  # requests admitted and not answered yet
+        self.held_bytes = 0  # the bodies they declared
+        self.scoring = False  # a model call is running on the model thread
         self.queue: asyncio.Queue | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riad-model")  # one model call at a time
         self._reloads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riad-reload")
@@ -102,7 +123,8 @@ class Service:
     # Lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_mb * 2**20, middlewares=[self._auth])
+        middlewares = [self._errors, self._auth]
+        app = web.Application(client_max_size=self.settings.max_body_mb * 2**20, middlewares=middlewares)
         app.add_routes(
             [
                 web.post("/predict", self.predict),
@@ -125,7 +147,7 @@ class Service:
         app[_BATCHER] = asyncio.create_task(self._batch_forever())
         self.accepting = True
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_signal()))
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
             pass
 
@@ -137,16 +159,31 @@ class Service:
 
     async def _stop(self, app) -> None:
         app[_BATCHER].cancel()
-        self._executor.shutdown(wait=True)
-        self._reloads.shutdown(wait=False)
+        self._executor.shutdown(wait=False, cancel_futures=True)  # `serve` bounds the wait for a running call
+        self._reloads.shutdown(wait=False, cancel_futures=True)
 
     async def _reload(self) -> str:
+        """Swaps in a freshly opened model; a model that cannot be opened leaves the old one serving.
+
+        Raises:
+            ReloadFailed: one line saying why (the old model keeps serving).
+        """
         loop = asyncio.get_running_loop()
-        fresh = await loop.run_in_executor(self._reloads, self.open_runner)
+        try:
+            fresh = await loop.run_in_executor(self._reloads, self.open_runner)
+        except Exception as err:  # any reason the new file cannot be opened: the service keeps the old model
+            log.error(f"serve: reload failed, the previous model keeps serving: {one_line(err)}")
+            raise ReloadFailed(one_line(err)) from None
         self.runner = fresh  # batches already started keep the runner they took
         log.info("serve: model reloaded")
         self._warn_if_uncalibrated(fresh)
         return "reloaded"
+
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self._reload()
+        except ReloadFailed:
+            pass  # logged
 
     def _warn_if_uncalibrated(self, runner) -> None:
         thresholds = with_overrides(getattr(runner, "thresholds", None), self.settings.image_threshold)
@@ -175,32 +212,102 @@ class Service:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reload(self, request):
-        return web.json_response({"status": await self._reload()})
+        started = time.perf_counter()
+        try:
+            return self._answer({"status": await self._reload()}, 200, started)
+        except ReloadFailed as err:
+            return self._answer({"error": f"reload failed, the previous model keeps serving: {err}"}, 500, started)
 
     async def predict(self, request):
         started = time.perf_counter()
         if not self.accepting:
             return self._answer({"error": "the service is shutting down"}, 503, started)
+        declared = request.content_length or 0
+        if declared > self.settings.max_body_mb * 2**20:
+            return self._answer({"error": f"the body is larger than {self.settings.max_body_mb} MB"}, 413, started)
+        budget = self.settings.max_held_mb * 2**20
+        if self.held >= self.settings.queue_size or (self.held and self.held_bytes + declared > budget):
+            # refused before the body is read: memory stays bounded however many clients send at once
+            return self._answer({"error": f"overloaded: {self.held} requests already held"}, 503, started)
+        self.held, self.held_bytes = self.held + 1, self.held_bytes + declared
+        try:
+            return await self._predict(request, started)
+        finally:
+            self.held, self.held_bytes = self.held - 1, self.held_bytes - declared
+
+    async def _predict(self, request, started: float) -> web.Response:
         body, name = await _image_body(request)
         if not body:
             return self._answer(
                 {"error": "no image in the request (raw body or multipart field 'image')"}, 400, started
             )
+        too_large = self._too_large(body, name)
+        if too_large:
+            return self._answer(error_record(name, too_large), 413, started)
         item = _Request(name, body, request.query.get("map"), asyncio.get_running_loop().create_future(), started)
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            return self._answer(
-                {"error": f"overloaded: {self.settings.queue_size} images already queued"}, 503, started
-            )
+        self.queue.put_nowait(item)  # room is certain: every queued request is held
         record = await item.done
         return self._answer(record, 400 if "error" in record else 200, started)
+
+    def _too_large(self, body: bytes, name: str) -> str | None:
+        """Why an image is too large to score here, read from its header without decoding it; None when it is not."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(body)) as image:
+                width, height = image.size
+        except Image.DecompressionBombError:
+            return f"{name}: the image is too large to decode safely"
+        except (UnidentifiedImageError, OSError, ValueError):
+            return None  # not an image: the scoring path answers with its own error record
+        if width * height > self.settings.max_pixels:
+            return f"{name}: the image is {height} x {width} px (H x W), more than the {self.settings.max_pixels} pixels this service takes"
+        tiles = self._tiles((height, width))
+        if tiles > self.settings.max_tiles:
+            return f"{name}: the image needs {tiles} tiles, more than the {self.settings.max_tiles} this service scores per request"
+        return None
+
+    def _tiles(self, shape: tuple[int, int]) -> int:
+        """How many model calls' worth of tiles an image of `shape` takes (1 when it is not tiled)."""
+        from edge.inspection import tiling_of, trained_at_scale
+        from edge.tiling import scaled_size, tile_starts
+
+        runner = self.runner
+        preprocessing = getattr(getattr(runner, "metadata", None), "preprocessing", None)
+        if (
+            runner is None
+            or not preprocessing
+            or (self.settings.mode != "tile" and not trained_at_scale(preprocessing))
+        ):
+            return 1
+        size = runner.image_size
+        scale, stride = tiling_of(preprocessing, size)
+        height, width = scaled_size(shape, scale)
+        rows, cols = (len(tile_starts(max(n, t), t, s)) for n, t, s in zip((height, width), size, stride))
+        return rows * cols
+
+    @web.middleware
+    async def _errors(self, request, handler):
+        """Any failure of a handler is one log line, a JSON answer and a count in /metrics, never a traceback page."""
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            return self._answer({"error": err.reason}, err.status, started)
+        except (ValueError, EOFError) as err:  # a malformed body (multipart without boundary, a broken part)
+            log.warning(f"serve: {request.method} {request.path}: bad request: {one_line(err)}")
+            return self._answer({"error": f"bad request: {one_line(err)}"}, 400, started)
+        except Exception as err:  # a bug: the client gets 500, the operator one line
+            log.error(f"serve: {request.method} {request.path}: internal error: {type(err).__name__}: {one_line(err)}")
+            return self._answer({"error": "internal error"}, 500, started)
 
     def _answer(self, record: dict, status: int, started: float) -> web.Response:
         seconds = time.perf_counter() - started
         self.requests.labels(str(status)).inc()
         self.latency.observe(seconds)
-        if status == 200:
+        if status == 200 and "path" in record:
             self.verdicts.labels(str(record.get("anomalous"))).inc()
             record = {**record, "timing_ms": round(seconds * 1e3, 3)}
         return web.json_response(record, status=status, dumps=_strict_json)
@@ -224,7 +331,7 @@ class Service:
             self.batches.observe(len(batch))
             runner = self.runner
             try:
-                records = await loop.run_in_executor(self._executor, self._score, runner, batch)
+                records = await loop.run_in_executor(self._executor, self._score_flagged, runner, batch)
             except Exception as err:  # the model failed: every request of the batch learns it, the service lives on
                 log.exception("serve: scoring failed")
                 records = [error_record(item.name, f"scoring failed: {err}") for item in batch]
@@ -232,6 +339,13 @@ class Service:
                 if not item.done.done():
                     item.done.set_result(record)
             batch = records = item = None  # an idle service holds no image of the last batch
+
+    def _score_flagged(self, runner, batch: list[_Request]) -> list[dict]:
+        self.scoring = True
+        try:
+            return self._score(runner, batch)
+        finally:
+            self.scoring = False
 
     def _score(self, runner, batch: list[_Request]) -> list[dict]:
         thresholds = with_overrides(runner.thresholds, self.settings.image_threshold)
@@ -287,8 +401,14 @@ def _strict_json(value) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-def serve(open_runner, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Runs the service until SIGTERM or Ctrl-C (aiohttp's graceful shutdown: in-flight requests finish)."""
+def serve(
+    open_runner,
+    settings: ServeSettings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
+) -> None:
+    """Runs the service until SIGTERM or Ctrl-C: in-flight requests get `shutdown_timeout` seconds to finish."""
     service = Service(open_runner, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
@@ -300,6 +420,11 @@ def serve(open_runner, settings: ServeSettings, host: str = "127.0.0.1", port: i
         host=host,
         port=port,
         print=lambda message: log.info(f"serve: {message}"),
-        shutdown_timeout=30.0,
+        shutdown_timeout=shutdown_timeout,
         handle_signals=True,
     )
+    if service.scoring:
+        # A model call outlived the shutdown timeout; waiting for it would make shutdown unbounded.
+        log.warning(f"serve: a model call was still running {shutdown_timeout:g} s after SIGTERM; exiting without it")
+        logging.shutdown()
+        os._exit(0)

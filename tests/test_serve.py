@@ -152,33 +152,85 @@ def test_token_health_ready_metrics_maps_and_reload(model):
     assert np.asarray(results["values"]["map_values"]).shape == (SIZE, SIZE)
     assert results["reload"] == 200 and results["after_reload"] == 200 and len(opened) == 2
     metrics = results["metrics"]
-    assert 'riad_requests_total{status="200"} 3.0' in metrics and 'riad_requests_total{status="401"} 2.0' in metrics
+    # three predictions and the reload answered 200
+    assert 'riad_requests_total{status="200"} 4.0' in metrics and 'riad_requests_total{status="401"} 2.0' in metrics
     assert (
         "riad_request_seconds_bucket" in metrics and "riad_queue_depth" in metrics and "riad_verdicts_total" in metrics
     )
 
 
+def _start_server(command: list[str], env=None) -> tuple[subprocess.Popen, str]:
+    """Starts a serve process; returns it and its URL (read from its log)."""
+    server = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
+    line = ""
+    deadline = time.time() + 60
+    while "http://" not in line and time.time() < deadline:
+        line = server.stderr.readline()
+    assert "http://" in line, line
+    return server, line[line.index("http://") :].split()[0].rstrip("/")
+
+
+def _post_in_two_parts(url: str, body: bytes, between) -> tuple[int, dict]:
+    """POSTs `body`, calling `between()` after the headers and half the body: the request is in flight then."""
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders()
+    connection.send(body[: len(body) // 2])
+    between()
+    connection.send(body[len(body) // 2 :])
+    answer = connection.getresponse()
+    return answer.status, json.loads(answer.read())
+
+
 def test_the_command_binds_loopback_and_finishes_in_flight_requests_on_sigterm(model):
     env = dict(os.environ, RIAD_SERVE_TOKEN="")
     command = [sys.executable, "-m", "edge.cli", "serve", str(model), "--port", "0"]
-    server = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
+    server, url = _start_server(command, env)
     try:
-        line = ""
-        deadline = time.time() + 60
-        while "http://" not in line and time.time() < deadline:
-            line = server.stderr.readline()
-        assert "http://127.0.0.1:" in line, line  # loopback unless --host says otherwise
-        url = line[line.index("http://") :].split()[0].rstrip("/")
-        answers = []
-        requests = [threading.Thread(target=lambda: answers.append(_post(url, _png(1)))) for _ in range(3)]
+        assert url.startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
+        answers, arrived = [], threading.Barrier(4)
+        requests = [
+            threading.Thread(target=lambda: answers.append(_post_in_two_parts(url, _png(1), arrived.wait)))
+            for _ in range(3)
+        ]
         for thread in requests:
             thread.start()
-        time.sleep(0.05)
+        arrived.wait(timeout=30)  # every request has sent its headers and half its body ...
+        time.sleep(0.3)  # ... and its handler is reading the rest
         server.send_signal(signal.SIGTERM)
         for thread in requests:
             thread.join(timeout=30)
         assert server.wait(timeout=30) == 0
         assert [status for status, _ in answers] == [200, 200, 200]
+    finally:
+        server.kill()
+
+
+def test_sigterm_during_a_long_request_exits_within_the_shutdown_timeout(model):
+    script = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from test_serve import CountingRunner\n"
+        "from edge.cli_options import setup_logging\n"
+        "from edge.runner import Runner\n"
+        "from edge.serve import ServeSettings, serve\n"
+        "setup_logging()\n"
+        f"slow = CountingRunner(Runner.open({str(model)!r}), delay_s=120)\n"
+        "serve(lambda: slow, ServeSettings(), '127.0.0.1', 0, shutdown_timeout=1.0)\n"
+    )
+    server, url = _start_server([sys.executable, "-c", script])
+    try:
+        threading.Thread(target=lambda: _post_in_two_parts(url, _png(2), lambda: None), daemon=True).start()
+        time.sleep(1.0)  # the model call (120 s) has started
+        sent = time.time()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+        assert time.time() - sent < 10
+        assert "still running" in server.stderr.read()
     finally:
         server.kill()
 
@@ -244,3 +296,78 @@ def test_bursts_past_the_queue_get_503_and_leave_memory_flat(model):
     # Keep-alive connections hold their last request; beyond that, 240 more requests (750 kB of
     # images) leave the traced memory where it was.
     assert max(traced) - min(traced) < 128 * 1024, traced
+
+
+def test_limits_malformed_requests_and_a_failed_reload_are_answers_counted_in_metrics(model, tmp_path):
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((5000, 9000), np.uint8)).save(big, "PNG")  # 45 MP in about 60 kB
+    opened = []
+
+    def open_runner():
+        if opened:
+            raise ValueError("model.onnx: not a model")  # the reload finds a broken file
+        opened.append(1)
+        return Runner.open(model)
+
+    settings = ServeSettings(max_body_mb=1, max_pixels=40_000_000)
+
+    async def scenario():
+        client = await _client(Service(open_runner, settings))
+        try:
+            answers = {}
+            answers["body"] = await client.post("/predict", data=b"x" * (2 * 2**20))
+            answers["pixels"] = await client.post("/predict?name=big.png", data=big.getvalue())
+            answers["no boundary"] = await client.post(
+                "/predict", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}
+            )
+            broken = b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\nabc"  # no closing boundary
+            answers["broken part"] = await client.post(
+                "/predict", data=broken, headers={"Content-Type": "multipart/form-data; boundary=b"}
+            )
+            answers["reload"] = await client.post("/reload")
+            answers["after"] = await client.post("/predict", data=_png(4))
+            bodies = {k: (a.status, await a.json()) for k, a in answers.items()}
+            metrics = await (await client.get("/metrics")).text()
+            return bodies, metrics
+        finally:
+            await client.close()
+
+    answers, metrics = _run(scenario())
+    assert answers["body"][0] == 413 and "larger than 1 MB" in answers["body"][1]["error"]
+    assert answers["pixels"][0] == 413 and "5000 x 9000 px" in answers["pixels"][1]["error"]
+    assert answers["no boundary"][0] == 400 and answers["broken part"][0] == 400
+    assert answers["reload"][0] == 500 and "not a model" in answers["reload"][1]["error"]
+    assert answers["after"][0] == 200  # the old model keeps serving
+    for status, count in (("413", 2), ("400", 2), ("500", 1)):
+        assert f'riad_requests_total{{status="{status}"}} {count}.0' in metrics, metrics
+
+
+def test_thirty_concurrent_50_mb_uploads_keep_the_service_small(model):
+    command = [sys.executable, "-m", "edge.cli", "serve", str(model), "--port", "0", "--queue", "4"]
+    server, url = _start_server(command, dict(os.environ, RIAD_SERVE_TOKEN=""))
+    body = np.random.default_rng(0).integers(0, 255, 50 * 2**20, dtype=np.uint8).tobytes()  # not an image
+    statuses = []
+
+    def upload():
+        request = urllib.request.Request(f"{url}/predict", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                statuses.append(answer.status)
+        except urllib.error.HTTPError as err:
+            statuses.append(err.code)
+        except OSError:  # refused before the body was read: the server closed while we were still sending
+            statuses.append("closed")
+
+    try:
+        threads = [threading.Thread(target=upload) for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+        print(f"30 x 50 MB against --queue 4: peak resident {peak_mb:.0f} MB; answers {sorted(map(str, statuses))}")
+        assert len(statuses) == 30 and 400 in statuses and set(statuses) <= {400, 503, "closed"}
+        assert peak_mb < 300
+    finally:
+        server.kill()

@@ -37,17 +37,61 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
 
     Yields:
         The temporary file's name (the file exists and is empty).
+
+    Raises:
+        OutputError: the file cannot be written (a full disk, no permission),
+            naming `path`; the previous file is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
     os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a device service, a web server) must read outputs
         os.replace(tmp, path)
+    except OutputError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as err:  # a full disk, a folder gone: the line names the file, the old one stays
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary folder beside `folder`; it replaces `folder` whole when the block succeeds.
+
+    A reader sees the old folder (or none) or the whole new one: a report
+    that fails half-way (a full disk) leaves the previous report as it was.
+
+    Raises:
+        OutputError: the folder cannot be written, naming it.
+    """
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot write: {err.strerror or err}") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise OutputError(f"{folder}: cannot write: {err.strerror or err}") from None
         raise
 
 

@@ -41,7 +41,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from edge.files import atomic_path, atomic_write_text, unique_name
+from edge.files import atomic_folder, atomic_path, atomic_write_text, unique_name
 from edge.images import IMAGE_EXTENSIONS
 from riad_tf.evaluation import Evaluation
 from riad_tf.report_html import render_page
@@ -317,13 +317,12 @@ def write_report(
     """
     data = Evaluation(names, images, reconstructions, maps, scores, labels, defect_types, masks, thresholds)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _write_plots(out_dir, data)
-    examples = _write_examples(out_dir, data, max_examples)
-    page = render_page(data, metrics or {}, plots, examples)
-    index = out_dir / "index.html"
-    atomic_write_text(index, page)
-    return index
+    with atomic_folder(out_dir) as folder:  # the whole report or the previous one, never half of one
+        plots = _write_plots(folder, data)
+        examples = _write_examples(folder, data, max_examples)
+        page = render_page(data, metrics or {}, plots, examples)
+        atomic_write_text(folder / "index.html", page)
+    return out_dir / "index.html"
 
 
 def _write_plots(out_dir: Path, data: Evaluation) -> dict[str, str | None]:

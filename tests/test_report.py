@@ -309,3 +309,23 @@ def test_mean_good_map_is_shown_and_a_fixed_spot_flagged(tmp_path):
     data["maps"][:3, :8, :8] += 1.0  # the same corner in every good map
     text = write_report(tmp_path / "spot", **data).read_text()
     assert "false defect planted" in text
+
+
+def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import errno
+
+    from edge.errors import OutputError
+
+    out = tmp_path / "report"
+    first = write_report(out, **fake_evaluation(), max_examples=2)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "_write_examples", disk_full)
+    with pytest.raises(OutputError, match="report: cannot write: No space left on device"):
+        write_report(out, **fake_evaluation(), max_examples=2)
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and first.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left behind

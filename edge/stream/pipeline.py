@@ -278,6 +278,10 @@ class StreamPipeline:
         except BaseException:  # the output failed (a full disk): the capture stops, the error goes up
             self.stop()
             threading.Thread(target=self._discard_results, daemon=True, name="discard").start()
+            # Let a model call in progress return before the interpreter exits: a runtime's thread
+            # killed inside native code at exit can abort the process (seen as exit 134, not 5).
+            for thread in threads:
+                thread.join(timeout=STOP_GRACE_S)
             raise
         state.finish(writer)
         summary = state.summary(time.perf_counter() - started, interrupted)

@@ -183,10 +183,13 @@ def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> No
     if reduced and opts.check_images is None:
         log.warning("export: no real images to check the reduced-precision models on; check them yourself")
         return
+    given = opts.check_images
+    defective = _prepare_images(given.defective, detector.config, opts.uint8_input)
     images = dataclasses.replace(
-        opts.check_images,
-        good=_prepare_images(opts.check_images.good, detector.config, opts.uint8_input),
-        defective=_prepare_images(opts.check_images.defective, detector.config, opts.uint8_input),
+        given,
+        good=_prepare_images(given.good, detector.config, opts.uint8_input),
+        defective=defective,
+        masks=None if given.masks is None or defective is None else given.masks[: len(defective)],
     )
     for kind in reduced:
         path = written[kind]

@@ -19,7 +19,7 @@ Schema `riad-edge/1` (keys of the JSON object):
     graph             "detector": images -> (maps, scores), the whole RIAD inference;
                       "unet": the bare U-Net, masked copies -> reconstructions
                       (the edge runner masks, assembles and scores in numpy)
-    precision         "fp32" | "fp16" | "int8"
+    precision         "fp32" | "fp16" | "int8" | "int16x8" (TFLite bare U-Net: int16 activations, int8 weights)
     quantization      one line saying what was quantized and what stayed float
     model_file        the model's file name (beside this JSON)
     sha256            sha256 of the model file ("" when read from inside the model)
@@ -68,7 +68,7 @@ from edge.verdicts import thresholds_problem
 SCHEMA = "riad-edge/1"
 FORMATS = ("tflite", "onnx", "tensorrt")
 GRAPHS = ("detector", "unet")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8")
 INPUT_DTYPES = ("float32", "uint8")
 # Model file extension -> format.
 EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}

@@ -37,6 +37,7 @@ from edge.cli_options import (
     verbosity_options,
 )
 from edge.files import atomic_write_text
+from edge.metadata import PRECISIONS
 from riad_tf.accuracy_check import Tolerance
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
@@ -358,10 +359,11 @@ def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
 @click.option("--trt", is_flag=True, help="TensorRT engine (needs tensorrt and an NVIDIA GPU here).")
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="Weights and activations (int8 calibrates on the run's training images; docs/deployment.md).",
+    help="Weights and activations (int8 and int16x8 calibrate on the run's training images; int16x8 is for "
+    "--tflite --bare-unet; docs/deployment.md).",
 )
 @click.option(
     "--fixed-batch",
@@ -444,7 +446,7 @@ def export(
             uint8_input=uint8_input,
         )
     if formats or trt:
-        representative = representative_images(run_dir) if precision == "int8" else None
+        representative = representative_images(run_dir) if precision in ("int8", "int16x8") else None
         written |= export_run(
             run_dir,
             out,

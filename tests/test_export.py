@@ -446,6 +446,31 @@ def test_int8_tflite_and_onnx_keep_image_auroc_and_scoring_in_float(int8_case, t
     assert float_convolutions == 8  # ... and none of MSGMS's: 4 scales x (Prewitt on the image, on the reconstruction)
 
 
+def test_int16x8_bare_unet_is_checked_and_keeps_int16_activations(int8_case, tmp_path):
+    from riad_tf.export import export_detector
+
+    detector, train, check = int8_case
+    written = export_detector(
+        detector,
+        tmp_path,
+        formats=("tflite",),
+        precision="int16x8",
+        batch=1,
+        bare_unet=True,
+        representative_images=train[:16],
+        check_images=check,
+    )
+    metadata = read_metadata(written["tflite"])
+    accuracy = metadata.verification["accuracy"]
+    print(f"int16x8 bare U-Net: export check {accuracy}")
+    assert metadata.precision == "int16x8" and "16x8" in metadata.quantization
+    assert accuracy["passed"] and accuracy["map_error"] < 0.05
+    assert accuracy["image_auroc"]["model"] >= accuracy["image_auroc"]["float32"] - 0.01
+    assert ("CONV_2D", "int16") in _tflite_ops(written["tflite"])
+    with pytest.raises(ValueError, match="int16x8 is a TFLite bare U-Net precision"):
+        export_detector(detector, tmp_path / "whole", formats=("tflite",), precision="int16x8", batch=1)
+
+
 def _with_outlier_channel(detector, factor=1e4):
     """The same function in float32, but one first-layer channel `factor` x larger before the next convolution.
 

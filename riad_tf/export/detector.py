@@ -33,7 +33,7 @@ from riad_tf.export.tflite import convert_tflite
 from riad_tf.run import load_detector, load_preprocessing, load_thresholds
 
 FORMATS = ("tflite", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8")
 MAX_CALIBRATION_IMAGES = 128
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ExportOptions:
 
     Args:
         formats: any of "tflite", "onnx".
-        precision: "fp32", "fp16" or "int8" (see the `riad_tf.export` docstring).
+        precision: "fp32", "fp16", "int8" or "int16x8" (see the `riad_tf.export` docstring).
         batch: fixed batch of images, or None for a dynamic batch. A bare
             U-Net's batch is that many images' masked copies (batch x n x |K|).
         uint8_input: the model takes uint8 0-255 and divides by 255 in-graph.
@@ -133,6 +133,11 @@ def export_detector(detector, out_dir, **options) -> dict[str, Path]:
     opts = ExportOptions(**options)
     formats, precision, bare_unet = opts.formats, opts.precision, opts.bare_unet
     formats = _check_arguments(formats, precision, opts.batch, opts.trt)
+    if precision == "int16x8" and (formats != ("tflite",) or not bare_unet or opts.representative_images is None):
+        raise ConfigError(
+            "int16x8 is a TFLite bare U-Net precision (--tflite --bare-unet, calibrated on representative images): "
+            "the edge runner then masks and scores in float32"
+        )
     config = detector.config
     if not detector.built:  # Keras exports only built models; one call builds it
         detector(tf.zeros((1, *config.input_shape)))

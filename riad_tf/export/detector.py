@@ -185,7 +185,9 @@ def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> No
     from edge.runner import Runner
 
     reduced = [kind for kind in ("tflite", "onnx_int8") if kind in written]
-    if reduced and opts.check_images is None:
+    if not reduced:
+        return
+    if opts.check_images is None:
         log.warning("export: no real images to check the reduced-precision models on; check them yourself")
         return
     given = opts.check_images

@@ -19,7 +19,8 @@ Precision:
   the U-Net is fully integer-quantized, calibrated on them, while masking,
   assembly and scoring stay float32 (GMS divides small gradient magnitudes,
   Eq. 4, which 8 bits cannot hold); "int8" without them: dynamic-range
-  quantization (int8 weights, float activations).
+  quantization (int8 weights, float activations); "int16x8" (a bare U-Net
+  only, with `representative_images`): int16 activations, int8 weights.
 - ONNX: `{name}.onnx` is always float32 (TensorRT's source: `precision`
   applies to the engine built from it with `trt=True`, which keeps the
   non-U-Net layers in FP32). "int8" with `representative_images` (and no

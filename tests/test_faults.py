@@ -234,15 +234,12 @@ def test_links_planted_where_we_write_are_never_followed(trained, datasets, tmp_
 
     victim = tmp_path / "someone-elses-file"
     victim.write_text("precious\n")
-    lock = trained / LOCK_FILE
-    lock.unlink(missing_ok=True)
-    lock.symlink_to(victim)
-    try:
-        result = CliRunner().invoke(main, ["calibrate", str(trained), "--good", str(datasets[0] / "test" / "good")])
-        failure = _failure(result)
-        assert failure.code == 5 and "symbolic link" in failure.line and LOCK_FILE in failure.line
-    finally:
-        lock.unlink()
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns(LOCK_FILE))
+    (run / LOCK_FILE).symlink_to(victim)
+    result = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(datasets[0] / "test" / "good")])
+    failure = _failure(result)
+    assert failure.code == 5 and "symbolic link" in failure.line and LOCK_FILE in failure.line
     assert victim.read_text() == "precious\n"
 
     output = tmp_path / "records.jsonl"
@@ -331,7 +328,7 @@ def _set(keys, value):
         (_set(["config", "ks"], []), "config ks must be a non-empty list"),
         (_set(["config", "channels"], "x"), "config channels must be 1 or 3"),
         (_set(["config", "image_size"], [64, 64]), "disagrees with the config's image_size"),
-        (_set(["thresholds"], {"image": None}), "numeric image threshold"),
+        (_set(["thresholds"], {"image": None}), "image must be a finite number"),
         (_set(["sha256"], ""), "--no-integrity-check"),
         (_set(["sha256"], None), "--no-integrity-check"),
     ],
@@ -475,7 +472,7 @@ class _FillingFile:
 def test_a_full_disk_ends_the_stream_keeping_every_finished_frame(exported, tmp_path, monkeypatch):
     import edge.stream.output
 
-    monkeypatch.setattr(edge.stream.output, "open", lambda path, *a, **k: _FillingFile(path, 1500), raising=False)
+    monkeypatch.setattr(edge.stream.output, "open_own_file", lambda path, *a, **k: _FillingFile(path, 1500))
     out = tmp_path / "out.jsonl"
     command = ["stream", str(exported), "--source", str(_strip(tmp_path / "strip.png")), "--output", str(out)]
     failure = _failure(CliRunner().invoke(edge_main, [*command, "--frame-height", "32", "--overlap", "0"]))
@@ -604,10 +601,7 @@ def test_records_after_a_failed_write_follow_the_last_whole_one(tmp_path, monkey
 
     files = []
     monkeypatch.setattr(
-        edge.stream.output,
-        "open",
-        lambda path, *a, **k: files.append(_FillingFile(path, 30)) or files[-1],
-        raising=False,
+        edge.stream.output, "open_own_file", lambda path, *a, **k: files.append(_FillingFile(path, 30)) or files[-1]
     )
     writer = JsonLines(tmp_path / "out.jsonl")
     writer.write({"type": "frame", "frame": 0})  # 29 bytes

@@ -294,7 +294,7 @@ def test_rerun_replaces_the_version(exported, run_dir, images, tmp_path):
         (["--onnx", "--triton", "{tmp}/repo"], 2, "--out"),
         ([], 2, "--triton"),
         (["--triton", "{tmp}/repo", "--triton-name", "../elsewhere"], 4, "model name"),
-        (["--triton", "{tmp}/repo", "--triton-max-batch", "0"], 4, "max_batch"),
+        (["--triton", "{tmp}/repo", "--triton-max-batch", "0"], 2, "--triton-max-batch"),
     ],
 )
 def test_bad_triton_arguments_stop_before_any_conversion(run_dir, tmp_path, args, exit_code, message):

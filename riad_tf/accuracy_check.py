@@ -55,15 +55,16 @@ class Tolerance:
         max_auroc_drop: the largest loss of image AUROC and of pixel AUROC, in
             points (0-100), when the check has defective images.
         max_map_error: the largest relative map error: the mean |map change|
-            over the mean float32 map, over every check image. On magnetic
-            tile an int8 U-Net that kept image AUROC, pixel AUROC and AUPRO
-            within half a point moved the maps by 0.138
-            (`experiments/int8_check.py`), so the default leaves room for that
-            and still refuses maps that move as much as they are large.
+            over the mean float32 map, over every check image. A safety net
+            for runs without defective images: on magnetic tile the int8
+            models that kept image AUROC, pixel AUROC and AUPRO within about
+            a point moved the maps by 0.20 (ONNX) and 0.30 (TFLite)
+            (`scripts/runtime_accuracy.py`), a model whose int8 activations
+            lost their resolution by 3.4 (`tests/test_export.py`).
     """
 
     max_auroc_drop: float = 1.0
-    max_map_error: float = 0.25
+    max_map_error: float = 0.5
 
 
 def map_error(maps, reference_maps) -> float:

@@ -215,6 +215,10 @@ def test_a_model_trained_at_a_scale_trains_evaluates_and_tiles_every_image(tmp_p
     assert summary["resolution"] == "scale 0.5" and summary["pixel_auroc"] is not None
     (record,) = predict_images(run, [bad / "0.png"])  # another size than a tile, no --tile: tiled anyway
     assert "error" not in record and len(record["tiles"]) == 2  # 30 x 45 px at the scale: one row of 2 tiles
+    from riad_tf.run import check_images
+
+    check = check_images(run)  # the export's accuracy check: model-size crops of held-out good images
+    assert check.good.shape[1:] == (TILE, TILE, 1) and len(check.good) > 0 and check.defective is None
 
 
 def test_replayed_good_strips_keep_the_calibrated_false_alarm_rate_and_defects_are_found():

@@ -6,10 +6,12 @@ and the int16x8 bare U-Net of the same run (`riad-tf export RUN --tflite --bare-
 comparison's `data.npz` (24 images: 16x8 runs on LiteRT's reference kernels, about 30 s per image
 here) and prints AUROCs, AUPRO, the map error against float32 and seconds per image.
 
-    python3 -m experiments.int16x8_check
+    python3 -m experiments.int16x8_check [--data runs/partitions/seed-0/data.npz]
 """
 
+import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,16 +21,27 @@ from riad_tf import metrics
 from riad_tf.accuracy_check import map_error
 
 
-def main() -> None:
-    data = np.load("runs/partitions/seed-0/data.npz")
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("runs/partitions/seed-0/data.npz"))
+    parser.add_argument("--float32", type=Path, default=Path("runs/int8/exports/onnx/riad.onnx"))
+    parser.add_argument(
+        "--int16x8", type=Path, default=Path("runs/int8/exports/tflite-int16x8/riad_unet_int16x8.tflite")
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    data = np.load(args.data)
     labels = data["labels"]
     good, bad = np.flatnonzero(labels == 0)[::10][:8], np.flatnonzero(labels == 1)[::10][:16]
     pick = np.r_[good, bad]
     images, masks, y = data["test"][pick], data["test_masks"][pick], labels[pick]
     rows = {}
     for name, path in (
-        ("onnxruntime fp32", "runs/int8/exports/onnx/riad.onnx"),
-        ("litert int16x8 bare U-Net", "runs/int8/exports/tflite-int16x8/riad_unet_int16x8.tflite"),
+        ("onnxruntime fp32", args.float32),
+        ("litert int16x8 bare U-Net", args.int16x8),
     ):
         runner = Runner.open(path)
         started = time.perf_counter()

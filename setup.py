@@ -55,11 +55,14 @@ setup(
         "serve": EDGE + SERVE,
         "openvino": EDGE + OPENVINO,
         "reference": TF + REFERENCE,
-        "dev": TF + SERVE + OPENVINO + ["pytest>=8.0", "ruff>=0.17,<0.18"],
+        "dev": TF
+        + SERVE
+        + OPENVINO
+        + ["pytest>=8.0", "ruff>=0.17,<0.18", "playwright>=1.45,<2"],  # Playwright: the report in Chromium
     },
     entry_points={
         "console_scripts": [
-            "riad-tf=riad_tf.cli:main",
+            "riad-tf=riad_tf.command:main",
             "riad-edge=edge.cli:main",
         ]
     },

@@ -4,6 +4,7 @@
     riad-edge bench MODEL [--batch-sizes 1,4] [--iters N]      latency p50/p99, images/s
     riad-edge build-engine ONNX [--fp16|--int8 --calib DIR] --output FILE   (TensorRT)
     riad-edge engine-metadata ENGINE --onnx ONNX --precision P           (for trtexec engines)
+    riad-edge set-thresholds MODEL... --from RUN         a recalibrated run's thresholds into the models
     riad-edge stream MODEL --source SRC [--frame-height H --overlap O]   line-scan inspection
     riad-edge video MODEL VIDEO [--window N] [--normalise] --output scores.csv   frame scores, smoothed
 
@@ -160,6 +161,11 @@ def infer(
     --maps-dir the map file (0 -> black, twice the region threshold -> white).
     An image that cannot be scored gets a line with `error`, the others are
     still scored, and the exit status is 1 at the end. IMAGES may be files or folders.
+
+    \b
+    Example:
+      riad-edge infer deploy/bottle/riad.onnx images/ --maps-dir maps
+      riad-edge infer deploy/line/riad.onnx big_scan.png --tile
     """
     from edge.inspection import inspect_files
 
@@ -192,7 +198,12 @@ def infer(
 @_runtime_options
 @_friendly_errors
 def bench(model, batches, iters, warmup, runtime_options):
-    """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each."""
+    """Latency (p50, p99 per call) and images/s for each batch size: one JSON line each.
+
+    \b
+    Example:
+      riad-edge bench deploy/bottle/riad_fp32.tflite --batch-sizes 1,4
+    """
     from edge.bench import benchmark
 
     runner = _open_runner(model, **runtime_options)
@@ -235,6 +246,10 @@ def build_engine(onnx, output, precision, calib, max_profile_batch, workspace_mb
 
     Without --fp16 or --int8 the engine is FP32. Needs the tensorrt Python
     package (JetPack's on a Jetson) and an NVIDIA GPU; writes OUTPUT and OUTPUT.json.
+
+    \b
+    Example:
+      riad-edge build-engine deploy/bottle/riad.onnx --fp16 --output riad.engine
     """
     from edge import trt, trt_build
 
@@ -265,10 +280,49 @@ def build_engine(onnx, output, precision, calib, max_profile_batch, workspace_mb
 )
 @_friendly_errors
 def engine_metadata(engine, onnx, precision):
-    """Write ENGINE.json for an engine built with trtexec from an exported ONNX."""
+    """Write ENGINE.json for an engine built with trtexec from an exported ONNX.
+
+    \b
+    Example:
+      riad-edge engine-metadata riad.engine --onnx deploy/bottle/riad.onnx --precision fp16
+    """
     from edge.trt_build import write_engine_metadata
 
     click.echo(json.dumps({"metadata": str(write_engine_metadata(engine, onnx, precision))}))
+
+
+@main.command("set-thresholds")
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True),
+    help="A riad-tf run folder (its thresholds.json and config.yaml), or a thresholds.json.",
+)
+@click.option(
+    "--force", is_flag=True, help="Set them even where the run's config differs from a model's, or is missing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per model on stdout.")
+@_friendly_errors
+def set_thresholds_command(models, source, force, as_json):
+    """Put a recalibrated run's thresholds into exported models, in both metadata copies (docs/deployment.md).
+
+    Each model's metadata inside the .onnx or .tflite file and the JSON beside it
+    get the thresholds of RUN/thresholds.json (a TensorRT engine: its JSON), once
+    the run's config is checked to be the model's. Prints one line per model:
+    the image threshold before and after.
+
+    \b
+    Example:
+      riad-edge set-thresholds deploy/bottle/riad.onnx deploy/bottle/riad_fp32.tflite --from runs/bottle
+    """
+    from edge.recalibration import read_run_thresholds, set_thresholds
+
+    for update in set_thresholds(models, read_run_thresholds(source), force):
+        log.info(update.line())
+        if as_json:
+            click.echo(json.dumps(update.record()))
 
 
 def _stride(value: str | None) -> tuple[int, int] | None:
@@ -406,7 +460,13 @@ def stream(
     reconnect,
     runtime_options,
 ):
-    """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md)."""
+    """Inspect a line-scan stream continuously: one JSON line per frame, a summary at the end (docs/linescan.md).
+
+    \b
+    Example:
+      riad-edge stream deploy/line/riad.onnx --source strip.png
+      riad-edge stream deploy/line/riad.onnx --source tcp://127.0.0.1:5000 --width 4096 --output line.jsonl
+    """
     from edge.files import atomic_write_bytes, check_writable
     from edge.stream import JsonLines, StreamPipeline, StreamSettings, open_source, stop_signals
 
@@ -478,6 +538,10 @@ def video_command(model, video, window, normalise, output, batch_size, runtime_o
     the last WINDOW scores), with --normalise `normalised`, and with a calibrated
     `smoothed_frame` threshold for this window `anomalous` (0/1). Prints a
     one-line JSON summary (docs/video.md, "On the device").
+
+    \b
+    Example:
+      riad-edge video deploy/ped2/riad.onnx Test001.avi --output scores.csv
     """
     from edge.files import atomic_write_bytes, check_writable
     from edge.video import score_video
@@ -568,6 +632,12 @@ def _progress_reporter(name, every_s: float = 5.0):
     show_default=True,
     help="Seconds in-flight requests get after SIGTERM.",
 )
+@click.option(
+    "--access-log",
+    default=None,
+    metavar="PATH",
+    help="Append one JSON line per request to this file ('-': stdout); see docs/serve.md.",
+)
 @size_mode_options
 @click.option(
     "--image-threshold", type=FiniteFloat(), default=None, help="Override the calibrated image (and region) threshold."
@@ -587,12 +657,18 @@ def serve(
     max_tiles,
     max_held_mb,
     shutdown_timeout,
+    access_log,
     tile,
     resize,
     image_threshold,
     runtime_options,
 ):
-    """Serve the model over HTTP: POST an image to /predict, get its record (edge/serve.py, docs/deployment.md)."""
+    """Serve the model over HTTP: POST an image to /predict, get its record (edge/serve.py, docs/serve.md).
+
+    \b
+    Example:
+      riad-edge serve deploy/bottle/riad.onnx --port 8080 --access-log access.jsonl
+    """
     from edge.serve import ServeSettings
     from edge.serve import serve as run_service
 
@@ -608,8 +684,9 @@ def serve(
         max_pixels=max_pixels,
         max_tiles=max_tiles,
         max_held_mb=max_held_mb,
+        access_log=access_log,
     )
-    run_service(lambda: _open_runner(model, **runtime_options), settings, host, port, shutdown_timeout)
+    run_service(lambda: _open_runner(model, **runtime_options), settings, host, port, shutdown_timeout, model)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def open_own_file(path: str | os.PathLike, fresh: bool = False):
+def open_own_file(path: str | os.PathLike, fresh: bool = False, append: bool = False):
     """Opens `path` for reading and writing (binary, unbuffered) without following a symbolic link there.
 
     A file in a shared folder (a run's `.lock`, a stream's `.partial`) must
@@ -117,6 +117,7 @@ def open_own_file(path: str | os.PathLike, fresh: bool = False):
         path: the file; created (mode 0666 less the umask) when missing.
         fresh: start a new, empty file: whatever is at `path` (a stale file or
             a link) is removed first, and the new one is created exclusively.
+        append: every write goes to the file's end (O_APPEND), as a log's lines must.
 
     Returns:
         A binary file object opened "r+b", unbuffered.
@@ -125,7 +126,7 @@ def open_own_file(path: str | os.PathLike, fresh: bool = False):
         OutputError: `path` is a symbolic link (without `fresh`), or cannot be opened.
     """
     path = Path(path)
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if append else 0)
     try:
         if fresh:
             path.unlink(missing_ok=True)  # removes a link itself, never its target

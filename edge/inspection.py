@@ -28,7 +28,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -38,6 +40,8 @@ from edge.images import load_image, to_model_input
 from edge.predictions import MapNames, error_record, prediction_record
 from edge.regions import connected_regions
 from edge.tiling import ScoreFunction, scaled_size, tile_stride, tiled_map
+
+log = logging.getLogger(__name__)
 
 SIZE_MODES = ("strict", "resize", "tile")
 RESIZE = "bilinear (Pillow), colour to grey before, grey to colour after"
@@ -133,13 +137,13 @@ def size_problem(shape: tuple[int, int], preprocessing: dict | None) -> str | No
         if 0.95 * low <= shape[1] / shape[0] <= 1.05 * high:
             return None  # training squeezed images of such shapes to the model's size alike
         return (
-            f"the image is {shape[0]} x {shape[1]} px (width/height {shape[1] / shape[0]:.2f}) but the model was "
+            f"the image is {shape[0]} x {shape[1]} px (height x width; width/height {shape[1] / shape[0]:.2f}) but the model was "
             f"trained on images with width/height {low:.2f} to {high:.2f}; pass --tile to inspect it in tiles at "
             "the training scale, or --resize to squeeze it"
         )
     return (
-        f"the image is {shape[0]} x {shape[1]} px but the model was trained on {native_size[0]} x {native_size[1]} "
-        "images; pass --tile to inspect it in tiles at the training scale, or --resize to squeeze it"
+        f"the image is {shape[0]} x {shape[1]} px (height x width) but the model was trained on "
+        f"{native_size[0]} x {native_size[1]} images; pass --tile to inspect it in tiles at the training scale, or --resize to squeeze it"
     )
 
 
@@ -259,7 +263,7 @@ def _tiled(path, image, score, model_size, channels, preprocessing, thresholds, 
     scale, stride = tiling_of(preprocessing, model_size)
     size = scaled_size(image.shape[:2], scale)
     scaled = to_model_input([image], size, channels, "float32")[0]
-    tiled = tiled_map(scaled, score, model_size, stride, batch_size)
+    tiled = tiled_map(scaled, score, model_size, stride, batch_size, progress=tile_progress(path))
     stitched = tiled.map
     record = _with_map(
         _record(path, float(stitched.max()), stitched, thresholds, maps, image.shape[:2]), stitched, on_map
@@ -271,6 +275,24 @@ def _tiled(path, image, score, model_size, channels, preprocessing, thresholds, 
             for (r, c), s in zip(tiled.origins, tiled.tile_scores)
         ]
     return record
+
+
+def tile_progress(path, every_s: float = 5.0, emit: Callable[[str], None] = log.info) -> Callable[[int, int], None]:
+    """A `tiled_map` progress callback: a line to `emit` (the log) every `every_s` seconds, with the time left.
+
+    A large image in small tiles takes minutes on a small CPU; silence would look like a hang.
+    """
+    started = time.monotonic()
+    last = [started]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s and done < total:
+            last[0] = now
+            left = (now - started) / done * (total - done)
+            emit(f"{path}: {done} of {total} tiles scored, about {left:.0f} s left")
+
+    return report
 
 
 def _record(path, value: float, anomaly_map, thresholds, maps, shape) -> dict:

@@ -66,14 +66,31 @@ def prediction_record(
             record["region_score"] = region_score(anomaly_map, area)
         record["anomalous"] = is_anomalous(score, anomaly_map, thresholds)
         record["threshold"] = float(thresholds["image"])
-        record["threshold_source"] = thresholds.get("source", "calibrated")
-    else:
-        record["threshold_source"] = "none"
+    record["threshold_source"] = threshold_source(thresholds)
     if map_file is not None:
         record["map"] = str(map_file)
     if map_float is not None:
         record["map_float"] = str(map_float)
     return record
+
+
+def threshold_source(thresholds: Mapping | None) -> str:
+    """Where the image threshold in force comes from, as records name it.
+
+    Args:
+        thresholds: the thresholds in force (`with_overrides`), or None.
+
+    Returns:
+        "calibrated", "override" (`with_overrides`), or "none" when there is no image threshold.
+
+    Example:
+
+    >>> threshold_source({"image": 0.5}), threshold_source(None)
+    ('calibrated', 'none')
+    """
+    if not thresholds or thresholds.get("image") is None:
+        return "none"
+    return thresholds.get("source", "calibrated")
 
 
 def error_record(path, message: str) -> dict:

@@ -10,9 +10,15 @@ Endpoints:
     GET  /health      200 while the process runs
     GET  /ready       200 when a model is loaded and requests are taken, else 503
     GET  /metrics     Prometheus text: requests by status, latency histogram, queue depth,
-                      verdicts, batch sizes
+                      verdicts, batch sizes, and the model in force (`riad_model_info`)
     POST /reload      re-reads the model file (also on SIGHUP) and swaps it in without dropping
                       requests: those in flight finish on the model they started with
+    GET  /openapi.json  the API as OpenAPI 3 (`edge.serve_api`)
+
+Every JSON answer given while a model is loaded names it in `"model"` (file, sha256, threshold
+source, image threshold: `edge.serve_trace.ModelIdentity`); an answer to /predict names the
+model that scored the image. With `access_log`, one JSON line per request goes to that file
+(`edge.serve_trace.access_entry`). The API in full: docs/serve.md.
 
 Concurrent requests are scored together: the batcher takes what is queued, up to `max_batch`
 images, waiting at most `max_wait_ms` after the first. The queue is bounded (`queue_size`);
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime
 import io
 import json
 import logging
@@ -43,15 +50,26 @@ from typing import Callable
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from edge.errors import RiadError, one_line
 from edge.images import load_image, map_to_grey, map_white
 from edge.inspection import inspect
 from edge.predictions import error_record, warn_if_uncalibrated, with_overrides
+from edge.serve_api import OPENAPI
+from edge.serve_trace import AccessLog, ModelIdentity, access_entry, model_identity
 
 log = logging.getLogger(__name__)
 _BATCHER = web.AppKey("batcher", asyncio.Task)
+_RECORD = web.ResponseKey("record", dict)  # the JSON an answer carries, for the access log
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
@@ -69,6 +87,7 @@ class ServeSettings:
     either, 503 before the body is read, so memory stays bounded. A body over
     `max_body_mb` gets 413; so does an image larger than `max_pixels` (read
     from its header, before decoding) or needing more than `max_tiles` tiles.
+    `access_log`: a file for one JSON line per request ("-": stdout), or None.
     """
 
     max_batch: int = 8
@@ -81,6 +100,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_tiles: int = 4096
     max_held_mb: int = 128
+    access_log: str | None = None
 
 
 @dataclasses.dataclass
@@ -98,11 +118,23 @@ class Service:
     Args:
         open_runner: returns a fresh `edge.runner.Runner` (called at start and on reload).
         settings: `ServeSettings`.
+        model_path: the model file `open_runner` opens, when known: the answers name it,
+            and its sha256 is computed when its metadata has none (`model_identity`).
+
+    Raises:
+        OutputError: the access log cannot be opened, naming it.
     """
 
-    def __init__(self, open_runner: Callable[[], object], settings: ServeSettings = ServeSettings()):
-        self.open_runner, self.settings = open_runner, settings
+    def __init__(
+        self,
+        open_runner: Callable[[], object],
+        settings: ServeSettings = ServeSettings(),
+        model_path: str | os.PathLike | None = None,
+    ):
+        self.open_runner, self.settings, self.model_path = open_runner, settings, model_path
+        self.access_log = AccessLog(settings.access_log) if settings.access_log else None
         self.runner = None
+        self.identity: ModelIdentity | None = None  # of `runner`, computed when it was loaded
         self.accepting = False
         self.held = 0  # requests admitted and not answered yet
         self.held_bytes = 0  # the bodies they declared
@@ -118,12 +150,15 @@ class Service:
         self.batches = Histogram(
             "riad_batch_images", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )
+        self.model_info = Info(
+            "riad_model", "The model in force: file, sha256, threshold source, image threshold", registry=self.registry
+        )
 
     # ------------------------------------------------------------------
     # Lifecycle
 
     def app(self) -> web.Application:
-        middlewares = [self._errors, self._auth]
+        middlewares = [self._access, self._errors, self._auth]
         app = web.Application(client_max_size=self.settings.max_body_mb * 2**20, middlewares=middlewares)
         app.add_routes(
             [
@@ -132,6 +167,7 @@ class Service:
                 web.get("/ready", self.ready),
                 web.get("/metrics", self.metrics),
                 web.post("/reload", self.reload),
+                web.get("/openapi.json", self.openapi),
             ]
         )
         app.on_startup.append(self._start)
@@ -141,8 +177,7 @@ class Service:
 
     async def _start(self, app) -> None:
         loop = asyncio.get_running_loop()
-        self.runner = await loop.run_in_executor(self._reloads, self.open_runner)
-        self._warn_if_uncalibrated(self.runner)
+        self._swap_in(*await loop.run_in_executor(self._reloads, self._load))
         self.queue = asyncio.Queue(maxsize=self.settings.queue_size)
         app[_BATCHER] = asyncio.create_task(self._batch_forever())
         self.accepting = True
@@ -161,6 +196,23 @@ class Service:
         app[_BATCHER].cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)  # `serve` bounds the wait for a running call
         self._reloads.shutdown(wait=False, cancel_futures=True)
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def _load(self) -> tuple[object, ModelIdentity]:
+        """Opens the model (on the reload thread: hashing a large file must not stall requests).
+
+        Returns:
+            The runner and its `ModelIdentity`.
+        """
+        runner = self.open_runner()
+        return runner, model_identity(runner.metadata, self._thresholds(runner), self.model_path)
+
+    def _swap_in(self, runner, identity: ModelIdentity) -> None:
+        """Makes `runner` the model in force; batches already started keep the runner they took."""
+        self.runner, self.identity = runner, identity
+        self.model_info.info(identity.labels())
+        self._warn_if_uncalibrated(runner)
 
     async def _reload(self) -> str:
         """Swaps in a freshly opened model; a model that cannot be opened leaves the old one serving.
@@ -170,13 +222,12 @@ class Service:
         """
         loop = asyncio.get_running_loop()
         try:
-            fresh = await loop.run_in_executor(self._reloads, self.open_runner)
+            fresh = await loop.run_in_executor(self._reloads, self._load)
         except Exception as err:  # any reason the new file cannot be opened: the service keeps the old model
             log.error(f"serve: reload failed, the previous model keeps serving: {one_line(err)}")
             raise ReloadFailed(one_line(err)) from None
-        self.runner = fresh  # batches already started keep the runner they took
-        log.info("serve: model reloaded")
-        self._warn_if_uncalibrated(fresh)
+        self._swap_in(*fresh)
+        log.info(f"serve: model reloaded: {fresh[1].file}, sha256 {fresh[1].sha256}")
         return "reloaded"
 
     async def _reload_on_signal(self) -> None:
@@ -185,12 +236,29 @@ class Service:
         except ReloadFailed:
             pass  # logged
 
+    def _thresholds(self, runner) -> dict | None:
+        """The thresholds in force for `runner`: its calibrated ones, or the `image_threshold` setting."""
+        return with_overrides(getattr(runner, "thresholds", None), self.settings.image_threshold)
+
     def _warn_if_uncalibrated(self, runner) -> None:
-        thresholds = with_overrides(getattr(runner, "thresholds", None), self.settings.image_threshold)
-        warn_if_uncalibrated(thresholds, getattr(getattr(runner, "metadata", None), "model_file", "the model"))
+        warn_if_uncalibrated(
+            self._thresholds(runner), getattr(getattr(runner, "metadata", None), "model_file", "the model")
+        )
 
     # ------------------------------------------------------------------
     # Endpoints
+
+    @web.middleware
+    async def _access(self, request, handler):
+        """Writes the request's line to the access log (when there is one) once its answer is ready."""
+        if self.access_log is None:
+            return await handler(request)
+        arrived, started = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+        response = await handler(request)
+        in_force = self.identity.sha256 if self.identity is not None else None
+        seconds = time.perf_counter() - started
+        self.access_log.write(access_entry(request, response.status, response.get(_RECORD), in_force, arrived, seconds))
+        return response
 
     @web.middleware
     async def _auth(self, request, handler):
@@ -210,6 +278,9 @@ class Service:
     async def metrics(self, request):
         self.depth.set(self.queue.qsize() if self.queue else 0)
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request):
+        return web.json_response(OPENAPI)
 
     async def reload(self, request):
         started = time.perf_counter()
@@ -304,13 +375,18 @@ class Service:
             return self._answer({"error": "internal error"}, 500, started)
 
     def _answer(self, record: dict, status: int, started: float) -> web.Response:
+        """The JSON answer, counted in /metrics; it names the model in force unless it names the one that scored."""
         seconds = time.perf_counter() - started
         self.requests.labels(str(status)).inc()
         self.latency.observe(seconds)
+        if self.identity is not None and "model" not in record:
+            record = {**record, "model": self.identity.as_dict()}
         if status == 200 and "path" in record:
             self.verdicts.labels(str(record.get("anomalous"))).inc()
             record = {**record, "timing_ms": round(seconds * 1e3, 3)}
-        return web.json_response(record, status=status, dumps=_strict_json)
+        response = web.json_response(record, status=status, dumps=_strict_json)
+        response[_RECORD] = record
+        return response
 
     # ------------------------------------------------------------------
     # Batching
@@ -329,13 +405,14 @@ class Service:
                 except asyncio.TimeoutError:
                     break
             self.batches.observe(len(batch))
-            runner = self.runner
+            runner, identity = self.runner, self.identity
             try:
                 records = await loop.run_in_executor(self._executor, self._score_flagged, runner, batch)
             except Exception as err:  # the model failed: every request of the batch learns it, the service lives on
                 log.exception("serve: scoring failed")
                 records = [error_record(item.name, f"scoring failed: {err}") for item in batch]
             for item, record in zip(batch, records):
+                record["model"] = identity.as_dict()  # the model that scored it, whatever was reloaded since
                 if not item.done.done():
                     item.done.set_result(record)
             batch = records = item = None  # an idle service holds no image of the last batch
@@ -348,7 +425,7 @@ class Service:
             self.scoring = False
 
     def _score(self, runner, batch: list[_Request]) -> list[dict]:
-        thresholds = with_overrides(runner.thresholds, self.settings.image_threshold)
+        thresholds = self._thresholds(runner)
         preprocessing = getattr(runner.metadata, "preprocessing", None)
         wanted = {id(item): item.want_map for item in batch}
         maps: list[tuple[dict, np.ndarray]] = []
@@ -407,9 +484,19 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
+    model_path: str | os.PathLike | None = None,
 ) -> None:
-    """Runs the service until SIGTERM or Ctrl-C: in-flight requests get `shutdown_timeout` seconds to finish."""
-    service = Service(open_runner, settings)
+    """Runs the service until SIGTERM or Ctrl-C: in-flight requests get `shutdown_timeout` seconds to finish.
+
+    Args:
+        open_runner, settings, model_path: see `Service`.
+        host, port: where to listen.
+        shutdown_timeout: seconds in-flight requests get after SIGTERM.
+
+    Raises:
+        OutputError: the access log cannot be opened (before listening).
+    """
+    service = Service(open_runner, settings, model_path)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             f"serve: listening on {host}, reachable from other machines"

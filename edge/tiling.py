@@ -119,7 +119,12 @@ class TiledMap:
 
 
 def tiled_map(
-    image: np.ndarray, score: ScoreFunction, tile_size: tuple[int, int], stride: tuple[int, int], batch_size: int = 8
+    image: np.ndarray,
+    score: ScoreFunction,
+    tile_size: tuple[int, int],
+    stride: tuple[int, int],
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TiledMap:
     """An image scored tile by tile, the tile maps averaged into one map of the image's size.
 
@@ -129,6 +134,7 @@ def tiled_map(
         tile_size: the model's (height, width).
         stride: (rows, columns) between tile starts.
         batch_size: tiles per call of `score`.
+        progress: called with (tiles scored, tiles in all) after each call of `score`.
 
     Returns:
         A `TiledMap`: `map` `(H, W)` float32, `tile_maps` `(N, th, tw)`, `tile_scores` `(N,)`, `origins` `(N, 2)`.
@@ -145,6 +151,8 @@ def tiled_map(
         chunk_maps, chunk_scores = score(tiles[start : start + batch_size])
         maps.append(np.asarray(chunk_maps, np.float32).reshape(-1, *tile_size))
         scores.append(np.asarray(chunk_scores, np.float32).reshape(-1))
+        if progress is not None:
+            progress(min(start + batch_size, len(tiles)), len(tiles))
     tile_maps = np.concatenate(maps)
     total, count = tile_sums(tile_maps, origins, image.shape[:2])
     return TiledMap(total / np.maximum(count, 1.0), tile_maps, np.concatenate(scores), origins)

@@ -631,7 +631,7 @@ def mean_report(command: str, seeds: list[int], summaries: list[dict]) -> str:
 
 def describe_recipe(config) -> str:
     from riad_tf.distribute import resolve_precision
-    from riad_tf.training_step import describe_schedule
+    from riad_tf.identity import describe_schedule
 
     return (
         f"Adam lr {config.learning_rate:g} ({describe_schedule(config)}), no weight decay, "

@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from riad_tf.batchnorm import (
     DIVERGENCE_RATIO,
@@ -95,9 +97,13 @@ def reestimate_batchnorm(unet, images: np.ndarray, config: RiadConfig, max_batch
     steps = math.ceil(len(images) / config.batch_size)
     passes = config.with_overrides({"epochs": math.ceil(max_batches / steps)})
     batches = training_batches(images, passes, config.batch_size).take(max_batches)
+    # A bar on a terminal (this takes about as long as an epoch); nothing in a log file.
+    shown = tqdm(
+        batches, total=max_batches, desc="batch norm", unit="batch", leave=False, disable=None, file=sys.stderr
+    )
     return reestimate_statistics(
         unet,
-        batches,
+        shown,
         lambda batch: per_image_loss(unet, batch[0], config, True, masks=batch[-1] if config.inpainting else None),
     )
 
@@ -129,12 +135,13 @@ def settle_batchnorm(unet, images: np.ndarray, config: RiadConfig, guard_fired: 
     return {"bn_reestimated_batches": used, "bn_reestimate_seconds": round(time.time() - started, 3)}
 
 
-def divergence_warning(record: dict) -> str:
-    """The warning for an epoch whose batch-norm guard fired."""
+def divergence_note(record: dict) -> str:
+    """The note for an epoch whose batch-norm guard fired: expected early on, acted on only for the kept model."""
     return (
-        f"warning: inference-mode loss {record['guard_loss']:.4f} is more than {DIVERGENCE_RATIO:g}x the training-mode loss "
-        f"{record['val_loss_train_mode']:.4f} on the same images: batch-norm moving statistics lag the weights, so scores, "
-        "thresholds and exports would use a worse model than training measures (docs/accuracy.md)"
+        f"batch norm: this epoch's moving statistics lag the weights (inference-mode loss {record['guard_loss']:.4f} "
+        f"> {DIVERGENCE_RATIO:g}x the training-mode {record['val_loss_train_mode']:.4f}); common while the weights "
+        "move fast, and no harm unless the kept model shows it too: its statistics are then re-estimated before "
+        "saving, or training stops with an error (docs/accuracy.md)"
     )
 
 

@@ -72,6 +72,7 @@ def _start_tensorflow(verbose: int, threads: int | None = None, strategy: str | 
     """
     import riad_tf  # noqa: F401  (CPU defaults before TensorFlow)
 
+    log.info("starting TensorFlow (a few seconds)")
     made = None
     with contextlib.nullcontext() if verbose else _native_stderr_silenced():
         import tensorflow as tf
@@ -234,7 +235,13 @@ def main(verbose, quiet):
 @_json_option
 @_friendly_errors
 def train(config_path, data, out, overrides, sets, no_progress, as_json):
-    """Train on good images, then calibrate thresholds on held-out good images."""
+    """Train on good images, then calibrate thresholds on held-out good images.
+
+    \b
+    Example:
+      riad-tf train --config configs/default.yaml --data path/to/mvtec/bottle --out runs/bottle
+      riad-tf train --normal good/ --out runs/part --set epochs=50
+    """
     from riad_tf.jobs import train_job
     from riad_tf.run import MODEL_FILE
 
@@ -269,7 +276,12 @@ def train(config_path, data, out, overrides, sets, no_progress, as_json):
 @_json_option
 @_friendly_errors
 def evaluate(run_dir, data, out, batch_size, no_report, as_json):
-    """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type."""
+    """Image AUROC, pixel AUROC, AUPRO and F1 on the test images, overall and per defect type.
+
+    \b
+    Example:
+      riad-tf evaluate runs/bottle        # writes runs/bottle/eval/report/index.html
+    """
     from riad_tf.jobs import evaluate_job
     from riad_tf.run import METRICS_TABLE_FILE, REPORT_DIR, eval_dir
 
@@ -307,6 +319,10 @@ def predict(run_dir, images, maps_dir, float_maps, batch_size, tile, resize, ima
     its source and the `regions` above it (boxes in image pixels). An image that
     cannot be scored gets a line with `error`; the others are still scored, and
     the exit status is 1 at the end. IMAGES may be files or folders.
+
+    \b
+    Example:
+      riad-tf predict runs/bottle new/*.png --maps-dir maps
     """
     from edge.images import find_images
     from riad_tf.jobs import predict_images
@@ -339,14 +355,52 @@ def predict(run_dir, images, maps_dir, float_maps, batch_size, tile, resize, ima
     help="Smallest anomalous region in pixels (default: the run's).",
 )
 @click.option("--batch-size", type=POSITIVE_INT, default=4, show_default=True, help="Images per detector call.")
+@_json_option
 @_friendly_errors
-def calibrate(run_dir, good, target_fpr, min_region_area, batch_size):
-    """New thresholds from good images, without retraining (docs/method.md, "Thresholds")."""
-    from riad_tf.jobs import calibrate_job
-    from riad_tf.run import THRESHOLDS_FILE
+def calibrate(run_dir, good, target_fpr, min_region_area, batch_size, as_json):
+    """New thresholds from good images, without retraining (docs/method.md, "Thresholds").
 
-    thresholds = calibrate_job(run_dir, [Path(p) for p in good], target_fpr, min_region_area, batch_size)
-    click.echo(json.dumps({"thresholds": str(Path(run_dir) / THRESHOLDS_FILE), **thresholds}))
+    Says what changed and, for each model exported from the run that is still
+    there, the `riad-edge set-thresholds` command that brings it up to date
+    (docs/deployment.md, "Recalibration").
+
+    \b
+    Example:
+      riad-tf calibrate runs/bottle --good more_good_parts/ --target-fpr 0.01
+    """
+    from riad_tf.jobs import calibrate_job
+
+    summary = calibrate_job(run_dir, [Path(p) for p in good], target_fpr, min_region_area, batch_size)
+    for line in _recalibration_lines(summary):
+        log.info(line)
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+def _recalibration_lines(summary: dict) -> list[str]:
+    """The human lines of `riad-tf calibrate`: the thresholds before and after, then the exports to update."""
+
+    def change(key: str) -> str:
+        old, new = summary[key]["old"], summary[key]["new"]
+        return f"{key} threshold {'none' if old is None else f'{old:.6g}'} -> {new:.6g}"
+
+    lines = [
+        f"{summary['thresholds_file']}: {change('image')}, {change('region')} (target false-positive rate "
+        f"{summary['target_fpr']:g}, {summary['num_images']} good images)"
+    ]
+    commands = summary["commands"]
+    if commands:
+        lines.append(
+            f"{len(commands)} model(s) exported from this run still hold the old thresholds; update each, and every "
+            "copy deployed elsewhere, with:"
+        )
+        lines += [f"  {command}" for command in commands]
+    else:
+        lines.append(
+            "no model exported from this run is on record here; update any exported before with: "
+            f"riad-edge set-thresholds MODEL --from {summary['run']}"
+        )
+    return lines
 
 
 @main.command(cls=_TensorFlowCommand)
@@ -424,7 +478,13 @@ def export(
     keep_inaccurate,
     as_json,
 ):
-    """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server."""
+    """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server.
+
+    \b
+    Example:
+      riad-tf export runs/bottle --tflite --onnx --out deploy/bottle
+      riad-tf export runs/bottle --onnx --precision int8 --out deploy/bottle-int8
+    """
     from riad_tf.export import export_run, export_triton
     from riad_tf.run import check_images, representative_images
 
@@ -473,7 +533,12 @@ def export(
 @click.option("--no-progress", is_flag=True, help="No live bar; one line per epoch (always so off a terminal).")
 @_friendly_errors
 def demo(out, epochs, no_progress):
-    """Synthetic inspection data -> train a small model -> evaluate -> HTML report."""
+    """Synthetic inspection data -> train a small model -> evaluate -> HTML report.
+
+    \b
+    Example:
+      riad-tf demo --out riad-demo      # a few minutes on a laptop CPU
+    """
     from riad_tf.jobs import demo_job
 
     paths = demo_job(Path(out), epochs=epochs, progress=not no_progress)
@@ -562,7 +627,12 @@ def benchmark(
     quick,
     json_path,
 ):
-    """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md)."""
+    """FLOPs, machine peak, images/s per inference path, scaling and training speed (docs/benchmark.md).
+
+    \b
+    Example:
+      riad-tf benchmark --image-size 128 --json-file bench.json
+    """
     from riad_tf.benchmark import benchmark_report, format_report
 
     overrides = {"image_size": (image_size, image_size) if image_size else None, "widths": int_list(widths) or None}

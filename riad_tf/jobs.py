@@ -64,6 +64,7 @@ __all__ = [
     "evaluate_images",
     "load_data",
     "predict_images",
+    "recalibration_summary",
     "demo_job",
     "train_job",
     "train_on_images",
@@ -319,6 +320,10 @@ def calibrate_job(
     The images must be good parts that training never saw; `target_fpr` and
     `min_region_area` default to the run's config, and a new value is stored
     in the run's config so that later commands agree.
+
+    Returns:
+        What changed (`recalibration_summary`), with the command that updates
+        each model exported from the run before.
     """
     from edge.images import find_images
 
@@ -331,9 +336,42 @@ def calibrate_job(
     _check_calibration_images(paths, run_dir, config)
     images = read_images([Sample(p, 0) for p in paths], config)
     with runs.run_lock(run_dir, "riad-tf calibrate"):
+        previous = runs.previous_thresholds(run_dir)
         thresholds = calibrate_images(run_dir, images, config.target_fpr, batch_size, config.min_region_area)
         runs.save_config(run_dir, config)
-    return thresholds
+    return recalibration_summary(run_dir, previous, thresholds)
+
+
+def recalibration_summary(run_dir, previous: dict | None, thresholds: dict) -> dict:
+    """What a recalibration changed, and the command that puts the new thresholds into each export of the run.
+
+    Models exported before keep their old thresholds until `riad-edge
+    set-thresholds` updates them; the run knows the ones it exported
+    (`riad_tf.run.load_exports`) and lists those whose file is still there.
+
+    Args:
+        run_dir: the recalibrated run.
+        previous: its thresholds before (None: it had none).
+        thresholds: the new ones.
+
+    Returns:
+        A JSON-serialisable dict: `run`, `thresholds_file`, `target_fpr`,
+        `num_images`, `image` and `region` (each `{"old": ..., "new": ...}`),
+        `thresholds` (the new record) and `commands` (one `riad-edge
+        set-thresholds` command per export still on disk).
+    """
+    from edge.recalibration import set_thresholds_command
+
+    exports = [entry["model"] for entry in runs.load_exports(run_dir) if Path(entry["model"]).is_file()]
+    return {
+        "run": str(run_dir),
+        "thresholds_file": str(Path(run_dir) / runs.THRESHOLDS_FILE),
+        "target_fpr": thresholds["target_fpr"],
+        "num_images": thresholds["num_images"],
+        **{key: {"old": (previous or {}).get(key), "new": thresholds[key]} for key in ("image", "region")},
+        "thresholds": thresholds,
+        "commands": [set_thresholds_command(model, Path(run_dir).resolve()) for model in exports],
+    }
 
 
 def _check_calibration_images(paths: Sequence[Path], run_dir, config: RiadConfig) -> None:
@@ -375,6 +413,7 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
     Returns:
         The metrics dict written to `metrics.json`.
     """
+    from riad_tf.identity import run_identity
     from riad_tf.report import write_report
 
     out_dir = Path(out_dir or runs.eval_dir(run_dir))
@@ -409,7 +448,8 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
         ),
     )
     if report:
-        overall = {k: v for k, v in summary.items() if k != "per_defect_type"}
+        shown_elsewhere = ("per_defect_type", "calibrated_threshold_rates", "resolution")  # operating point, summary
+        overall = {k: v for k, v in summary.items() if k not in shown_elsewhere}
         if config.scale is not None:  # the report shows every image at the model's size
             images, maps, masks = _at_size(config.image_size, images, maps, masks)
         write_report(
@@ -424,6 +464,8 @@ def evaluate_images(run_dir, samples: Sequence[Sample], out_dir=None, batch_size
             masks=masks if pixel else None,
             thresholds=thresholds,
             metrics={"overall": overall, "per_defect": summary["per_defect_type"]},
+            identity=run_identity(run_dir),
+            scores_file="../scores.jsonl",
         )
     return summary
 
@@ -450,9 +492,9 @@ def _markdown(summary: dict, run_dir, config: RiadConfig) -> str:
     rows = [("overall", summary)] + sorted(summary["per_defect_type"].items())
     height, width = config.image_size
     where = (
-        f"at {height} x {width} (the model's input size)"
+        f"at {height} x {width} px (height x width, the model's input size)"
         if config.scale is None
-        else f"at scale {config.scale:g} of the images (each scored in {height} x {width} tiles, maps stitched)"
+        else f"at scale {config.scale:g} of the images (each scored in {height} x {width} px tiles, height x width, maps stitched)"
     )
     lines = [
         f"# Evaluation of `{run_dir}`",
@@ -531,6 +573,7 @@ def demo_job(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     from riad_tf.synthetic import make_synthetic_dataset
 
     config = DEMO_CONFIG if epochs is None else DEMO_CONFIG.with_overrides({"epochs": epochs})
+    log.info(f"demo: drawing synthetic textures with planted defects into {out_dir / 'data'}")
     data_dir = make_synthetic_dataset(out_dir / "data", image_size=config.image_size[0], **DEMO_IMAGES)
     spec = data_spec(data_dir, "mvtec")
     split, _ = load_split(spec)

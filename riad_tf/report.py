@@ -3,18 +3,23 @@
 `write_report` turns the arrays of an evaluation (images, reconstructions,
 anomaly maps, scores, labels, optional ground-truth masks and thresholds) into
 
-    OUT/index.html           metrics, thresholds, plots and example rows
+    OUT/index.html           the run's identity, metrics, thresholds, plots, examples
+                             and a table of every image (sorts and filters in the page)
     OUT/roc_image.png        image-level ROC curve
+    OUT/pr_image.png         image-level precision-recall curve
     OUT/roc_pixel.png        pixel-level ROC curve (only when masks are given)
     OUT/score_histogram.png  image scores of good vs anomalous images
     OUT/mean_good_map.png    the mean anomaly map of the good images, its hot spot boxed
-    OUT/examples/NAME.png    input | reconstruction | map overlay | truth | prediction
+    OUT/panels/NAME.png      one per image: input with the true (solid) and predicted
+                             (dashed) outlines | reconstruction | map overlay, the
+                             region threshold marked on the colour bar
 
-The page uses relative links, inline CSS and no JavaScript, so the folder can be
-copied anywhere and opened offline. Every file is written to a temporary file
-beside its target and renamed into place. Anomaly maps of all examples share
-one colour scale (0 to the largest map value), so a good image does not look
-anomalous just because its own map was stretched.
+The page uses relative links, inline CSS and a few lines of inline JavaScript
+(sorting and filtering the table; the page reads fine without it), so the folder
+can be copied anywhere and opened offline. Every file is written to a temporary
+file beside its target and renamed into place. Anomaly maps of all images share
+one colour scale (0 to the largest map value, or above the threshold), so a good
+image does not look anomalous just because its own map was stretched.
 
 Example:
 
@@ -31,7 +36,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,12 +47,14 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from tqdm.auto import tqdm
 
 from edge.files import atomic_folder, atomic_path, atomic_write_text, unique_name
 from edge.images import IMAGE_EXTENSIONS
 from riad_tf.evaluation import Evaluation
-from riad_tf.report_html import render_page
+from riad_tf.report_html import Page, render_page
 
+log = logging.getLogger(__name__)
 MAX_PIXELS_FOR_ROC = 2_000_000
 _GROUPS = ("highest-scoring anomalous", "lowest-scoring anomalous", "highest-scoring good")
 
@@ -180,39 +189,65 @@ def _sanitize(name: str) -> str:
 # Figures
 
 
-def _example_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
-    """One row: input | reconstruction | overlay | ground truth | prediction."""
-    grey = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
-    panels = [("input", _as_rgb(data.images[i]), {})]
+def _panel_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
+    """One image's panels: input with the true and predicted outlines | reconstruction | map overlay."""
+    panels = [("input", data.images[i])]
     if data.reconstructions is not None:  # none for images scored in tiles
-        panels.append(("reconstruction", _as_rgb(data.reconstructions[i]), {}))
-    panels.append(("anomaly map", _as_rgb(data.images[i]), {}))
-    if data.masks is not None:
-        panels.append(("ground truth", data.masks[i].astype(float), grey))
-    if data.pixel_threshold is not None:
-        title = f"regions > {data.pixel_threshold:.4g}" + (f", >= {data.min_area} px" if data.min_area > 1 else "")
-        panels.append((title, data.region_mask(i).astype(float), grey))
+        panels.append(("reconstruction", data.reconstructions[i]))
+    threshold = "" if data.pixel_threshold is None else f"\n(bar line: threshold {data.pixel_threshold:.3g})"
+    panels.append(("anomaly map" + threshold, data.images[i]))
     # Fixed margins instead of constrained layout: same look, several times faster.
-    fig = Figure(figsize=(2.4 * len(panels) + 0.4, 3.1))
+    fig = Figure(figsize=(2.6 * len(panels) + 0.6, 3.5))
     axes = fig.subplots(
-        1, len(panels), squeeze=False, gridspec_kw=dict(left=0.01, right=0.97, bottom=0.02, top=0.79, wspace=0.12)
+        1, len(panels), squeeze=False, gridspec_kw=dict(left=0.01, right=0.95, bottom=0.12, top=0.73, wspace=0.12)
     )[0]
-    for ax, (title, array, style) in zip(axes, panels):
-        ax.imshow(array, interpolation="nearest", **style)
+    for ax, (title, array) in zip(axes, panels):
+        ax.imshow(_as_rgb(array), interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
-    _draw_map(fig, axes[2], data, i, map_vmax)
+    _draw_outlines(fig, axes[0], data, i)
+    _draw_map(fig, axes[-1], data, i, map_vmax)
     verdict, correct = data.verdict(i)
     fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10, color="black" if correct else "firebrick")
     return fig
 
 
+TRUTH_COLOUR, PREDICTED_COLOUR = "lime", "magenta"
+
+
+def _draw_outlines(fig: Figure, ax, data: "Evaluation", i: int) -> None:
+    """The ground truth (solid) and the predicted regions (dashed) outlined on the input, with a key below."""
+    key = []
+    if data.masks is not None:
+        key.append(f"truth: solid {TRUTH_COLOUR}")
+        if data.masks[i].any():
+            ax.contour(data.masks[i], levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.2)
+    if data.pixel_threshold is not None:
+        key.append(f"predicted: dashed {PREDICTED_COLOUR}")
+        if data.region_mask(i).any():
+            ax.contour(data.region_mask(i), levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.2, linestyles="--")
+    if key:
+        ax.text(0.0, -0.04, "\n".join(key), transform=ax.transAxes, fontsize=7, va="top")
+
+
 def _draw_map(fig: Figure, ax, data: "Evaluation", i: int, map_vmax: float) -> None:
-    """The map over the input, one colour scale for every example, its colour bar, and the region contour."""
+    """The map over the input, one colour scale for every image, the region threshold marked on its colour bar."""
     shown = ax.imshow(data.maps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=map_vmax, interpolation="nearest")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-    if data.pixel_threshold is not None and data.region_mask(i).any():
-        ax.contour(data.region_mask(i), levels=[0.5], colors="white", linewidths=1.0)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=7)
+    if data.pixel_threshold is not None:
+        bar.ax.axhline(data.pixel_threshold, color="black", linewidth=2.5)
+        bar.ax.axhline(data.pixel_threshold, color="white", linewidth=1.0)
+        if data.region_mask(i).any():
+            ax.contour(data.region_mask(i), levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.0, linestyles="--")
+
+
+def map_scale(data: "Evaluation") -> float:
+    """The top of the one colour scale all maps share: the largest map value, or above the region threshold."""
+    top = float(data.maps.max()) if data.maps.size else 1.0
+    if data.pixel_threshold is not None:
+        top = max(top, 1.1 * data.pixel_threshold)  # the threshold's mark stays on the bar
+    return top if top > 0 else 1.0
 
 
 def _pr_figure(labels, scores, predicted) -> Figure:
@@ -292,6 +327,8 @@ def write_report(
     masks=None,
     thresholds=None,
     metrics=None,
+    identity=None,
+    scores_file=None,
     max_examples: int = 12,
 ) -> Path:
     """Writes the HTML evaluation report and its figures into `out_dir`.
@@ -310,7 +347,12 @@ def write_report(
         metrics: optional `{"overall": {...}, "per_defect": {name: {...}}}`
             (or `riad_tf.metrics.summarize`'s flat dict); every key present is
             shown, None as "n/a".
-        max_examples: most example rows to draw.
+        identity: optional `{label: text}` naming the run (`riad_tf.identity.run_identity`),
+            shown first.
+        scores_file: optional link (relative to `out_dir`) to the scores file
+            the table of every image comes from.
+        max_examples: most images shown inline as examples (every image gets
+            its panels, linked from the table).
 
     Returns:
         The path of `index.html`.
@@ -319,8 +361,11 @@ def write_report(
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as folder:  # the whole report or the previous one, never half of one
         plots = _write_plots(folder, data)
-        examples = _write_examples(folder, data, max_examples)
-        page = render_page(data, metrics or {}, plots, examples)
+        panels = _write_panels(folder, data)
+        examples = {
+            group: list(indices) for group, indices in select_examples(data.scores, data.labels, max_examples).items()
+        }
+        page = render_page(data, Page(metrics or {}, plots, panels, examples, identity or {}, scores_file))
         atomic_write_text(folder / "index.html", page)
     return out_dir / "index.html"
 
@@ -364,15 +409,12 @@ def _mean_good_map_figure(data: "Evaluation", spot: dict) -> Figure:
     return fig
 
 
-def _write_examples(out_dir: Path, data: Evaluation, max_examples: int) -> dict[str, list]:
-    """Draws the chosen examples; returns `{group: [(index, relative png path), ...]}`."""
+def _write_panels(out_dir: Path, data: Evaluation) -> list[str]:
+    """Draws every image's panels; returns their paths relative to `out_dir`, in image order."""
     stems = safe_file_stems(data.names)
-    map_vmax = float(data.maps.max()) if data.maps.size else 1.0
-    groups = {}
-    for group, indices in select_examples(data.scores, data.labels, max_examples).items():
-        groups[group] = []
-        for i in indices:
-            relative = f"examples/{stems[i]}.png"
-            save_figure(_example_figure(i, data, map_vmax), out_dir / relative)
-            groups[group].append((i, relative))
-    return groups
+    map_vmax = map_scale(data)
+    relative = [f"panels/{stem}.png" for stem in stems]
+    log.info(f"report: drawing the panels of {len(relative)} images")
+    for i, path in enumerate(tqdm(relative, desc="report", unit="image", leave=False, disable=None, file=sys.stderr)):
+        save_figure(_panel_figure(i, data, map_vmax), out_dir / path)
+    return relative

@@ -1,14 +1,19 @@
-"""The report's HTML page: inline CSS, relative links, no JavaScript (`riad_tf.report` writes it).
+"""The report's HTML page: inline CSS and script, relative links (`riad_tf.report` writes it).
 
-`render_page` lays out the sections of one evaluation: a red line when the
-thresholds broke their promise, the summary, metrics, thresholds, the operating
-point, the mean good map, the plots and the example rows.
+`render_page` lays out one evaluation as a sign-off record: the run's identity,
+a red line when the thresholds broke their promise, the summary, metrics,
+thresholds, the operating point, the mean good map, the plots, a few examples
+and a table of every image that sorts (click a header) and filters (verdict,
+defect type, right or wrong, name) in the browser, without a server. The page
+reads the same without JavaScript, only unsorted and unfiltered. It is laid out
+for screens from 1024 px wide.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
-from typing import Mapping
+from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -17,26 +22,116 @@ from riad_tf.evaluation import Evaluation
 from riad_tf.thresholds import false_alarm_chance
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f0f0f0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.identity td { text-align: left; overflow-wrap: anywhere; }
+table.identity td:first-child { font-weight: 600; white-space: nowrap; }
 .plots img { max-width: 32%; margin-right: 1%; vertical-align: top; }
-figure { margin: 0 0 1.5em; } figure img { max-width: 100%; }
-figcaption { font-family: monospace; font-size: .9em; }
+figure { margin: 0 0 1.5em; } figure img, section img { max-width: 100%; height: auto; }
 .wrong { color: #b22222; } .note { color: #777; }
+#images th { cursor: pointer; user-select: none; }
+#images th[aria-sort=ascending]::after { content: " \\25B2"; }
+#images th[aria-sort=descending]::after { content: " \\25BC"; }
+#images td:nth-child(2), #images th:nth-child(2) { text-align: left; overflow-wrap: anywhere; }
+.filters { display: flex; flex-wrap: wrap; gap: .5em 1.5em; align-items: center; margin: .5em 0; }
 """
 
+# Sorts the table of every image on a header click; filters its rows on the controls' values.
+_SCRIPT = """
+(function () {
+  var table = document.getElementById("images");
+  if (!table) return;
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  var controls = document.querySelectorAll("[data-filter]"), shown = document.getElementById("shown");
+  function filter() {
+    var count = 0;
+    rows.forEach(function (row) {
+      var keep = Array.prototype.every.call(controls, function (c) {
+        var want = c.value.trim().toLowerCase(), have = (row.dataset[c.dataset.filter] || "").toLowerCase();
+        return !want || (c.tagName === "INPUT" ? have.indexOf(want) >= 0 : have === want);
+      });
+      row.hidden = !keep;
+      if (keep) count++;
+    });
+    shown.textContent = count + " of " + rows.length + " images shown";
+  }
+  Array.prototype.forEach.call(controls, function (c) { c.addEventListener("input", filter); });
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
+    th.addEventListener("click", function () {
+      var up = th.getAttribute("aria-sort") !== "ascending", numeric = th.dataset.type === "number";
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (o) { o.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", up ? "ascending" : "descending");
+      rows.sort(function (a, b) {
+        var x = a.cells[column].dataset.value || a.cells[column].textContent;
+        var y = b.cells[column].dataset.value || b.cells[column].textContent;
+        var d = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+        return up ? d : -d;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+  filter();
+})();
+"""
 
-def render_page(data: Evaluation, metrics: Mapping, plots: Mapping, examples: Mapping) -> str:
+# Display names of the keys of `riad_tf.metrics.summarize` and the thresholds (`riad_tf.thresholds`).
+_LABELS = {
+    "num_images": "images",
+    "num_anomalous": "anomalous",
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "f1_max": "F1-max *",
+    "f1_threshold": "F1-max threshold *",
+    "image": "image threshold",
+    "region": "region threshold",
+    "min_region_area": "smallest region (pixels)",
+    "segmentation": "segmentation threshold (drawing aid)",
+    "target_fpr": "target false-positive rate",
+    "supported_fpr": "false-positive rate promised",
+    "fpr_90": "false-positive rate, 90 % upper bound",
+    "target_supported": "target supported",
+    "rule": "rule",
+    "method": "method",
+    "source": "source",
+}
+
+
+@dataclasses.dataclass
+class Page:
+    """What the page shows besides the evaluation's arrays (`riad_tf.report.write_report` fills it).
+
+    Attributes:
+        metrics: `{"overall": {...}, "per_defect": {...}}` or `summarize`'s flat dict.
+        plots: `{png file: None, or why it was not drawn}`.
+        panels: each image's panels file, relative to the page, in image order.
+        examples: `{group: [image index, ...]}` shown inline.
+        identity: `{label: text}` naming the run, or empty.
+        scores_file: a link to the scores the table lists, or None.
+    """
+
+    metrics: Mapping
+    plots: Mapping
+    panels: Sequence[str]
+    examples: Mapping
+    identity: Mapping = dataclasses.field(default_factory=dict)
+    scores_file: str | None = None
+
+
+def render_page(data: Evaluation, page: Page) -> str:
+    """The whole HTML page of one evaluation."""
     body = [
         "<h1>riad-tf evaluation report</h1>",
+        _identity_html(page.identity),
         _broken_promise_html(data),
         _summary_html(data),
         "<h2>Metrics</h2>",
-        _metrics_html(metrics),
+        _metrics_html(page.metrics),
         "<h2>Thresholds</h2>",
         _thresholds_html(data.thresholds),
         "<h2>Operating point</h2>",
@@ -44,24 +139,47 @@ def render_page(data: Evaluation, metrics: Mapping, plots: Mapping, examples: Ma
         "<h2>Mean good map</h2>",
         _mean_good_map_html(data),
         "<h2>Plots</h2>",
-        _plots_html(plots),
+        _plots_html(page.plots),
         "<h2>Examples</h2>",
-        _examples_html(examples, data),
+        _examples_html(page.examples, page.panels, data),
+        '<h2 id="every-image">Every image</h2>',
+        _images_html(data, page.panels, page.scores_file),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         "<title>riad-tf evaluation report</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
+def _label(key) -> str:
+    """A table header for a metrics or thresholds key: `image_auroc` -> `image AUROC`."""
+    return _LABELS.get(str(key), str(key).replace("_", " "))
+
+
 def _fmt(value, spec: str = ".4f") -> str:
-    """A table cell: floats with `spec`, None and NaN as "n/a", anything else escaped."""
+    """A table cell: floats with `spec`, None and NaN as "n/a", booleans as yes/no, anything else escaped."""
     if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
         return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
         return format(float(value), spec)
+    if isinstance(value, Mapping):
+        return "; ".join(f"{html.escape(_label(k))} {_fmt(v, spec)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v, spec) for v in value)
     return html.escape(str(value))
+
+
+def _identity_html(identity: Mapping) -> str:
+    if not identity:
+        return '<p class="note">No run identity given (the arrays were passed directly).</p>'
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in identity.items())
+    return f'<table class="identity"><tbody>{rows}</tbody></table>'
 
 
 def _summary_html(data: Evaluation) -> str:
@@ -69,10 +187,11 @@ def _summary_html(data: Evaluation) -> str:
     types = sorted(set(d for d, bad in zip(data.defect_types, data.labels) if bad))
     breakdown = ", ".join(f"{html.escape(t)} {data.defect_types.count(t)}" for t in types)
     return (
-        f"<p>{len(data.names)} images: {len(data.names) - n_bad} good, {n_bad} anomalous"
+        f"<p>{len(data.names)} test images: {len(data.names) - n_bad} good, {n_bad} anomalous"
         + (f" ({breakdown})" if breakdown else "")
         + ". Anomaly maps are evaluated "
-        f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels.</p>"
+        f"at {data.maps.shape[1]} x {data.maps.shape[2]} pixels (height x width). "
+        '<a href="#every-image">Every image</a> is listed at the end.</p>'
     )
 
 
@@ -102,23 +221,28 @@ def _metrics_html(metrics: Mapping) -> str:
         return '<p class="note">No metrics given.</p>'
     rows, others = _metric_rows(metrics)
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
+    head = "".join(f"<th>{html.escape(_label(c)) if c else ''}</th>" for c in ["", *columns])
     body = "".join(
         f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>"
         for name, row in rows.items()
     )
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    if any(c.startswith("f1_") for c in columns):
+        table += (
+            '<p class="note">* F1-max is the best F1 over every threshold, chosen on these test images themselves: '
+            "an upper bound, not what the line will see. The calibrated thresholds below were set without them.</p>"
+        )
     return table + _key_value_table(others) if others else table
 
 
 def _thresholds_html(thresholds: Mapping) -> str:
     if not thresholds:
-        return '<p class="note">No thresholds given: no verdicts or predicted masks.</p>'
+        return '<p class="note">No thresholds given: no verdicts or predicted outlines.</p>'
     note = (
-        '<p class="note">An image is called anomalous when it has a region above the threshold (with '
-        "min_region_area 1: when its score is above it). With num_images good calibration images, a new good "
-        "image is called anomalous with probability at most supported_fpr; segmentation is a per-pixel "
-        "quantile, a drawing aid only (docs/method.md, Thresholds).</p>"
+        '<p class="note">An image is called anomalous when it has a region above the region threshold (with a '
+        "smallest region of 1 pixel: when its score is above the image threshold). With n good calibration images, "
+        "a new good image is called anomalous with probability at most the promised rate; the segmentation "
+        "threshold is a per-pixel quantile, a drawing aid only (docs/method.md, Thresholds).</p>"
     )
     warning = ""
     if thresholds.get("target_supported") is False:
@@ -127,7 +251,11 @@ def _thresholds_html(thresholds: Mapping) -> str:
             f"supported by {thresholds.get('num_images')} calibration images; the rate that holds is "
             f"{_fmt(thresholds.get('supported_fpr'), '.3g')}.</p>"
         )
-    flat = {k: v for k, v in thresholds.items() if not isinstance(v, Mapping)}
+    flat = {
+        ("calibration images" if k == "num_images" else k): v
+        for k, v in thresholds.items()
+        if not isinstance(v, Mapping)
+    }
     return _key_value_table(flat, spec=".6g") + warning + note
 
 
@@ -200,13 +328,13 @@ def _mean_good_map_html(data: Evaluation) -> str:
         else ""
     )
     return (
-        '<img src="mean_good_map.png" alt="mean anomaly map of the good images">'
+        '<section><img src="mean_good_map.png" alt="mean anomaly map of the good images"></section>'
         f'<p class="{css}">{html.escape(" ".join(lines) + verdict)}</p>'
     )
 
 
 def _key_value_table(values: Mapping, spec: str = ".4f") -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v, spec)}</td></tr>" for k, v in values.items())
+    rows = "".join(f"<tr><td>{html.escape(_label(k))}</td><td>{_fmt(v, spec)}</td></tr>" for k, v in values.items())
     return f"<table><tbody>{rows}</tbody></table>"
 
 
@@ -220,18 +348,71 @@ def _plots_html(plots: Mapping) -> str:
     return '<div class="plots">' + "\n".join(parts) + "</div>"
 
 
-def _examples_html(examples: Mapping, data: Evaluation) -> str:
+def _examples_html(examples: Mapping, panels: Sequence[str], data: Evaluation) -> str:
+    """The chosen images' panels inline, by group (each panel carries its name and verdict)."""
     parts = []
-    for group, items in examples.items():
-        if not items:
+    for group, indices in examples.items():
+        if not indices:
             continue
         parts.append(f"<h3>{html.escape(group)}</h3>")
-        for i, relative in items:
-            verdict, correct = data.verdict(i)
-            name = html.escape(data.names[i])
-            css = "" if correct else ' class="wrong"'
-            parts.append(
-                f"<figure><figcaption{css}>{name}: {html.escape(verdict)}</figcaption>"
-                f'<img src="{quote(relative)}" alt="{name}"></figure>'
-            )
-    return "\n".join(parts) or '<p class="note">No examples drawn.</p>'
+        parts.extend(
+            f'<figure><img src="{quote(panels[i])}" alt="{html.escape(data.names[i])}"></figure>' for i in indices
+        )
+    return "\n".join(parts) or '<p class="note">No examples shown.</p>'
+
+
+def _images_html(data: Evaluation, panels: Sequence[str], scores_file: str | None) -> str:
+    """Every image in one table, with filter controls; each name links to its panels."""
+    verdicts = (
+        ["n/a"] * len(data.names) if data.predicted is None else ["anomalous" if p else "good" for p in data.predicted]
+    )
+    rights = (
+        ["n/a"] * len(data.names)
+        if data.predicted is None
+        else ["yes" if p == bad else "no" for p, bad in zip(data.predicted, data.labels)]
+    )
+    rows = []
+    for i, (name, right) in enumerate(zip(data.names, rights)):
+        truth = data.defect_types[i] if data.labels[i] else "good"
+        css = ' class="wrong"' if right == "no" else ""
+        rows.append(
+            f'<tr{css} data-verdict="{verdicts[i]}" data-truth="{html.escape(truth)}" data-right="{right}" '
+            f'data-name="{html.escape(name)}"><td data-value="{i + 1}">{i + 1}</td>'
+            f'<td><a href="{quote(panels[i])}">{html.escape(name)}</a></td><td>{html.escape(truth)}</td>'
+            f'<td data-value="{data.scores[i]:.9g}">{data.scores[i]:.4g}</td><td>{verdicts[i]}</td><td>{right}</td></tr>'
+        )
+    head = "".join(
+        f'<th data-type="{kind}">{title}</th>'
+        for title, kind in (
+            ("#", "number"),
+            ("image", "text"),
+            ("truth", "text"),
+            ("score", "number"),
+            ("verdict", "text"),
+            ("correct", "text"),
+        )
+    )
+    source = f' (from <a href="{quote(scores_file)}">{html.escape(scores_file)}</a>)' if scores_file else ""
+    return (
+        _filters_html(data, verdicts, rights)
+        + f'<p class="note">Click a header to sort; click a name for its panels{source}.</p>'
+        + f'<div class="scroll"><table id="images"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    )
+
+
+def _filters_html(data: Evaluation, verdicts: Sequence[str], rights: Sequence[str]) -> str:
+    """One choice per column worth filtering, offering the values the table holds."""
+    truths = sorted({d if bad else "good" for d, bad in zip(data.defect_types, data.labels)})
+
+    def choice(title: str, key: str, values) -> str:
+        options = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+        return f'<label>{title} <select data-filter="{key}"><option value="">all</option>{options}</select></label>'
+
+    return (
+        '<div class="filters">'
+        + choice("verdict", "verdict", sorted(set(verdicts)))
+        + choice("truth", "truth", truths)
+        + choice("correct", "right", sorted(set(rights), reverse=True))
+        + '<label>name <input type="search" data-filter="name" placeholder="part of a name"></label>'
+        + '<span id="shown" class="note"></span></div>'
+    )

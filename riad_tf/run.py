@@ -7,6 +7,7 @@ Layout of `RUN/` (the names are this module's constants; nothing else spells the
     model.keras               MODEL_FILE: the trained U-Net (Keras format, loads with safe_mode=True)
     thresholds.json           THRESHOLDS_FILE: thresholds from held-out good images (`edge.verdicts`)
     preprocessing.json        PREPROCESSING_FILE: the training images' native size (`edge.inspection`)
+    exports.json              EXPORTS_FILE: the models exported from the run (`record_exports`)
     history.json              HISTORY_FILE: one record per epoch (losses, learning rate, batch-norm guard)
     checkpoints/              CHECKPOINT_DIR: training state for resuming
         best_weights.npz      BEST_WEIGHTS_FILE: the epoch with the lowest validation loss
@@ -42,6 +43,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -54,15 +56,18 @@ from typing import Iterator
 import numpy as np
 import yaml
 
-from edge.errors import ConfigError, InputError, RunLocked, one_line
+from edge.errors import ConfigError, InputError, OutputError, RunLocked, one_line
 from edge.files import atomic_path, atomic_write_text, check_writable, open_own_file
+from edge.metadata import read_metadata
+from edge.recalibration import RUN_CONFIG_FILE, RUN_THRESHOLDS_FILE
 from riad_tf.config import RiadConfig
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG_FILE  # the device reads these two (`riad-edge set-thresholds`)
 DATA_FILE = "data.json"
 MODEL_FILE = "model.keras"
-THRESHOLDS_FILE = "thresholds.json"
+THRESHOLDS_FILE = RUN_THRESHOLDS_FILE
 PREPROCESSING_FILE = "preprocessing.json"
+EXPORTS_FILE = "exports.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best_weights.npz"
@@ -164,6 +169,69 @@ def load_thresholds(run_dir) -> dict | None:
             f"its false-positive bound does not hold for today's maps: run `riad-tf calibrate {run_dir} --good DIR`"
         )
     return thresholds
+
+
+def previous_thresholds(run_dir) -> dict | None:
+    """The thresholds a recalibration replaces: None when the run has none or they cannot be read."""
+    from edge.verdicts import thresholds_problem
+
+    path = Path(run_dir) / THRESHOLDS_FILE
+    try:
+        return _read_record(path, thresholds_problem) if path.is_file() else None
+    except InputError:
+        return None
+
+
+def record_exports(run_dir, models) -> None:
+    """Adds exported models to `RUN/exports.json`: absolute path, format, precision and time (atomically).
+
+    An entry of the same path is replaced. A run that cannot be written (a
+    read-only folder) gets a warning: the export itself stands.
+
+    Args:
+        run_dir: the run the models were exported from.
+        models: the model files written (their metadata beside them).
+    """
+    path = Path(run_dir) / EXPORTS_FILE
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    new = [_export_entry(Path(model), now) for model in models]
+    if not new:
+        return
+    replaced = {entry["model"] for entry in new}
+    entries = [e for e in load_exports(run_dir) if e["model"] not in replaced] + new
+    try:
+        atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
+    except OutputError as err:
+        logging.getLogger(__name__).warning(f"warning: {one_line(err)}; `riad-tf calibrate` will not list this export")
+
+
+def _export_entry(model: Path, time_written: str) -> dict:
+    metadata = read_metadata(model, verify=False)
+    return {
+        "model": str(model.resolve()),
+        "format": metadata.format,
+        "precision": metadata.precision,
+        "time": time_written,
+    }
+
+
+def load_exports(run_dir) -> list[dict]:
+    """The models recorded by `record_exports` (empty when none are, or with a warning when the record is damaged)."""
+    path = Path(run_dir) / EXPORTS_FILE
+    try:
+        return _read_record(path, _exports_problem) if path.is_file() else []
+    except InputError as err:
+        logging.getLogger(__name__).warning(f"warning: {one_line(err)}")
+        return []
+
+
+def _exports_problem(entries) -> str | None:
+    """What is wrong with an `exports.json`, or None."""
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("model"), str) for e in entries
+    ):
+        return 'must be a JSON list of {"model": path, ...} objects'
+    return None
 
 
 def save_preprocessing(run_dir, preprocessing: dict) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.files import atomic_path, atomic_write_text
-from riad_tf.batchnorm_guard import VALIDATION_SEED, batchnorm_check, divergence_warning, ship_checked
+from riad_tf.batchnorm_guard import VALIDATION_SEED, batchnorm_check, divergence_note, ship_checked
 from riad_tf.config import RiadConfig
 from riad_tf.distribute import is_chief, precision_policy
 from riad_tf.model import build_unet
@@ -212,7 +212,7 @@ class ChiefRecords(WorkerRecords):
         super().end_epoch(epoch, figures, unet)
         log.info(_epoch_line(record, self.config.epochs))
         if record["bn_diverged"]:
-            log.warning(divergence_warning(record))
+            log.info(divergence_note(record))
         _log_epoch(self.writer, record, unet, self.guard_images[:3], self.config)
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch, unet)

@@ -220,18 +220,3 @@ def learning_rate(config: RiadConfig, epoch: float, replicas: int = 1) -> float:
         return peak * epoch / warmup
     progress = (epoch - warmup) / max(config.epochs - warmup, 1e-9)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def describe_schedule(config: RiadConfig) -> str:
-    """The learning-rate schedule in words, for reports.
-
-    Example:
-
-    >>> describe_schedule(RiadConfig(lr_schedule="step", epochs=300))
-    '/10 after epoch 250'
-    """
-    if config.lr_schedule == "step":
-        return f"/10 after epoch {config.decay_epoch}"
-    if config.lr_schedule == "cosine":
-        return f"peak; {config.warmup_epochs:g} warm-up epoch(s), cosine to 0"
-    return "constant"

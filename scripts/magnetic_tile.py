@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from riad_tf.identity import describe_config
 from riad_tf.markdown import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,17 +287,6 @@ def _timing(results: list[dict], wall_seconds: float) -> str:
     return (
         f"Wall time of the whole command: {_minutes(wall_seconds)} (data checks, training, calibration, "
         f"evaluation and reports)" + (f"; evaluation alone: {evals}." if evals else ".")
-    )
-
-
-def describe_config(config) -> str:
-    from riad_tf.training_step import describe_schedule
-
-    return (
-        f"{config.image_size[0]} x {config.image_size[1]} px, {config.channels} channel(s), "
-        f"U-Net widths {list(config.unet_widths)}, K = {list(config.ks)}, n = {config.n}, "
-        f"mean filter {config.smoothing}, batch {config.batch_size}, Adam lr {config.learning_rate:g} "
-        f"({describe_schedule(config)}), {config.epochs} epochs"
     )
 
 

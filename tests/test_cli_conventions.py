@@ -37,6 +37,22 @@ def test_every_option_has_help_and_help_runs(label, root, command, args):
     assert result.exit_code == 0 and "Usage:" in result.output
 
 
+WORKING_COMMANDS = [c for c in COMMANDS if c[3]]  # the subcommands, not the groups
+
+
+@pytest.mark.parametrize("label, root, command, args", WORKING_COMMANDS, ids=[c[0] for c in WORKING_COMMANDS])
+def test_every_command_help_shows_an_example_that_uses_its_own_options(label, root, command, args):
+    text = CliRunner().invoke(root, [*args, "--help"]).output
+    assert "Example:" in text, f"{label} --help has no example"
+    block = text.split("Example:")[1].split("Options:")[0]
+    examples = [line.split("#")[0].split() for line in block.splitlines() if line.strip().startswith(label)]
+    assert examples, f"{label}: no example line starts with {label!r}"
+    known = {name for p in command.params for name in [*p.opts, *p.secondary_opts]}
+    for words in examples:
+        unknown = [w.split("=")[0] for w in words if w.startswith("--") and w.split("=")[0] not in known]
+        assert not unknown, f"{label}: its example uses options it does not have: {unknown}"
+
+
 @pytest.mark.parametrize("cli", [riad_main, edge_main], ids=["riad-tf", "riad-edge"])
 def test_version(cli):
     from riad_tf import __version__

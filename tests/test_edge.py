@@ -564,3 +564,19 @@ def test_the_edge_extra_pulls_no_tensorflow():
     for requirement in requirements["install_requires"] + requirements["edge"]:
         name = requirement.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
         assert name not in {"tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "tf-nightly"}, requirement
+
+
+def test_a_large_image_in_tiles_reports_its_progress():
+    from edge.inspection import tile_progress
+    from edge.tiling import tiled_map
+
+    def score(tiles):
+        return tiles[..., 0], tiles.max(axis=(1, 2, 3))
+
+    lines = []
+    tiled_map(
+        np.ones((64, 160, 1), np.float32), score, (32, 32), (16, 16), 4, tile_progress("big.png", 0.0, lines.append)
+    )
+    # 3 x 9 tiles in calls of 4: a line after each call but the last.
+    assert [line.split(",")[0] for line in lines] == [f"big.png: {n} of 27 tiles scored" for n in range(4, 25, 4)]
+    assert all(line.endswith("s left") for line in lines)

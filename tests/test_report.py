@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from edge.images import save_map_png
-from riad_tf import report
+from riad_tf import report, report_html
 from riad_tf.report import overlay, safe_file_stems, select_examples, write_report
 
 SIZE = 32
@@ -75,9 +75,11 @@ def test_every_linked_png_exists_and_opens(full_report):
     links = linked_files(index)
     for expected in ("roc_image.png", "roc_pixel.png", "score_histogram.png"):
         assert expected in links
-    assert any(link.startswith("examples/") for link in links)
+    assert any(link.startswith("panels/") for link in links)
     for link in links:
         assert not re.match(r"[a-z]+:", link) and not link.startswith("/"), link
+        if link.startswith("#"):
+            continue
         with Image.open(index.parent / link) as png:
             png.load()
             assert png.format == "PNG" and png.width > 100
@@ -85,7 +87,7 @@ def test_every_linked_png_exists_and_opens(full_report):
 
 def test_page_is_self_contained(full_report):
     text = full_report[0].read_text()
-    assert "<script" not in text.lower()
+    assert "<script>" in text and "<script src" not in text.lower()  # inline only
     assert "http://" not in text and "https://" not in text
     assert "<style>" in text
 
@@ -103,7 +105,9 @@ def test_metrics_and_thresholds_are_shown(full_report):
                 assert f"{value:.4f}" in text
     assert "n/a" in text  # aupro is None
     for key, value in thresholds.items():
-        assert f"<td>{key}</td><td>{value:.6g}</td>" in text
+        assert f"<td>{report_html._label(key)}</td><td>{value:.6g}</td>" in text
+    assert "<th>image AUROC</th>" in text and "image_auroc" not in text  # headers are words, not keys
+    assert "F1-max is the best F1 over every threshold, chosen on these test images" in text
 
 
 def test_flat_summarize_layout_is_read(tmp_path):
@@ -118,18 +122,20 @@ def test_flat_summarize_layout_is_read(tmp_path):
     assert f"{flat['image_auroc']:.4f}" in text
     assert f"{flat['per_defect_type']['scratch']['image_auroc']:.4f}" in text
     assert "<td>overall</td><td>6</td>" in text and "<td>scratch</td>" in text
-    assert "No examples drawn" in text and not (tmp_path / "examples").exists()
+    assert "No examples shown" in text and len(list((tmp_path / "panels").glob("*.png"))) == 6
 
 
 def test_examples_include_anomalous_and_good(full_report):
     index, data = full_report[:2]
-    shown = {link for link in linked_files(index) if link.startswith("examples/")}
+    text = index.read_text()
+    examples = text[text.index("<h2>Examples</h2>") : text.index('<h2 id="every-image">')]
+    shown = set(re.findall(r'src="(panels/[^"]+)"', examples))
     stems = safe_file_stems(data["names"])
-    shown_indices = {i for i, stem in enumerate(stems) if f"examples/{stem}.png" in shown}
+    shown_indices = {i for i, stem in enumerate(stems) if f"panels/{stem}.png" in shown}
     assert len(shown_indices) == len(shown) == 6
     labels = data["labels"]
     assert any(labels[i] for i in shown_indices) and any(not labels[i] for i in shown_indices)
-    assert len(list((index.parent / "examples").glob("*.png"))) == 6
+    assert len(list((index.parent / "panels").glob("*.png"))) == 6
 
 
 def test_select_examples_groups_and_budget():
@@ -159,26 +165,20 @@ def test_names_with_slashes_are_sanitized_and_unique(full_report):
     assert len({s.lower() for s in stems}) == len(stems)
     for stem in stems:
         assert re.fullmatch(r"[A-Za-z0-9._-]+", stem) and not stem.startswith(".")
-    files = sorted(p.name for p in (index.parent / "examples").iterdir())
+    files = sorted(p.name for p in (index.parent / "panels").iterdir())
     assert files == sorted(f"{s}.png" for s in stems)
     escaped = [index.parent / "003.png", index.parent.parent / "003.png"]
     assert not any(p.exists() for p in escaped), "a name escaped out_dir"
 
 
-def test_report_without_masks_or_thresholds(tmp_path, full_report):
+def test_report_without_masks_or_thresholds(tmp_path):
     data = fake_evaluation()
     data["masks"] = None
     index = write_report(tmp_path, **data, max_examples=2)
     links = linked_files(index)
     assert "roc_pixel.png" not in links and not (tmp_path / "roc_pixel.png").exists()
     assert "roc_image.png" in links and "score_histogram.png" in links
-    examples = [link for link in links if link.startswith("examples/")]
-    assert len(examples) == 2
-    # 3 panels instead of the 5 of the full report: a narrower figure.
-    with Image.open(tmp_path / examples[0]) as small:
-        full_example = next(name for name in linked_files(full_report[0]) if name.startswith("examples/"))
-        with Image.open(full_report[0].parent / full_example) as wide:
-            assert small.width < 0.75 * wide.width
+    assert len(set(link for link in links if link.startswith("panels/"))) == 6
     assert "No thresholds given" in index.read_text()
     assert "No metrics given" in index.read_text()
 
@@ -323,9 +323,55 @@ def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, mo
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(report, "_write_examples", disk_full)
+    monkeypatch.setattr(report, "_write_panels", disk_full)
     with pytest.raises(OutputError, match="report: cannot write: No space left on device"):
         write_report(out, **fake_evaluation(), max_examples=2)
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before and first.is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left behind
+
+
+def test_identity_header_and_a_row_for_every_image(tmp_path):
+    data = fake_evaluation()
+    identity = {"Model": "model.keras, sha256 " + "ab" * 32, "Configuration": "32 x 32 px (height x width)"}
+    text = write_report(tmp_path, **data, thresholds=_calibrated(), identity=identity, max_examples=1).read_text()
+    header = text[text.index('<table class="identity">') : text.index("</table>")]
+    assert "sha256 " + "ab" * 32 in header and "32 x 32 px (height x width)" in header
+    table = text[text.index('<table id="images">') :]
+    rows = re.findall(r'<tr( class="wrong")? data-verdict="(\w+)" data-truth="(\w+)" data-right="(\w+)"', table)
+    assert len(rows) == 6
+    for (wrong, verdict, truth, right), label, kind in zip(rows, data["labels"], data["defect_types"]):
+        assert truth == kind and (verdict == "anomalous") == (right == ("yes" if label else "no"))
+        assert bool(wrong) == (right == "no")
+    for stem in safe_file_stems(data["names"]):  # every name links to its own panels
+        assert f'<a href="panels/{stem}.png">' in table and (tmp_path / "panels" / f"{stem}.png").is_file()
+    assert "No run identity given" in write_report(tmp_path / "bare", **data, max_examples=0).read_text()
+
+
+def test_values_are_shown_as_words_not_python(tmp_path):
+    thresholds = {**_calibrated(), "target_supported": True}
+    metrics = {"overall": {"image_auroc": 0.5}, "rates": {"false_positive_rate": 0.25}}
+    text = write_report(tmp_path, **fake_evaluation(), thresholds=thresholds, metrics=metrics).read_text()
+    assert "<td>target supported</td><td>yes</td>" in text
+    body = text.split("</style>")[1].split("<script>")[0]  # the page without its CSS and script
+    assert "False" not in body and "True" not in body and "{" not in body
+    assert "<td>rates</td><td>false positive rate 0.2500</td>" in body
+
+
+def _lime_pixels(png: Path) -> int:
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int(((pixels[..., 1] > 200) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)).sum())
+
+
+def test_true_outline_is_drawn_on_the_input_and_the_threshold_fits_the_colour_bar(tmp_path):
+    data = fake_evaluation()
+    data["images"] = np.full_like(data["images"], 0.5)  # grey: only outlines are coloured
+    data["reconstructions"] = data["images"]
+    write_report(tmp_path, **data, max_examples=0)
+    stems = safe_file_stems(data["names"])
+    assert _lime_pixels(tmp_path / "panels" / f"{stems[3]}.png") > 20  # a defect: its outline
+    assert _lime_pixels(tmp_path / "panels" / f"{stems[0]}.png") == 0  # a good image: none
+    from riad_tf.evaluation import Evaluation
+
+    high = Evaluation(**{**data, "thresholds": {"image": 5.0, "region": 5.0}})
+    assert report.map_scale(high) >= 5.0 > data["maps"].max()  # the threshold's mark stays on the bar

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import datetime
 import gc
 import io
 import json
@@ -24,10 +26,14 @@ from click.testing import CliRunner
 from PIL import Image
 from test_edge import SIZE, _write_toy_unet
 
+import edge.serve_trace
 from edge.cli import main
+from edge.metadata import file_sha256, metadata_path, read_metadata, update_metadata
 from edge.records import check_record
 from edge.runner import Runner
 from edge.serve import ServeSettings, Service, _Request
+from edge.serve_api import OPENAPI
+from edge.serve_trace import AccessLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +94,7 @@ def test_records_equal_riad_edge_infer_and_concurrent_requests_share_a_call(mode
     assert all(status == 200 for status, _ in answers)
     for (_, record), want in zip(answers, expected):
         assert record.pop("timing_ms") > 0
+        assert record.pop("model")["sha256"] == file_sha256(model)  # the model that scored it
         check_record(record)  # docs/records.md
         assert record.keys() == want.keys() and record["anomalous"] == want["anomalous"]
         assert record["score"] == pytest.approx(want["score"], abs=1e-6)
@@ -371,3 +378,158 @@ def test_thirty_concurrent_50_mb_uploads_keep_the_service_small(model):
         assert peak_mb < 300
     finally:
         server.kill()
+
+
+# ----------------------------------------------------------------------
+# Traceability: the model's identity, the access log, the API description
+
+
+def _identity(path: Path, source: str, image_threshold) -> dict:
+    return {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "threshold_source": source,
+        "image_threshold": image_threshold,
+    }
+
+
+def _model_info(metrics: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith("riad_model_info{")]
+
+
+def test_answers_and_metrics_name_the_model_and_a_reload_changes_them(tmp_path, monkeypatch):
+    path = _write_toy_unet(tmp_path, thresholds=None)  # not calibrated yet: scores only
+    hashed = []
+    monkeypatch.setattr(edge.serve_trace, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
+
+    async def scenario():
+        client = await _client(Service(lambda: Runner.open(path), ServeSettings(), model_path=path))
+        try:
+            seen = {"first": await (await client.post("/predict?name=a.png", data=_png(0))).json()}
+            seen["bad"] = await (await client.post("/predict?name=bad.png", data=b"not an image")).json()
+            seen["metrics_before"] = await (await client.get("/metrics")).text()
+            # recalibrated on the device: new thresholds inside the model file (a new sha256), and
+            # the JSON beside it gone, so the metadata read has no sha256 of its own
+            update_metadata(path, dataclasses.replace(read_metadata(path), thresholds={"image": 0.25, "region": 0.25}))
+            metadata_path(path).unlink()
+            seen["reload"] = await (await client.post("/reload")).json()
+            seen["after"] = [await (await client.post("/predict", data=_png(i))).json() for i in range(3)]
+            seen["metrics_after"] = await (await client.get("/metrics")).text()
+            return seen
+        finally:
+            await client.close()
+
+    before = _identity(path, "none", None)
+    seen = _run(scenario())
+    after = _identity(path, "calibrated", 0.25)
+    assert after["sha256"] != before["sha256"]
+    assert seen["first"]["model"] == before and seen["bad"]["model"] == before and "error" in seen["bad"]
+    assert _model_info(seen["metrics_before"]) == [
+        f'riad_model_info{{file="toy.onnx",image_threshold="",sha256="{before["sha256"]}",threshold_source="none"}} 1.0'
+    ]
+    assert seen["reload"] == {"status": "reloaded", "model": after}
+    assert all(record["model"] == after and "anomalous" in record for record in seen["after"])
+    assert _model_info(seen["metrics_after"]) == [
+        f'riad_model_info{{file="toy.onnx",image_threshold="0.25",sha256="{after["sha256"]}",threshold_source="calibrated"}} 1.0'
+    ]
+    assert hashed == [path]  # hashed once, at the reload that found no sha256; never per request
+
+
+ACCESS_KEYS = {
+    "time",
+    "client",
+    "method",
+    "path",
+    "status",
+    "image",
+    "score",
+    "anomalous",
+    "model_sha256",
+    "duration_ms",
+}
+
+
+def test_the_access_log_appends_one_json_line_per_request(model, tmp_path):
+    import aiohttp
+
+    access_log = tmp_path / "access.jsonl"
+    access_log.write_text('{"earlier": "run"}\n')
+    settings = ServeSettings(token="s3cret", access_log=str(access_log))
+    auth = {"Authorization": "Bearer s3cret"}
+    upload = aiohttp.FormData()
+    upload.add_field("image", _png(1), filename="b.png", content_type="image/png")
+
+    async def scenario():
+        client = await _client(Service(lambda: Runner.open(model), settings))
+        try:
+            answers = [
+                await client.post("/predict?name=a.png", data=_png(0), headers=auth),
+                await client.post("/predict", data=upload, headers=auth),
+                await client.post("/predict?name=broken.png", data=b"not an image", headers=auth),
+                await client.post("/predict?name=c.png", data=_png(2)),  # no token
+                await client.get("/metrics", headers=auth),
+            ]
+            return [(a.status, await a.json() if a.content_type == "application/json" else None) for a in answers]
+        finally:
+            await client.close()
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    answers = _run(scenario())
+    earlier, *lines = access_log.read_text().splitlines()
+    assert earlier == '{"earlier": "run"}'  # appended to, not truncated
+    entries = [json.loads(line) for line in lines]
+    assert len(entries) == len(answers) and all(entry.keys() == ACCESS_KEYS for entry in entries)
+    assert [e["status"] for e in entries] == [status for status, _ in answers] == [200, 200, 400, 401, 200]
+    assert [e["image"] for e in entries] == ["a.png", "b.png", "broken.png", "c.png", None]
+    assert [(e["method"], e["path"]) for e in entries] == [("POST", "/predict")] * 4 + [("GET", "/metrics")]
+    for entry, (_, answer) in zip(entries[:2], answers[:2]):
+        assert (entry["score"], entry["anomalous"]) == (answer["score"], answer["anomalous"])
+    assert all(e["score"] is None and e["anomalous"] is None for e in entries[2:])
+    assert {e["model_sha256"] for e in entries} == {file_sha256(model)}
+    assert {e["client"] for e in entries} == {"127.0.0.1"}
+    for entry in entries:
+        logged = datetime.datetime.fromisoformat(entry["time"])
+        assert entry["time"].endswith("Z") and started <= logged <= datetime.datetime.now(datetime.timezone.utc)
+        assert 0 < entry["duration_ms"] < 60_000
+
+
+def test_the_access_log_on_stdout_is_json_lines(capsysbinary):
+    AccessLog("-").write({"status": 200, "score": 0.5})
+    assert capsysbinary.readouterr().out == b'{"status": 200, "score": 0.5}\n'
+
+
+def test_an_access_log_that_cannot_be_opened_stops_serve_with_one_line(model, tmp_path, monkeypatch):
+    def listening(*args, **kwargs):
+        raise AssertionError("serve listened with an access log it could not open")
+
+    monkeypatch.setattr("aiohttp.web.run_app", listening)
+    elsewhere = tmp_path / "elsewhere.log"
+    (tmp_path / "link.log").symlink_to(elsewhere)
+    for target, why in (
+        (tmp_path / "missing" / "access.log", "No such file"),
+        (tmp_path / "link.log", "symbolic link"),
+    ):
+        result = CliRunner().invoke(main, ["serve", str(model), "--port", "0", "--access-log", str(target)])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 5 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"Error: {target}: ") and why in lines[0]
+    assert not elsewhere.exists()  # nothing was written through the link
+
+
+def test_the_openapi_description_names_exactly_the_routes_served(model):
+    service = Service(lambda: Runner.open(model))
+
+    async def scenario():
+        client = await _client(service)
+        try:
+            return await (await client.get("/openapi.json")).json()
+        finally:
+            await client.close()
+
+    served = _run(scenario())
+    routes = {(r.method.lower(), r.resource.canonical) for r in service.app().router.routes() if r.method != "HEAD"}
+    described = {(method, path) for path, operations in OPENAPI["paths"].items() for method in operations}
+    assert served == OPENAPI and routes == described
+    assert set(OPENAPI["paths"]["/predict"]["post"]["responses"]) >= {"200", "400", "413", "500", "503"}
+    validator = pytest.importorskip("openapi_spec_validator")  # not a dependency; checked where it is installed
+    validator.validate(OPENAPI)

@@ -327,10 +327,12 @@ def test_calibrate_without_retraining(trained_run, dataset, tmp_path):
     few = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(good), "--target-fpr", "0.01"])
     assert few.exit_code == 0, few.output
     assert "needs at least 99 good images" in few.output and "0.2 (1/(n+1))" in few.output
-    enough = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(good), "--target-fpr", "0.2"])
+    assert not few.stdout and "image threshold" in few.stderr  # human lines only, on stderr, without --json
+    enough = CliRunner().invoke(main, ["calibrate", str(run), "--good", str(good), "--target-fpr", "0.2", "--json"])
     assert enough.exit_code == 0 and "warning" not in enough.output
     stored = json.loads((run / "thresholds.json").read_text())
-    assert json.loads(enough.stdout.strip().splitlines()[-1])["image"] == stored["image"]
+    (summary,) = [json.loads(line) for line in enough.stdout.splitlines()]
+    assert summary["image"]["new"] == stored["image"] and summary["thresholds"] == stored
     assert stored["num_images"] == 4 and stored["target_supported"] and stored["supported_fpr"] == pytest.approx(0.2)
     assert RiadConfig.load(run / "config.yaml").target_fpr == 0.2  # later commands see the new target
 

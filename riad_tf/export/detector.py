@@ -30,7 +30,7 @@ from riad_tf.export.metadata import verify_model, write_model
 from riad_tf.export.onnx import Int8Recipe, convert_onnx, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
-from riad_tf.run import load_detector, load_preprocessing, load_thresholds
+from riad_tf.run import load_detector, load_preprocessing, load_thresholds, record_exports
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8", "int16x8")
@@ -38,16 +38,20 @@ MAX_CALIBRATION_IMAGES = 128
 log = logging.getLogger(__name__)
 
 
-def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
+def export_run(run_dir, out_dir, *, record: bool = True, **options) -> dict[str, Path]:
     """Exports a training run's detector (`riad-tf export RUN ...`).
 
     Loads `RUN/model.keras`, `RUN/config.yaml`, `RUN/thresholds.json` (which
     may be absent before calibration) and `RUN/preprocessing.json`, and calls
-    `export_detector` with the run's thresholds and preprocessing.
+    `export_detector` with the run's thresholds and preprocessing. The models
+    written (also those of an export that fails later, such as a `--trt` here
+    without TensorRT) go into the run's `exports.json` (`riad_tf.run.record_exports`),
+    so that `riad-tf calibrate` can name them.
 
     Args:
         run_dir: the training run.
         out_dir: output folder (created).
+        record: record the models in the run (not for a folder they will be moved from).
         **options: the fields of `ExportOptions` but `thresholds` and
             `preprocessing`, which come from the run.
 
@@ -61,7 +65,20 @@ def export_run(run_dir, out_dir, **options) -> dict[str, Path]:
     check_writable(out_dir)  # before the conversions, not after them
     detector = load_detector(run_dir)
     recorded = dict(thresholds=load_thresholds(run_dir), preprocessing=load_preprocessing(run_dir))
-    return export_detector(detector, out_dir, **recorded, **options)
+    try:
+        written = export_detector(detector, out_dir, **recorded, **options)
+    except ExportError as err:
+        if record:
+            record_exports(run_dir, _models(err.written))
+        raise
+    if record:
+        record_exports(run_dir, _models(written))
+    return written
+
+
+def _models(written: dict[str, Path]) -> list[Path]:
+    """The model files among what an export wrote: those with metadata of their own."""
+    return [path for kind, path in written.items() if f"{kind}_metadata" in written]
 
 
 @dataclasses.dataclass(frozen=True)

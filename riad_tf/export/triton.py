@@ -91,7 +91,8 @@ def export_triton(
     # Staged inside the model folder (same file system, so the renames are atomic); Triton ignores
     # folders whose names are not version numbers.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
-        exported = export_run(run_dir, staging, formats=("onnx",), batch=None, name="model", **options)["onnx"]
+        written = export_run(run_dir, staging, record=False, formats=("onnx",), batch=None, name="model", **options)
+        exported = written["onnx"]
         config_text = model_config(exported, model_name, max_batch, INSTANCE_KINDS[instance_kind], batcher)
         metadata = read_metadata(exported)
         version = Path(staging) / VERSION

@@ -36,6 +36,9 @@ SERVE = ["aiohttp>=3.9,<4", "prometheus-client>=0.20"]
 # experiments/ (reference_torch.py and the comparisons built on it): the public PyTorch recipe, on CPU or CUDA.
 REFERENCE = ["torch>=2.13,<3"]  # the measurements in docs/accuracy.md used 2.13.0
 
+# `riad-tf export --int8-quantizer nncf`: NNCF's int8 quantization with accuracy control (it takes ONNX models).
+INT8 = ["nncf>=3.0,<4"]
+
 # Export converts with tf2onnx and checks every exported model in the runtimes the device uses.
 TF += ["tf2onnx>=1.17", "onnx>=1.17"] + [req for req in EDGE if req not in TF]
 
@@ -55,6 +58,7 @@ setup(
         "serve": EDGE + SERVE,
         "openvino": EDGE + OPENVINO,
         "reference": TF + REFERENCE,
+        "int8": TF + INT8,
         "dev": TF
         + SERVE
         + OPENVINO

@@ -250,6 +250,7 @@ def build_engine(onnx, output, precision, calib, max_profile_batch, workspace_mb
     \b
     Example:
       riad-edge build-engine deploy/bottle/riad.onnx --fp16 --output riad.engine
+      riad-edge build-engine deploy/bottle/riad_int8.onnx --int8 --output riad_int8.engine   # symmetric QDQ: no --calib
     """
     from edge import trt, trt_build
 

@@ -80,11 +80,25 @@ def friendly_errors(command):
         except RiadError as err:
             raise _OneLineError(one_line(err), err.exit_code) from None
         except FileNotFoundError as err:
-            raise _OneLineError(one_line(err), InputError.exit_code) from None
+            raise _OneLineError(os_error_line(err), InputError.exit_code) from None
         except OSError as err:
-            raise _OneLineError(one_line(err), OutputError.exit_code) from None
+            raise _OneLineError(os_error_line(err), OutputError.exit_code) from None
 
     return wrapper
+
+
+def os_error_line(err: OSError) -> str:
+    """An operating-system error as the other errors read: `FILE: reason`, with both files of a rename.
+
+    Example:
+
+    >>> os_error_line(PermissionError(13, "Permission denied", "/srv/runs/a/model.keras"))
+    '/srv/runs/a/model.keras: Permission denied'
+    """
+    if err.filename is None:
+        return one_line(err)
+    target = f" -> {err.filename2}" if err.filename2 is not None else ""
+    return f"{err.filename}{target}: {err.strerror or one_line(err)}"
 
 
 def bundled_options(name: str, options: Sequence[tuple[tuple[str, ...], dict]]):

@@ -90,7 +90,9 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and not isinstance(err, OutputError):
+        if isinstance(err, OutputError):  # it names a file inside the temporary folder: name the final one
+            raise OutputError(str(err).replace(str(tmp), str(folder))) from None
+        if isinstance(err, OSError):
             raise OutputError(f"{folder}: cannot write: {err.strerror or err}") from None
         raise
 

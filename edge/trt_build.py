@@ -12,8 +12,12 @@ Precision: with FP16 or INT8 the U-Net's layers may run in reduced precision,
 while every other layer (masking, assembly Eq. 2, MSGMS Eq. 3-5, mean filter
 Eq. 8) is asked to stay in FP32 (`PREFER_PRECISION_CONSTRAINTS`), because GMS
 divides small gradient magnitudes (Eq. 4) and loses its meaning in 8 bits.
-INT8 uses entropy calibration on representative images (a calibration cache
-is written beside the engine and reused).
+INT8 from a float32 ONNX uses entropy calibration on representative images (a
+calibration cache is written beside the engine and reused, TensorRT's implicit
+quantization). INT8 from an int8 QDQ ONNX (`riad-tf export --precision int8
+--int8-activations symmetric`) is explicit quantization: the scales are in the
+model, so no calibration is needed; TensorRT takes only symmetric int8
+activations (zero point 0), so a QDQ ONNX with uint8 ones is refused.
 
 `tensorrt` is imported only inside `build_engine` (through `edge.trt`): the
 module imports on any machine, and `edge.trt.unavailable_reason()` says why an
@@ -76,13 +80,14 @@ def build_commands(
     onnx = onnx_path.name
     flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"]}[precision]
     riad_edge = ["riad-edge", "build-engine", onnx, *flags]
-    if precision == "int8":
+    calibrated = precision == "int8" and not explicit_int8(metadata)  # a QDQ ONNX holds its scales
+    if calibrated:
         riad_edge += ["--calib", str(calib_dir) if calib_dir else "CALIBRATION_DIR"]
     riad_edge += ["--output", engine]
     trtexec = [TRTEXEC, f"--onnx={onnx}", f"--saveEngine={engine}"]
-    trtexec += {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16", f"--calib={engine}.calib.cache"]}[
-        precision
-    ]
+    trtexec += {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[precision]
+    if calibrated:
+        trtexec.append(f"--calib={engine}.calib.cache")
     if metadata.batch is None:
         _, height, width, channels = metadata.input_shape
         size = f"{height}x{width}x{channels}"
@@ -236,6 +241,7 @@ def build_engine(
     calibrator = None  # referenced until the build ends
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
+    if precision == "int8" and not explicit_int8(metadata):
         batches = [] if calibration is None else _calibration_batches(calibration, metadata, onnx_path.parent, batch)
         calibrator = _calibrator_class(trt)(batches, cache_path)
         config.int8_calibrator = calibrator
@@ -247,6 +253,11 @@ def build_engine(
     return engine_path, write_engine_metadata(engine_path, onnx_path, precision)
 
 
+def explicit_int8(metadata) -> bool:
+    """Whether the exported ONNX is an int8 QDQ model (TensorRT's explicit quantization: no calibration)."""
+    return metadata.precision == "int8"
+
+
 def _checked_build(onnx_path: Path, engine_path, precision: str, calibration):
     """(the ONNX's metadata, the engine's path, its calibration cache's path), after checking the arguments."""
     if precision not in ("fp32", "fp16", "int8"):
@@ -256,6 +267,15 @@ def _checked_build(onnx_path: Path, engine_path, precision: str, calibration):
         raise InputError(f"{onnx_path}: build-engine takes an exported .onnx, not a {metadata.format} model")
     engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path, precision)
     cache_path = engine_path.with_name(engine_path.name + ".calib.cache")
+    if explicit_int8(metadata):
+        if precision != "int8":
+            raise ConfigError(f"{onnx_path}: an int8 QDQ model builds an INT8 engine only (--int8)")
+        if "symmetric" not in metadata.quantization:
+            raise InputError(
+                f"{onnx_path}: its int8 activations are uint8, which TensorRT does not take; export it with "
+                "--int8-activations symmetric, or build from the float32 ONNX with --calib"
+            )
+        return metadata, engine_path, cache_path
     if precision == "int8" and calibration is None and not cache_path.is_file():
         raise InputError(f"INT8 needs representative images (--calib) or a calibration cache at {cache_path}")
     return metadata, engine_path, cache_path
@@ -282,7 +302,7 @@ def _batch_profile(builder, config, metadata, precision: str, max_batch: int | N
     profile = builder.create_optimization_profile()
     profile.set_shape(metadata.input_name, (1, *shape), (batch, *shape), (batch, *shape))
     config.add_optimization_profile(profile)
-    if precision == "int8":
+    if precision == "int8" and not explicit_int8(metadata):
         config.set_calibration_profile(profile)
     return batch
 

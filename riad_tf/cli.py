@@ -457,6 +457,22 @@ def _recalibration_lines(summary: dict) -> list[str]:
     help="fp16/int8: the largest mean map change, as a share of the mean float32 map.",
 )
 @click.option("--keep-inaccurate", is_flag=True, help="Keep an fp16/int8 model over those tolerances (with a warning).")
+@click.option(
+    "--int8-quantizer",
+    type=click.Choice(["onnxruntime", "nncf"]),
+    default="onnxruntime",
+    show_default=True,
+    help="int8 ONNX: ONNX Runtime's static quantization, or NNCF's with accuracy control (layers that cost more "
+    "than the tolerances above stay float32; the [int8] extra).",
+)
+@click.option(
+    "--int8-activations",
+    type=click.Choice(["uint8", "symmetric"]),
+    default="uint8",
+    show_default=True,
+    help="int8 ONNX by onnxruntime: uint8 activations, or int8 symmetric ones (the QDQ model TensorRT's explicit "
+    "quantization builds from: riad-edge build-engine).",
+)
 @_json_option
 @_friendly_errors
 def export(
@@ -476,6 +492,8 @@ def export(
     max_auroc_drop,
     max_map_error,
     keep_inaccurate,
+    int8_quantizer,
+    int8_activations,
     as_json,
 ):
     """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server.
@@ -484,8 +502,10 @@ def export(
     Example:
       riad-tf export runs/bottle --tflite --onnx --out deploy/bottle
       riad-tf export runs/bottle --onnx --precision int8 --out deploy/bottle-int8
+      riad-tf export runs/bottle --onnx --precision int8 --int8-quantizer nncf --out deploy/bottle-int8
     """
     from riad_tf.export import export_run, export_triton
+    from riad_tf.export.onnx import Int8Recipe
     from riad_tf.run import check_images, representative_images
 
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
@@ -520,6 +540,7 @@ def export(
             check_images=check_images(run_dir) if precision != "fp32" else None,
             tolerance=Tolerance(max_auroc_drop, max_map_error),
             keep_inaccurate=keep_inaccurate,
+            int8_recipe=Int8Recipe(symmetric_activations=int8_activations == "symmetric", quantizer=int8_quantizer),
         )
     for kind, path in written.items():
         log.info(f"{kind}: {path}")

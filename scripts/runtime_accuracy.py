@@ -2,9 +2,11 @@
 """Does the precision or the runtime change the verdicts? A trained run on real images, every export and CPU runtime.
 
 Not a test. Exports a trained riad-tf run at every precision `riad-tf export`
-offers (ONNX float32 and int8; TFLite fp32, fp16 and int8, each int8 calibrated
-on the run's training images as the command does), then scores the same real
-test images (the side-by-side comparison's `data.npz`: magnetic tile at 128 px,
+offers (ONNX float32 and int8, the int8 by ONNX Runtime with uint8 or symmetric
+activations, and by NNCF with accuracy control; TFLite fp32, fp16 and int8, each
+int8 calibrated on the run's training images as the command does), then scores
+the same real test images (the run's own test set, or with `--data` the
+side-by-side comparison's `data.npz`: magnetic tile at 128 px,
 `experiments/compare_reference.py`) with ONNX Runtime, LiteRT and OpenVINO in
 each precision the CPU has, and prints for each:
 
@@ -19,8 +21,9 @@ each precision the CPU has, and prints for each:
   same run.
 
     python3 -m scripts.runtime_accuracy runs/partitions/seed-0/riad-tf-40 --data runs/partitions/seed-0/data.npz
+    python3 -m scripts.runtime_accuracy runs/magnetic_tile/riad        # a run's own test set
 
-Needs riad-tf's [tf] extra (for the export), LiteRT and OpenVINO (`pip install 'riad-tf[openvino]'`).
+Needs riad-tf's [tf] and [int8] extras (for the exports), LiteRT and OpenVINO (`pip install 'riad-tf[openvino]'`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ TRAINING_IMAGES = 128  # what `riad-tf export --precision int8` calibrates on, a
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a trained riad-tf run (model.keras, config.yaml)")
-    parser.add_argument("--data", type=Path, required=True, help="data.npz of experiments/compare_reference.py")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data.npz of experiments/compare_reference.py (default: the run's own data set, from its data.json)",
+    )
     parser.add_argument("--out", type=Path, help="export folder (default: RUN/export-runtimes)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     parser.add_argument("--only", default=None, help="comma-separated runtime names to score (default: all)")
@@ -53,10 +61,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
     """Every export of the run, in `out` (reused when there): {name: model file}."""
     from riad_tf.export import export_run
+    from riad_tf.export.onnx import Int8Recipe
+    from riad_tf.run import check_images
 
+    int8 = dict(formats=("onnx",), precision="int8", batch=None)
     models = {
-        "onnx": (out / "onnx", "riad.onnx", dict(formats=("onnx",), precision="int8", batch=None)),
+        "onnx": (out / "onnx", "riad.onnx", int8),
         "onnx_int8": (out / "onnx", "riad_int8.onnx", None),
+        "onnx_int8_symmetric": (
+            out / "onnx-symmetric",
+            "riad_int8.onnx",
+            dict(int8, int8_recipe=Int8Recipe(symmetric_activations=True)),
+        ),
+        "onnx_int8_nncf": (
+            out / "onnx-nncf",
+            "riad_int8.onnx",
+            dict(int8, int8_recipe=Int8Recipe(quantizer="nncf"), check_images=check_images(run)),
+        ),
     }
     for precision in ("fp32", "fp16", "int8"):
         folder = out / f"tflite-{precision}"
@@ -79,6 +100,8 @@ def runtimes(models: dict[str, Path], bf16: bool) -> list[tuple[str, Path, OpenV
     chosen = [
         ("onnxruntime fp32", models["onnx"], None),
         ("onnxruntime int8", models["onnx_int8"], None),
+        ("onnxruntime int8 symmetric (TensorRT's QDQ)", models["onnx_int8_symmetric"], None),
+        ("onnxruntime int8 NNCF accuracy control", models["onnx_int8_nncf"], None),
         ("litert fp32", models["tflite_fp32"], None),
         ("litert fp16", models["tflite_fp16"], None),
         ("litert int8", models["tflite_int8"], None),
@@ -86,7 +109,36 @@ def runtimes(models: dict[str, Path], bf16: bool) -> list[tuple[str, Path, OpenV
     ]
     if bf16:
         chosen.append(("openvino bf16", models["onnx"], OpenVinoSettings("CPU", "bf16")))
-    return chosen + [("openvino int8", models["onnx_int8"], OpenVinoSettings("CPU", "f32"))]
+    return chosen + [
+        ("openvino int8", models["onnx_int8"], OpenVinoSettings("CPU", "f32")),
+        ("openvino int8 NNCF accuracy control", models["onnx_int8_nncf"], OpenVinoSettings("CPU", "f32")),
+    ]
+
+
+def run_data(run: Path) -> dict[str, np.ndarray]:
+    """The run's own data set as `data.npz` holds it, at the model's size.
+
+    Returns:
+        "train" (what int8 calibrates on), "holdout" (the good images that
+        calibrated the run's thresholds), "test", "test_masks" and "labels"
+        (every test image).
+    """
+    from riad_tf.data import split_good
+    from riad_tf.image_files import load_arrays, load_split
+    from riad_tf.run import load_config, load_data_spec, representative_images
+
+    config = load_config(run)
+    split, _ = load_split(load_data_spec(run), skip_unreadable=True)
+    _, _, calibration = split_good(split.train, config.val_fraction, config.calibration_fraction, config.seed)
+    test, masks = load_arrays(split.test, config, with_masks=True)
+    labels = np.array([sample.label for sample in split.test])
+    return dict(
+        train=representative_images(run),
+        holdout=load_arrays(calibration, config),
+        test=test,
+        test_masks=masks,
+        labels=labels,
+    )
 
 
 def score(runner: Runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -101,7 +153,7 @@ def main(argv=None) -> None:
     from riad_tf import metrics
 
     args = parse_args(argv)
-    data = np.load(args.data)
+    data = np.load(args.data) if args.data else run_data(args.run)
     models = export(args.run, args.out or args.run / "export-runtimes", data["train"][:TRAINING_IMAGES])
     facts = cpu_facts()
     only = set(args.only.split(",")) if args.only else None

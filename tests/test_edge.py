@@ -503,6 +503,36 @@ def test_build_commands_for_the_device(toy_unet):
     assert "--fp16" in trt_build.build_commands(toy_unet, "fp16")["riad-edge"]
 
 
+def test_an_int8_qdq_onnx_builds_without_calibration_and_only_with_symmetric_activations(toy_unet, tmp_path):
+    import dataclasses
+    import shutil
+
+    from edge import trt_build
+    from edge.errors import ConfigError, InputError
+    from edge.metadata import update_metadata
+
+    def qdq(name: str, quantization: str) -> Path:
+        path = tmp_path / f"{name}.onnx"
+        shutil.copy(toy_unet, path)
+        shutil.copy(toy_unet.with_name(f"{toy_unet.stem}.masks.npy"), tmp_path / f"{toy_unet.stem}.masks.npy")
+        metadata = read_metadata(toy_unet)
+        update_metadata(
+            path, dataclasses.replace(metadata, model_file=path.name, precision="int8", quantization=quantization)
+        )
+        return path
+
+    symmetric = qdq("symmetric", "QDQ, per-channel 7-bit int8 weights, int8 symmetric activations, minmax ranges")
+    commands = trt_build.build_commands(symmetric, "int8")
+    assert "--calib" not in commands["riad-edge"] and "--calib" not in commands["trtexec"]  # the scales are inside
+    metadata, _, _ = trt_build._checked_build(symmetric, None, "int8", calibration=None)
+    assert trt_build.explicit_int8(metadata)
+    with pytest.raises(ConfigError, match="builds an INT8 engine only"):
+        trt_build._checked_build(symmetric, None, "fp16", calibration=None)
+    unsigned = qdq("unsigned", "QDQ, per-channel 7-bit int8 weights, uint8 activations, minmax ranges")
+    with pytest.raises(InputError, match="--int8-activations symmetric"):
+        trt_build._checked_build(unsigned, None, "int8", calibration=None)
+
+
 def test_engine_metadata_describes_a_trtexec_engine(toy_unet, tmp_path):
     from edge.cli import main
 

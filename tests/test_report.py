@@ -375,3 +375,21 @@ def test_true_outline_is_drawn_on_the_input_and_the_threshold_fits_the_colour_ba
 
     high = Evaluation(**{**data, "thresholds": {"image": 5.0, "region": 5.0}})
     assert report.map_scale(high) >= 5.0 > data["maps"].max()  # the threshold's mark stays on the bar
+
+
+def test_a_full_disk_names_the_report_file_not_its_temporary_folder(tmp_path, monkeypatch):
+    import errno
+
+    from edge.errors import OutputError
+    from edge.files import atomic_path
+
+    def full_disk(fig, path):
+        with atomic_path(path):  # as a real write fails: OutputError naming the file being written
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "save_figure", full_disk)
+    with pytest.raises(OutputError) as caught:
+        write_report(tmp_path / "report", **fake_evaluation(), max_examples=1)
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "report" / "")) and "No space left on device" in message
+    assert ".report." not in message  # not the temporary folder, which is gone

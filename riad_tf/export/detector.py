@@ -27,7 +27,7 @@ from riad_tf.accuracy_check import CheckImages, Tolerance, check_accuracy
 from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import input_spec
 from riad_tf.export.metadata import verify_model, write_model
-from riad_tf.export.onnx import Int8Recipe, convert_onnx, quantize_onnx
+from riad_tf.export.onnx import Int8Recipe, convert_onnx, onnx_unet_nodes, quantize_onnx
 from riad_tf.export.tensorrt import export_engine
 from riad_tf.export.tflite import convert_tflite
 from riad_tf.run import load_detector, load_preprocessing, load_thresholds, record_exports
@@ -176,7 +176,7 @@ def export_detector(detector, out_dir, **options) -> dict[str, Path]:
         path = out_dir / f"{stem}_{precision}.tflite"
         written.update(write_model(path, model, precision, quantization, None, common))
     if "onnx" in formats:
-        _write_onnx(detector, out_dir / f"{stem}.onnx", onnx_int8, calibration, common, written, opts.int8_recipe)
+        _write_onnx(detector, out_dir / f"{stem}.onnx", onnx_int8, calibration, common, written, opts)
     if opts.verify:
         probe = representative[:4] if representative is not None else _probe_images(config, opts.uint8_input)
         _verify_written(written, detector, probe, precision)
@@ -207,14 +207,7 @@ def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> No
     if opts.check_images is None:
         log.warning("export: no real images to check the reduced-precision models on; check them yourself")
         return
-    given = opts.check_images
-    defective = _prepare_images(given.defective, detector.config, opts.uint8_input)
-    images = dataclasses.replace(
-        given,
-        good=_prepare_images(given.good, detector.config, opts.uint8_input),
-        defective=defective,
-        masks=None if given.masks is None or defective is None else given.masks[: len(defective)],
-    )
+    images = _prepared_check_images(opts, detector.config)
     for kind in reduced:
         path = written[kind]
         try:
@@ -234,6 +227,18 @@ def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> No
         write_metadata(path, dataclasses.replace(metadata, verification=verification))
 
 
+def _prepared_check_images(opts: ExportOptions, config) -> CheckImages:
+    """The export's check images at the model's input size and dtype."""
+    given = opts.check_images
+    defective = _prepare_images(given.defective, config, opts.uint8_input)
+    return dataclasses.replace(
+        given,
+        good=_prepare_images(given.good, config, opts.uint8_input),
+        defective=defective,
+        masks=None if given.masks is None or defective is None else given.masks[: len(defective)],
+    )
+
+
 def _onnx_int8(formats, precision: str, representative, trt: bool) -> bool:
     """Whether the ONNX gets an int8 copy (quantized in ONNX Runtime); warns when a precision cannot apply to it."""
     if precision == "int8" and trt and representative is None:
@@ -248,8 +253,10 @@ def _onnx_int8(formats, precision: str, representative, trt: bool) -> bool:
     return onnx_int8
 
 
-def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, written: dict, recipe: Int8Recipe) -> None:
-    """The float32 ONNX at `path`, and with `int8` its int8 copy beside it; adds them to `written`."""
+def _write_onnx(
+    detector, path: Path, int8: bool, calibration, common: dict, written: dict, opts: ExportOptions
+) -> None:
+    """The float32 ONNX at `path`, and with `int8` its int8 copy beside it (`opts.int8_recipe`); adds them to `written`."""
     log.info("export: converting to ONNX")
     spec, bare_unet = common["spec"], common["bare_unet"]
     model, scope = convert_onnx(detector, spec, bare_unet)
@@ -259,9 +266,27 @@ def _write_onnx(detector, path: Path, int8: bool, calibration, common: dict, wri
     if scope is None and not bare_unet:
         raise ExportError(f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph", written)
     log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
-    model, quantization = quantize_onnx(model, None if bare_unet else scope, calibration, spec.shape[0], recipe)
+    if opts.int8_recipe.quantizer == "nncf":
+        model, quantization = _nncf_int8(model, scope, calibration, spec.shape[0], detector.config, opts, written)
+    else:
+        model, quantization = quantize_onnx(
+            model, None if bare_unet else scope, calibration, spec.shape[0], opts.int8_recipe
+        )
     int8_path = path.with_name(f"{path.stem}_int8.onnx")
     written.update(write_model(int8_path, model, "int8", quantization, scope, common, key="onnx_int8"))
+
+
+def _nncf_int8(model: bytes, scope, calibration, batch, config, opts: ExportOptions, written: dict):
+    """`riad_tf.export.nncf_int8.quantize_accuracy_controlled` on the whole detector, checked on the export's images."""
+    import onnx
+
+    from riad_tf.export.nncf_int8 import quantize_accuracy_controlled
+
+    if opts.check_images is None or opts.bare_unet:
+        raise ExportError("int8 with accuracy control needs the whole detector and real images to check it on", written)
+    unet_nodes = onnx_unet_nodes(onnx.load_from_string(model).graph, scope)
+    images = _prepared_check_images(opts, config)
+    return quantize_accuracy_controlled(model, unet_nodes, calibration, batch, images, opts.tolerance)
 
 
 def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:

@@ -88,6 +88,9 @@ class Int8Recipe:
             TensorRT's explicit quantization expects) instead of uint8 ones.
         float_layers: starts of Keras layer names of the U-Net (`riad_tf.model`)
             whose nodes stay float32, e.g. `("enc1", "out_conv")`.
+        quantizer: "onnxruntime" (`quantize_onnx`, with the fields above) or
+            "nncf": NNCF's quantization with accuracy control on the export's
+            check images (`riad_tf.export.nncf_int8`; the fields above do not apply).
     """
 
     ranges: str = "minmax"
@@ -95,6 +98,7 @@ class Int8Recipe:
     weight_bits: int = 7
     symmetric_activations: bool = False
     float_layers: tuple[str, ...] = ()
+    quantizer: str = "onnxruntime"
 
     def describe(self) -> str:
         """One line for the metadata's `quantization`."""
@@ -142,7 +146,7 @@ def quantize_onnx(
             # symbolic shape inference cannot follow the masking and scoring ops.
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
-            unet_nodes = [node.name for node in graph.node] if scope is None else _onnx_unet_nodes(graph, scope)
+            unet_nodes = [node.name for node in graph.node] if scope is None else onnx_unet_nodes(graph, scope)
             kept_float = set(layer_nodes(graph, recipe.float_layers))
             quantize_static(
                 str(prepared),
@@ -186,7 +190,7 @@ def layer_nodes(graph, layers) -> list[str]:
     return [node.name for node in graph.node if any(pattern.search(name) for name in (node.name, *node.input))]
 
 
-def _onnx_unet_nodes(graph, scope: str) -> list[str]:
+def onnx_unet_nodes(graph, scope: str) -> list[str]:
     """Names of the U-Net's nodes in a whole-detector ONNX graph.
 
     tf2onnx keeps the TensorFlow name scope on most nodes but gives some it

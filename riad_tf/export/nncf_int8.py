@@ -1,0 +1,133 @@
+"""int8 ONNX by NNCF's quantization with accuracy control: the layers that cost the most stay float32.
+
+`quantize_accuracy_controlled` hands the float32 ONNX to NNCF
+(`nncf.quantize_with_accuracy_control`, which takes an `onnx.ModelProto`): it
+quantizes the U-Net's nodes (per-channel symmetric weights, QDQ), scores the
+export check's real images (`riad_tf.accuracy_check.CheckImages`) with the
+result and, while the accuracy is off by more than the tolerance, puts back in
+float32 the layers whose quantization costs the most. The metric it watches
+is `tolerance_share`: the largest of the map error and the image and pixel
+AUROC drops against float32, each as a share of its tolerance, so "within
+tolerance" means the same here as in the export's own check, which runs after.
+
+Needs the `nncf` package (the `[int8]` extra).
+
+Example:
+
+>>> record = {"map_error": 0.25, "image_auroc": {"float32": 0.75, "model": 0.7421875}}
+>>> tolerance_share(record, Tolerance(max_auroc_drop=1.0, max_map_error=0.5))  # the AUROC drop: 0.78 of 1 point
+0.78125
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from riad_tf.accuracy_check import CheckImages, Tolerance, accuracy_record
+from riad_tf.export.errors import ExportError
+from riad_tf.export.graph import INPUT_NAME
+
+log = logging.getLogger(__name__)
+
+
+def tolerance_share(record: dict, tolerance: Tolerance) -> float:
+    """The largest change of `record` (`accuracy_record`) as a share of `tolerance`: 0 for float32, 1 at its edge."""
+    shares = [record["map_error"] / tolerance.max_map_error]
+    for key in ("image_auroc", "pixel_auroc"):
+        if key in record:
+            drop = 100 * (record[key]["float32"] - record[key]["model"])
+            shares.append(max(drop, 0.0) / tolerance.max_auroc_drop)
+    return float(max(shares))
+
+
+def run_onnx(model, images: np.ndarray, batch: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Maps and scores of an `onnx.ModelProto` detector on `images`, in ONNX Runtime, `batch` at a time (None: 1)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    step = batch or 1
+    maps, scores = [], []
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        filled = np.concatenate([chunk, images[: step - len(chunk)]]) if len(chunk) < step else chunk
+        chunk_maps, chunk_scores = session.run(None, {INPUT_NAME: filled})
+        maps.append(chunk_maps[: len(chunk)])
+        scores.append(np.reshape(chunk_scores, -1)[: len(chunk)])
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def quantize_accuracy_controlled(
+    model: bytes,
+    unet_nodes: list[str],
+    calibration: np.ndarray,
+    batch: int | None,
+    check: CheckImages,
+    tolerance: Tolerance,
+) -> tuple[bytes, str]:
+    """int8 ONNX detector whose accuracy on `check` stays within `tolerance` of float32, or float32 layers put back.
+
+    Args:
+        model: the float32 ONNX detector (images -> maps, scores).
+        unet_nodes: the names of its U-Net's nodes; every other node stays float32.
+        calibration: images the model takes, to set the activation ranges.
+        batch: the model's fixed batch, None for a dynamic one.
+        check: real images at the model's input size and dtype (held-out good, and defective when the run has them).
+        tolerance: how far the int8 model may move (`Tolerance`).
+
+    Returns:
+        (model bytes, one line saying what was quantized).
+
+    Raises:
+        ExportError: nncf is missing, or the quantization failed.
+    """
+    try:
+        import nncf
+        import onnx
+    except ImportError as err:
+        raise ExportError(f"int8 with accuracy control needs nncf ({err}); pip install 'riad-tf[int8]'") from None
+    proto = onnx.load_from_string(model)
+    images = check.all()
+    reference_maps, reference_scores = run_onnx(proto, images, batch)
+
+    def share_kept(
+        candidate, _items
+    ) -> float:  # NNCF's metric: higher is better; float32 gives 1, not 0 (NNCF divides)
+        maps, scores = run_onnx(candidate, images, batch)
+        return 1.0 - tolerance_share(accuracy_record(maps, scores, reference_maps, reference_scores, check), tolerance)
+
+    step = batch or 1
+    chunks = [calibration[i : i + step] for i in range(0, len(calibration) - step + 1, step)]
+    unet = set(unet_nodes)
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            proto,
+            nncf.Dataset(chunks, lambda chunk: {INPUT_NAME: chunk}),
+            nncf.Dataset([None]),  # `share_kept` scores every check image itself
+            validation_fn=share_kept,
+            max_drop=1.0,  # one tolerance: the export's own check then passes
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(chunks),
+            ignored_scope=nncf.IgnoredScope(names=[node.name for node in proto.graph.node if node.name not in unet]),
+        )
+    except Exception as err:  # nncf raises many types; report one line
+        message = str(err).splitlines()[0] if str(err) else repr(err)
+        raise ExportError(f"int8 ONNX quantization with accuracy control failed: {message}") from err
+    kept_float = _float_layers(quantized, unet)
+    return quantized.SerializeToString(), (
+        f"int8 U-Net by NNCF with accuracy control (QDQ, per-channel symmetric int8 weights), calibrated on "
+        f"{len(calibration)} images and checked on {check.count} real ones; "
+        + (f"{len(kept_float)} U-Net nodes left float32; " if kept_float else "")
+        + "masking, assembly (Eq. 2) and scoring (Eq. 3-10) float32"
+    )
+
+
+def _float_layers(model, unet: set[str]) -> list[str]:
+    """The U-Net's convolutions that no DequantizeLinear feeds: those NNCF left (or put back) in float32."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.name in unet and node.op_type == "Conv" and not any(i in dequantized for i in node.input)
+    ]

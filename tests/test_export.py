@@ -91,6 +91,15 @@ def _textures(count, seed):
     return np.stack([woven_texture(SIZE, rng) for _ in range(count)])
 
 
+def texture_files(folder, count, seed=21):
+    """`count` textures saved as PNG files 0.png, 1.png, ... in `folder`; returns the folder."""
+    from PIL import Image
+
+    for index, texture in enumerate(_textures(count, seed)):
+        Image.fromarray(np.round(texture * 255).astype(np.uint8)).save(folder / f"{index}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def detector():
     import keras
@@ -518,28 +527,27 @@ def test_int8_export_refuses_a_model_whose_maps_it_breaks(int8_case, tmp_path):
     assert not accuracy["passed"] and accuracy["map_error"] > 0.1
 
 
-def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_maps(int8_case, tmp_path):
-    pytest.importorskip("nncf", reason="the [int8] extra")
+def _int8_onnx(detector, int8_case, folder, **recipe) -> Path:
+    """`detector`'s int8 ONNX by `Int8Recipe(**recipe)`, calibrated and checked on the int8 case's images."""
     from riad_tf.export import export_detector
     from riad_tf.export.onnx import Int8Recipe
 
-    detector, train, check = int8_case
-    broken = _with_outlier_channel(detector)  # ONNX Runtime's int8 of it is refused (the test above)
-    written = export_detector(
-        broken,
-        tmp_path,
-        formats=("onnx",),
-        precision="int8",
-        batch=None,
-        representative_images=train[:32],
-        check_images=check,
-        int8_recipe=Int8Recipe(quantizer="nncf"),
-    )
-    metadata = read_metadata(written["onnx_int8"])
+    _, train, check = int8_case
+    options = dict(formats=("onnx",), precision="int8", batch=None, representative_images=train[:32])
+    return export_detector(detector, folder, check_images=check, int8_recipe=Int8Recipe(**recipe), **options)[
+        "onnx_int8"
+    ]
+
+
+def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_maps(int8_case, tmp_path):
+    pytest.importorskip("nncf", reason="the [int8] extra")
+    broken = _with_outlier_channel(int8_case[0])  # ONNX Runtime's int8 of it is refused (the test above)
+    model = _int8_onnx(broken, int8_case, tmp_path, quantizer="nncf")
+    metadata = read_metadata(model)
     accuracy = metadata.verification["accuracy"]
     print(f"NNCF int8 of the outlier-channel model: {metadata.quantization}; export check {accuracy}")
     assert accuracy["passed"] and "NNCF with accuracy control" in metadata.quantization
-    quantized, float_convolutions = _onnx_convolutions(written["onnx_int8"])
+    quantized, _ = _onnx_convolutions(model)
     assert quantized >= 5  # most of the U-Net is still int8
 
 
@@ -547,26 +555,13 @@ def test_symmetric_activations_give_the_qdq_model_tensorrt_builds_from(int8_case
     import onnx
     from onnx import numpy_helper
 
-    from riad_tf.export import export_detector
-    from riad_tf.export.onnx import Int8Recipe
-
-    detector, train, check = int8_case
-    written = export_detector(
-        detector,
-        tmp_path,
-        formats=("onnx",),
-        precision="int8",
-        batch=None,
-        representative_images=train[:32],
-        check_images=check,
-        int8_recipe=Int8Recipe(symmetric_activations=True),
-    )
-    graph = onnx.load(str(written["onnx_int8"])).graph
+    model = _int8_onnx(int8_case[0], int8_case, tmp_path, symmetric_activations=True)
+    graph = onnx.load(str(model)).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     zero_points = [constants[node.input[2]] for node in graph.node if node.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # int8, zero point 0
-    assert read_metadata(written["onnx_int8"]).verification["accuracy"]["passed"]
-    assert "int8 symmetric activations" in read_metadata(written["onnx_int8"]).quantization
+    metadata = read_metadata(model)
+    assert metadata.verification["accuracy"]["passed"] and "int8 symmetric activations" in metadata.quantization
 
 
 def _onnx_convolutions(path) -> tuple[int, int]:

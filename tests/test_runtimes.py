@@ -14,8 +14,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-from test_export import THRESHOLDS, _config, _textures
+from test_export import THRESHOLDS, _config, _textures, texture_files
 
 from edge.cli import main
 from edge.embedded import FILE_FACTS, read_embedded
@@ -43,9 +42,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
-    for index, texture in enumerate(_textures(5, seed=21)):
-        Image.fromarray(np.round(texture * 255).astype(np.uint8)).save(folder / f"{index}.png")
-    return folder
+    return texture_files(folder, 5)
 
 
 def _records(result) -> list[dict]:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-from test_export import _config, _textures
+from test_export import _config, texture_files
 
 from edge.cli import main as edge_main
 from edge.embedded import read_embedded
@@ -39,9 +37,7 @@ def _infer(model, images) -> list[dict]:
 @pytest.fixture(scope="module")
 def good_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("good")
-    for index, texture in enumerate(_textures(6, seed=21)):
-        Image.fromarray(np.round(texture * 255).astype(np.uint8)).save(folder / f"{index}.png")
-    return folder
+    return texture_files(folder, 6)
 
 
 @pytest.fixture(scope="module")

@@ -537,7 +537,7 @@ def export(
             bare_unet=bare_unet,
             trt=trt,
             representative_images=representative,
-            check_images=check_images(run_dir) if precision != "fp32" else None,
+            check_images=check_images(run_dir, _check_limit(int8_quantizer)) if precision != "fp32" else None,
             tolerance=Tolerance(max_auroc_drop, max_map_error),
             keep_inaccurate=keep_inaccurate,
             int8_recipe=Int8Recipe(symmetric_activations=int8_activations == "symmetric", quantizer=int8_quantizer),
@@ -546,6 +546,13 @@ def export(
         log.info(f"{kind}: {path}")
     if as_json:
         click.echo(json.dumps({k: str(v) for k, v in written.items()}))
+
+
+def _check_limit(int8_quantizer: str) -> int:
+    """Held-out good and defective images each for the export check: more when NNCF tunes on them."""
+    from riad_tf.run import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES
+
+    return ACCURACY_CONTROL_IMAGES if int8_quantizer == "nncf" else CHECK_IMAGES
 
 
 @main.command(cls=_TensorFlowCommand)

@@ -62,7 +62,7 @@ def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
     """Every export of the run, in `out` (reused when there): {name: model file}."""
     from riad_tf.export import export_run
     from riad_tf.export.onnx import Int8Recipe
-    from riad_tf.run import check_images
+    from riad_tf.run import ACCURACY_CONTROL_IMAGES, check_images
 
     int8 = dict(formats=("onnx",), precision="int8", batch=None)
     models = {
@@ -76,7 +76,9 @@ def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
         "onnx_int8_nncf": (
             out / "onnx-nncf",
             "riad_int8.onnx",
-            dict(int8, int8_recipe=Int8Recipe(quantizer="nncf"), check_images=check_images(run)),
+            dict(
+                int8, int8_recipe=Int8Recipe(quantizer="nncf"), check_images=check_images(run, ACCURACY_CONTROL_IMAGES)
+            ),
         ),
     }
     for precision in ("fp32", "fp16", "int8"):

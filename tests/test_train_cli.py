@@ -107,7 +107,7 @@ def test_evaluate_and_predict(trained_run, dataset, tmp_path):
     images = sorted((dataset / "test" / "scratch").glob("*.png"))[:2]
     result = runner.invoke(main, ["predict", str(trained_run), *map(str, images), "--maps-dir", str(tmp_path / "maps")])
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in result.output.strip().splitlines()]
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in images]
     assert all(isinstance(r["anomalous"], bool) and Path(r["map"]).is_file() for r in records)
 

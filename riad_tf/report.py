@@ -205,8 +205,9 @@ def _panel_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
         ax.imshow(_as_rgb(array), interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
-    _draw_outlines(fig, axes[0], data, i)
-    _draw_map(fig, axes[-1], data, i, map_vmax)
+    regions = None if data.pixel_threshold is None else data.region_mask(i)  # once: labelling regions is not free
+    _draw_outlines(axes[0], None if data.masks is None else data.masks[i], regions)
+    _draw_map(fig, axes[-1], data.maps[i], data.pixel_threshold, regions, map_vmax)
     verdict, correct = data.verdict(i)
     fig.suptitle(f"{_shorten(data.names[i])}\n{verdict}", fontsize=10, color="black" if correct else "firebrick")
     return fig
@@ -215,31 +216,37 @@ def _panel_figure(i: int, data: "Evaluation", map_vmax: float) -> Figure:
 TRUTH_COLOUR, PREDICTED_COLOUR = "lime", "magenta"
 
 
-def _draw_outlines(fig: Figure, ax, data: "Evaluation", i: int) -> None:
-    """The ground truth (solid) and the predicted regions (dashed) outlined on the input, with a key below."""
+def _draw_outlines(ax, truth, regions) -> None:
+    """The ground truth (solid) and the predicted regions (dashed) outlined on the input, with a key below.
+
+    Args:
+        ax: the input's axes.
+        truth: the image's ground-truth mask, or None without masks.
+        regions: its pixels in regions above the region threshold, or None without thresholds.
+    """
     key = []
-    if data.masks is not None:
+    if truth is not None:
         key.append(f"truth: solid {TRUTH_COLOUR}")
-        if data.masks[i].any():
-            ax.contour(data.masks[i], levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.2)
-    if data.pixel_threshold is not None:
+        if truth.any():
+            ax.contour(truth, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.2)
+    if regions is not None:
         key.append(f"predicted: dashed {PREDICTED_COLOUR}")
-        if data.region_mask(i).any():
-            ax.contour(data.region_mask(i), levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.2, linestyles="--")
+        if regions.any():
+            ax.contour(regions, levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.2, linestyles="--")
     if key:
         ax.text(0.0, -0.04, "\n".join(key), transform=ax.transAxes, fontsize=7, va="top")
 
 
-def _draw_map(fig: Figure, ax, data: "Evaluation", i: int, map_vmax: float) -> None:
+def _draw_map(fig: Figure, ax, anomaly_map, threshold: float | None, regions, map_vmax: float) -> None:
     """The map over the input, one colour scale for every image, the region threshold marked on its colour bar."""
-    shown = ax.imshow(data.maps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=map_vmax, interpolation="nearest")
+    shown = ax.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=0.0, vmax=map_vmax, interpolation="nearest")
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     bar.ax.tick_params(labelsize=7)
-    if data.pixel_threshold is not None:
-        bar.ax.axhline(data.pixel_threshold, color="black", linewidth=2.5)
-        bar.ax.axhline(data.pixel_threshold, color="white", linewidth=1.0)
-        if data.region_mask(i).any():
-            ax.contour(data.region_mask(i), levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.0, linestyles="--")
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="black", linewidth=2.5)
+        bar.ax.axhline(threshold, color="white", linewidth=1.0)
+    if regions is not None and regions.any():
+        ax.contour(regions, levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.0, linestyles="--")
 
 
 def map_scale(data: "Evaluation") -> float:

@@ -159,6 +159,8 @@ def export_detector(detector, out_dir, **options) -> dict[str, Path]:
     if not detector.built:  # Keras exports only built models; one call builds it
         detector(tf.zeros((1, *config.input_shape)))
     representative = _prepare_images(opts.representative_images, config, opts.uint8_input)
+    if opts.check_images is not None:  # once, for NNCF and for the accuracy check
+        opts = dataclasses.replace(opts, check_images=_prepared_check_images(opts, config))
     onnx_int8 = _onnx_int8(formats, precision, representative, opts.trt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +209,7 @@ def _check_reduced_precision(written: dict, detector, opts: ExportOptions) -> No
     if opts.check_images is None:
         log.warning("export: no real images to check the reduced-precision models on; check them yourself")
         return
-    images = _prepared_check_images(opts, detector.config)
+    images = opts.check_images
     for kind in reduced:
         path = written[kind]
         try:
@@ -267,7 +269,7 @@ def _write_onnx(
         raise ExportError(f"int8: cannot find the U-Net's layers ({detector.unet.name}) in the ONNX graph", written)
     log.info(f"export: quantizing the ONNX U-Net to int8 on {len(calibration)} calibration inputs")
     if opts.int8_recipe.quantizer == "nncf":
-        model, quantization = _nncf_int8(model, scope, calibration, spec.shape[0], detector.config, opts, written)
+        model, quantization = _nncf_int8(model, scope, calibration, spec.shape[0], opts, written)
     else:
         model, quantization = quantize_onnx(
             model, None if bare_unet else scope, calibration, spec.shape[0], opts.int8_recipe
@@ -276,7 +278,7 @@ def _write_onnx(
     written.update(write_model(int8_path, model, "int8", quantization, scope, common, key="onnx_int8"))
 
 
-def _nncf_int8(model: bytes, scope, calibration, batch, config, opts: ExportOptions, written: dict):
+def _nncf_int8(model: bytes, scope, calibration, batch, opts: ExportOptions, written: dict):
     """`riad_tf.export.nncf_int8.quantize_accuracy_controlled` on the whole detector, checked on the export's images."""
     import onnx
 
@@ -285,8 +287,7 @@ def _nncf_int8(model: bytes, scope, calibration, batch, config, opts: ExportOpti
     if opts.check_images is None or opts.bare_unet:
         raise ExportError("int8 with accuracy control needs the whole detector and real images to check it on", written)
     unet_nodes = onnx_unet_nodes(onnx.load_from_string(model).graph, scope)
-    images = _prepared_check_images(opts, config)
-    return quantize_accuracy_controlled(model, unet_nodes, calibration, batch, images, opts.tolerance)
+    return quantize_accuracy_controlled(model, unet_nodes, calibration, batch, opts.check_images, opts.tolerance)
 
 
 def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ error of that tensor's own quantization.
 
     python3 -m experiments.int8_check runs/partitions/seed-0/riad-tf-40 \
         --data runs/partitions/seed-0/data.npz --out runs/int8 --recipes minmax,percentile
+    python3 -m experiments.int8_check runs/magnetic_tile/riad --recipes minmax,float-ends   # the run's own data
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from riad_tf.accuracy_check import map_error
 from riad_tf.export.onnx import Int8Recipe
+from scripts.runtime_accuracy import run_data
 
 RECIPES = {
     "minmax": Int8Recipe(),
@@ -47,7 +49,9 @@ BATCH = 8
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a trained riad-tf run (model.keras, config.yaml)")
-    parser.add_argument("--data", type=Path, required=True, help="data.npz of experiments/compare_reference.py")
+    parser.add_argument(
+        "--data", type=Path, help="data.npz of experiments/compare_reference.py (default: the run's own data set)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/int8"))
     parser.add_argument("--recipes", default="minmax", help="comma-separated, from: " + ", ".join(RECIPES))
     parser.add_argument("--calibration", type=int, default=64, help="images to calibrate on")
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
     from riad_tf import metrics
 
     args = parse_args(argv)
-    data = np.load(args.data)
+    data = np.load(args.data) if args.data else run_data(args.run)
     test, labels, masks = (data[k][:: args.every] for k in ("test", "labels", "test_masks"))
     calibration = data[args.calibrate_on][: args.calibration]
     fp32 = float_model(args.run, args.out)

@@ -46,6 +46,23 @@ class CheckImages:
     def all(self) -> np.ndarray:
         return self.good if self.defective is None else np.concatenate([self.good, self.defective])
 
+    def halves(self) -> tuple[CheckImages, CheckImages]:
+        """Two disjoint sets, every other image of each kind: one to tune a quantization on, one to judge it.
+
+        Example:
+
+        >>> tuning, judging = CheckImages(good=np.zeros((5, 8, 8, 1))).halves()
+        >>> tuning.count, judging.count
+        (3, 2)
+        """
+        halves = []
+        for start in (0, 1):
+            pick = slice(start, None, 2)
+            defective = None if self.defective is None else self.defective[pick]
+            masks = None if self.masks is None else self.masks[pick]
+            halves.append(CheckImages(self.good[pick], defective, masks))
+        return halves[0], halves[1]
+
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:

@@ -549,7 +549,7 @@ def export(
 
 
 def _check_limit(int8_quantizer: str) -> int:
-    """Held-out good and defective images each for the export check: more when NNCF tunes on them."""
+    """Held-out good and defective images each for the export check: more when NNCF tunes on half of them."""
     from riad_tf.run import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES
 
     return ACCURACY_CONTROL_IMAGES if int8_quantizer == "nncf" else CHECK_IMAGES

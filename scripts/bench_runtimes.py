@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """OpenVINO against ONNX Runtime on this CPU, in one run: images/s and agreement, fp32, int8 and bf16.
 
-Not a test. Exports one RIAD detector (default U-Net widths, `--image-size`,
-random weights: speed does not depend on training) to ONNX in float32 and with
-the U-Net quantized to int8 (`riad-tf export --onnx --precision int8`), then
-times every runtime configuration the CPU supports on the same inputs:
+Not a test. Exports one RIAD detector (default U-Net widths at `--image-size`,
+or a product's with `--config`; random weights: speed does not depend on
+training) to ONNX in float32 and with the U-Net quantized to int8 (`riad-tf
+export --onnx --precision int8`), then times every runtime configuration the
+CPU supports on the same inputs:
 
     onnxruntime fp32      riad.onnx on ONNX Runtime's CPU provider
     onnxruntime int8      riad_int8.onnx on ONNX Runtime
@@ -19,6 +20,7 @@ map difference to ONNX Runtime fp32 on the same images.
 
     python3 -m scripts.bench_runtimes                                  # about 6 min on 2 cores
     python3 -m scripts.bench_runtimes --model-dir export/ --batch-sizes 1,8 --json-file runtimes.json
+    python3 -m scripts.bench_runtimes --config configs/magnetic_tile.yaml   # that product's size, channels, widths
 
 Needs riad-tf's [tf] extra to export (skipped with --model-dir) and OpenVINO
 (`pip install 'riad-tf[openvino]'`).
@@ -41,8 +43,11 @@ from edge.runner import Runner
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="an export with riad.onnx (and riad_int8.onnx); default: export")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench-runtimes", help="where to export")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument(
+        "--out", type=Path, help="where to export (default: runs/bench-runtimes/CONFIG or default-SIZE)"
+    )
+    parser.add_argument("--image-size", type=int, help="square input size (default: the config's, or 128)")
+    parser.add_argument("--config", type=Path, help="a riad-tf YAML config: its size, channels and widths are timed")
     parser.add_argument("--batch-sizes", default="1,8", help="images per call (default: %(default)s)")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per batch size and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns every configuration takes")
@@ -51,29 +56,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sample_images(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """Woven textures `(count, size, size, 3)` in [0, 1], the synthetic data set's."""
+def sample_images(count: int, size: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """Woven textures `(count, size, size, channels)` in [0, 1], the synthetic data set's (grey: their mean)."""
     from riad_tf.synthetic import woven_texture
 
     rng = np.random.default_rng(seed)
-    return np.stack([woven_texture(size, rng) for _ in range(count)]).astype(np.float32)
+    images = np.stack([woven_texture(size, rng) for _ in range(count)]).astype(np.float32)
+    return images if channels == 3 else images.mean(axis=-1, keepdims=True)
 
 
-def export_models(out: Path, size: int) -> Path:
-    """riad.onnx and riad_int8.onnx of an untrained default-width detector at `size` px."""
+def timed_config(args):
+    """The `RiadConfig` whose U-Net is timed: `--config`'s or the defaults, at `--image-size` when given."""
+    import dataclasses
+
+    from riad_tf.config import RiadConfig
+
+    config = RiadConfig.load(args.config) if args.config else RiadConfig(image_size=(128, 128))
+    return dataclasses.replace(config, image_size=(args.image_size,) * 2) if args.image_size else config
+
+
+def export_models(out: Path, config) -> Path:
+    """riad.onnx and riad_int8.onnx of an untrained detector of `config` (reused when `out` has them)."""
     if (out / "riad.onnx").is_file() and (out / "riad_int8.onnx").is_file():
         return out
     from riad_tf.benchmark import untrained_detector
-    from riad_tf.config import RiadConfig
     from riad_tf.export import export_detector
 
     export_detector(
-        untrained_detector(RiadConfig(image_size=(size, size))),
+        untrained_detector(config),
         out,
         formats=("onnx",),
         precision="int8",
         batch=None,
-        representative_images=sample_images(32, size, seed=1),
+        representative_images=sample_images(32, config.image_size[0], seed=1, channels=config.channels),
         verify=False,
     )
     return out
@@ -95,14 +110,13 @@ def configurations(model_dir: Path, bf16: bool) -> list[tuple[str, Path, object]
 def measure(args, model_dir: Path) -> dict:
     facts = cpu_facts()
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    size = args.image_size
-    images = sample_images(max(batches), size, seed=2)
     runners = {}
     for name, path, openvino in configurations(model_dir, bool(facts["bf16"])):
-        runner = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=max(batches))
-        runners[name] = runner
-        size = runner.metadata.image_size[0]
-    probe = sample_images(4, size, seed=3)
+        runners[name] = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=max(batches))
+    metadata = runners["onnxruntime fp32"].metadata
+    size, channels = metadata.image_size[0], metadata.channels
+    images = sample_images(max(batches), size, seed=2, channels=channels)
+    probe = sample_images(4, size, seed=3, channels=channels)
     reference_maps, reference_scores = runners["onnxruntime fp32"](probe)
     seconds = {(name, b): [] for name in runners for b in batches}
     for _ in range(args.rounds):
@@ -128,6 +142,8 @@ def measure(args, model_dir: Path) -> dict:
         **facts,
         "threads": args.threads,
         "image_size": size,
+        "channels": channels,
+        "widths": list(metadata.config.get("widths", [])),
         "batch_sizes": batches,
         "rows": rows,
     }
@@ -151,11 +167,19 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model_dir = args.model_dir or export_models(args.out, args.image_size)
+    if args.model_dir:
+        model_dir = args.model_dir
+    else:
+        config = timed_config(args)
+        name = args.config.stem if args.config else "default"
+        model_dir = export_models(
+            args.out or Path("runs") / "bench-runtimes" / f"{name}-{config.image_size[0]}", config
+        )
     results = measure(args, model_dir)
     print(
         f"{results['cpu']}, {results['cores']} cores, bfloat16: {', '.join(results['bf16']) or 'none'}; "
-        f"{results['threads']} threads; {results['image_size']} px, default widths, random weights"
+        f"{results['threads']} threads; {results['image_size']} px, {results['channels']} channel(s), "
+        f"widths {results['widths']}, random weights"
     )
     print(table(results))
     if args.json_file:

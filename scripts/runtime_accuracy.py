@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
-    """Every export of the run, in `out` (reused when there): {name: model file}."""
+def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> dict[str, Path]:
+    """The `needed` exports of the run (and its float32 ONNX), in `out`, reused when there: {name: model file}."""
     from riad_tf.export import export_run
     from riad_tf.export.onnx import Int8Recipe
     from riad_tf.run import ACCURACY_CONTROL_IMAGES, check_images
@@ -90,31 +90,36 @@ def export(run: Path, out: Path, calibration: np.ndarray) -> dict[str, Path]:
         )
     paths = {}
     for name, (folder, filename, options) in models.items():
-        if options is not None and not (folder / filename).is_file():
+        wanted = name in needed or name == "onnx"  # riad.onnx is the reference, written with riad_int8.onnx
+        if wanted and options is not None and not (folder / filename).is_file():
             images = calibration if options["precision"] == "int8" else None
             export_run(run, folder, representative_images=images, **options)
         paths[name] = folder / filename
     return paths
 
 
-def runtimes(models: dict[str, Path], bf16: bool) -> list[tuple[str, Path, OpenVinoSettings | None]]:
-    """(name, model, OpenVINO settings or None for the model's own runtime), ONNX Runtime float32 first."""
+def runtimes(bf16: bool, only: set[str] | None) -> list[tuple[str, str, OpenVinoSettings | None]]:
+    """(name, export, OpenVINO settings or None for the model's own runtime), ONNX Runtime float32 first.
+
+    `only`: the names to keep besides ONNX Runtime float32 (None: all).
+    """
     chosen = [
-        ("onnxruntime fp32", models["onnx"], None),
-        ("onnxruntime int8", models["onnx_int8"], None),
-        ("onnxruntime int8 symmetric (TensorRT's QDQ)", models["onnx_int8_symmetric"], None),
-        ("onnxruntime int8 NNCF accuracy control", models["onnx_int8_nncf"], None),
-        ("litert fp32", models["tflite_fp32"], None),
-        ("litert fp16", models["tflite_fp16"], None),
-        ("litert int8", models["tflite_int8"], None),
-        ("openvino f32", models["onnx"], OpenVinoSettings("CPU", "f32")),
+        ("onnxruntime fp32", "onnx", None),
+        ("onnxruntime int8", "onnx_int8", None),
+        ("onnxruntime int8 symmetric (TensorRT's QDQ)", "onnx_int8_symmetric", None),
+        ("onnxruntime int8 NNCF accuracy control", "onnx_int8_nncf", None),
+        ("litert fp32", "tflite_fp32", None),
+        ("litert fp16", "tflite_fp16", None),
+        ("litert int8", "tflite_int8", None),
+        ("openvino f32", "onnx", OpenVinoSettings("CPU", "f32")),
     ]
     if bf16:
-        chosen.append(("openvino bf16", models["onnx"], OpenVinoSettings("CPU", "bf16")))
-    return chosen + [
-        ("openvino int8", models["onnx_int8"], OpenVinoSettings("CPU", "f32")),
-        ("openvino int8 NNCF accuracy control", models["onnx_int8_nncf"], OpenVinoSettings("CPU", "f32")),
+        chosen.append(("openvino bf16", "onnx", OpenVinoSettings("CPU", "bf16")))
+    chosen += [
+        ("openvino int8", "onnx_int8", OpenVinoSettings("CPU", "f32")),
+        ("openvino int8 NNCF accuracy control", "onnx_int8_nncf", OpenVinoSettings("CPU", "f32")),
     ]
+    return [row for i, row in enumerate(chosen) if i == 0 or only is None or row[0] in only]
 
 
 def run_data(run: Path) -> dict[str, np.ndarray]:
@@ -156,14 +161,13 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     data = np.load(args.data) if args.data else run_data(args.run)
-    models = export(args.run, args.out or args.run / "export-runtimes", data["train"][:TRAINING_IMAGES])
     facts = cpu_facts()
-    only = set(args.only.split(",")) if args.only else None
+    chosen = runtimes(bool(facts["bf16"]), set(args.only.split(",")) if args.only else None)
+    out = args.out or args.run / "export-runtimes"
+    models = export(args.run, out, data["train"][:TRAINING_IMAGES], {key for _, key, _ in chosen})
     rows, reference = [], {}
-    for name, path, openvino in runtimes(models, bool(facts["bf16"])):
-        if only and name not in only and reference:
-            continue
-        runner = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=BATCH)
+    for name, key, openvino in chosen:
+        runner = Runner.open(models[key], threads=args.threads, openvino=openvino, max_batch=BATCH)
         _, holdout_scores, _ = score(runner, data["holdout"])
         maps, scores, speed = score(runner, data["test"])
         summary = metrics.summarize(scores, data["labels"], maps, data["test_masks"])

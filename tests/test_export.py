@@ -540,6 +540,8 @@ def _int8_onnx(detector, int8_case, folder, **recipe) -> Path:
 
 
 def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_maps(int8_case, tmp_path):
+    import onnx
+
     pytest.importorskip("nncf", reason="the [int8] extra")
     broken = _with_outlier_channel(int8_case[0])  # ONNX Runtime's int8 of it is refused (the test above)
     model = _int8_onnx(broken, int8_case, tmp_path, quantizer="nncf")
@@ -547,8 +549,38 @@ def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_m
     accuracy = metadata.verification["accuracy"]
     print(f"NNCF int8 of the outlier-channel model: {metadata.quantization}; export check {accuracy}")
     assert accuracy["passed"] and "NNCF with accuracy control" in metadata.quantization
+    # NNCF tunes on every other check image; the export check judges its model on the others
+    tuned = int8_case[2].count // 2
+    assert f"tuned on {tuned} real ones" in metadata.quantization
+    assert accuracy["images"] + accuracy["defective"] == int8_case[2].count - tuned
     quantized, _ = _onnx_convolutions(model)
-    assert quantized >= 5  # most of the U-Net is still int8
+    assert quantized >= 5  # most of the U-Net is still int8 ...
+    graph = onnx.load(str(model)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    upsampling = [node for node in graph.node if node.name.endswith("/subpixel/conv")]
+    assert upsampling and any(node.input[1] in dequantized for node in upsampling)  # ... its upsampling included
+
+
+def test_nncf_tunes_on_every_other_check_image_and_the_check_judges_on_the_rest(int8_case):
+    from riad_tf.accuracy_check import CheckImages
+    from riad_tf.export.detector import MAX_CALIBRATION_IMAGES, ExportOptions, _split_check_images
+    from riad_tf.export.onnx import Int8Recipe
+
+    config = int8_case[0].config
+    count = MAX_CALIBRATION_IMAGES + 22  # more than int8 calibrates on: check images are not capped by that
+    rng = np.random.default_rng(5)
+    good, defective = rng.random((count, *config.image_size, 3)), rng.random((count, *config.image_size, 3))
+    masks = rng.random((count, *config.image_size)) > 0.9
+    opts = ExportOptions(check_images=CheckImages(good, defective, masks), int8_recipe=Int8Recipe(quantizer="nncf"))
+    plain = _split_check_images(opts, config, nncf=False)
+    assert plain.tuning_images is None and plain.check_images.count == 2 * count
+    split = _split_check_images(opts, config, nncf=True)
+    tuning, judging = split.tuning_images, split.check_images
+    assert tuning.count + judging.count == 2 * count and len(tuning.masks) == len(tuning.defective)
+    for kind in ("good", "defective"):
+        seen = {getattr(tuning, kind)[i].tobytes() for i in range(len(getattr(tuning, kind)))}
+        assert not any(getattr(judging, kind)[i].tobytes() in seen for i in range(len(getattr(judging, kind))))
+    np.testing.assert_array_equal(judging.masks, masks[1::2])  # each defective image keeps its own mask
 
 
 def test_symmetric_activations_give_the_qdq_model_tensorrt_builds_from(int8_case, tmp_path):
@@ -562,6 +594,10 @@ def test_symmetric_activations_give_the_qdq_model_tensorrt_builds_from(int8_case
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # int8, zero point 0
     metadata = read_metadata(model)
     assert metadata.verification["accuracy"]["passed"] and "int8 symmetric activations" in metadata.quantization
+    # the decoder's upsampling is a Conv + DepthToSpace in int8 (riad_tf.export.subpixel); float32 keeps it as it is
+    int8_ops = {node.op_type for node in graph.node}
+    float_ops = {node.op_type for node in onnx.load(str(model.with_name("riad.onnx"))).graph.node}
+    assert "ConvTranspose" not in int8_ops and "DepthToSpace" in int8_ops and "ConvTranspose" in float_ops
 
 
 def _onnx_convolutions(path) -> tuple[int, int]:

@@ -2,13 +2,15 @@
 
 `quantize_accuracy_controlled` hands the float32 ONNX to NNCF
 (`nncf.quantize_with_accuracy_control`, which takes an `onnx.ModelProto`): it
-quantizes the U-Net's nodes (per-channel symmetric weights, QDQ), scores the
-export check's real images (`riad_tf.accuracy_check.CheckImages`) with the
-result and, while the accuracy is off by more than the tolerance, puts back in
-float32 the layers whose quantization costs the most. The metric it watches
-is `tolerance_share`: the largest of the map error and the image and pixel
-AUROC drops against float32, each as a share of its tolerance, so "within
-tolerance" means the same here as in the export's own check, which runs after.
+quantizes the U-Net's nodes (per-channel symmetric weights, QDQ), scores real
+tuning images (`riad_tf.accuracy_check.CheckImages`) with the result and,
+while the accuracy is off by more than the tolerance, puts back in float32 the
+layers whose quantization costs the most. The metric it watches is
+`tolerance_share`: the largest of the map error and the image and pixel AUROC
+drops against float32, each as a share of its tolerance, so "within tolerance"
+means the same here as in the export's own check, which runs after on other
+images (`riad_tf.export.detector` gives NNCF every other check image and
+judges on the rest).
 
 Needs the `nncf` package (the `[int8]` extra).
 
@@ -28,6 +30,8 @@ import numpy as np
 from riad_tf.accuracy_check import CheckImages, Tolerance, accuracy_record
 from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import INPUT_NAME
+from riad_tf.export.onnx import onnx_unet_nodes
+from riad_tf.export.subpixel import subpixel_conv_transposes
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +64,22 @@ def run_onnx(model, images: np.ndarray, batch: int | None) -> tuple[np.ndarray, 
 
 def quantize_accuracy_controlled(
     model: bytes,
-    unet_nodes: list[str],
+    scope: str,
     calibration: np.ndarray,
     batch: int | None,
-    check: CheckImages,
+    tuning: CheckImages,
     tolerance: Tolerance,
 ) -> tuple[bytes, str]:
-    """int8 ONNX detector whose accuracy on `check` stays within `tolerance` of float32, or float32 layers put back.
+    """int8 ONNX detector whose accuracy on `tuning` stays within `tolerance` of float32, or float32 layers put back.
 
     Args:
         model: the float32 ONNX detector (images -> maps, scores).
-        unet_nodes: the names of its U-Net's nodes; every other node stays float32.
+        scope: the U-Net's name-scope prefix in the graph (`riad_tf.export.onnx.onnx_unet_nodes`); every
+            other node stays float32.
         calibration: images the model takes, to set the activation ranges.
         batch: the model's fixed batch, None for a dynamic one.
-        check: real images at the model's input size and dtype (held-out good, and defective when the run has them).
+        tuning: real images at the model's input size and dtype (held-out good, and defective when the run has
+            them), the only ones NNCF's choices are measured on.
         tolerance: how far the int8 model may move (`Tolerance`).
 
     Returns:
@@ -88,25 +94,26 @@ def quantize_accuracy_controlled(
     except ImportError as err:
         raise ExportError(f"int8 with accuracy control needs nncf ({err}); pip install 'riad-tf[int8]'") from None
     proto = onnx.load_from_string(model)
-    images = check.all()
+    subpixel_conv_transposes(proto)  # the decoder's upsampling in operators with int8 kernels
+    unet = set(onnx_unet_nodes(proto.graph, scope))  # after the rewrite: its nodes are the U-Net's too
+    images = tuning.all()
     reference_maps, reference_scores = run_onnx(proto, images, batch)
 
     def share_kept(
         candidate, _items
     ) -> float:  # NNCF's metric: higher is better; float32 gives 1, not 0 (NNCF divides)
         maps, scores = run_onnx(candidate, images, batch)
-        return 1.0 - tolerance_share(accuracy_record(maps, scores, reference_maps, reference_scores, check), tolerance)
+        return 1.0 - tolerance_share(accuracy_record(maps, scores, reference_maps, reference_scores, tuning), tolerance)
 
     step = batch or 1
     chunks = [calibration[i : i + step] for i in range(0, len(calibration) - step + 1, step)]
-    unet = set(unet_nodes)
     try:
         quantized = nncf.quantize_with_accuracy_control(
             proto,
             nncf.Dataset(chunks, lambda chunk: {INPUT_NAME: chunk}),
-            nncf.Dataset([None]),  # `share_kept` scores every check image itself
+            nncf.Dataset([None]),  # `share_kept` scores every tuning image itself
             validation_fn=share_kept,
-            max_drop=1.0,  # one tolerance: the export's own check then passes
+            max_drop=1.0,  # one tolerance, as in the export check that judges it on other images
             drop_type=nncf.DropType.ABSOLUTE,
             subset_size=len(chunks),
             ignored_scope=nncf.IgnoredScope(names=[node.name for node in proto.graph.node if node.name not in unet]),
@@ -117,7 +124,7 @@ def quantize_accuracy_controlled(
     kept_float = _float_layers(quantized, unet)
     return quantized.SerializeToString(), (
         f"int8 U-Net by NNCF with accuracy control (QDQ, per-channel symmetric int8 weights), calibrated on "
-        f"{len(calibration)} images and checked on {check.count} real ones; "
+        f"{len(calibration)} images and tuned on {tuning.count} real ones; "
         + (f"{len(kept_float)} U-Net nodes left float32; " if kept_float else "")
         + "masking, assembly (Eq. 2) and scoring (Eq. 3-10) float32"
     )

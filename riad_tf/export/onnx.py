@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import DETECTOR_OUTPUTS, INPUT_NAME, UNET_OUTPUTS, serving_fn, unet_scope
+from riad_tf.export.subpixel import subpixel_onnx
 
 ONNX_OPSET = 17  # TensorRT 8.6 and 10 parse it
 
@@ -115,6 +116,9 @@ def quantize_onnx(
 ) -> tuple[bytes, str]:
     """int8 ONNX for ONNX Runtime: the U-Net's nodes quantized statically (QDQ), the rest float32.
 
+    Its transposed convolutions are first rewritten as sub-pixel convolutions
+    (`riad_tf.export.subpixel`), which have int8 kernels.
+
     Args:
         model: the float32 ONNX.
         scope: the U-Net's name-scope prefix in a whole-detector graph; None for a bare U-Net.
@@ -141,7 +145,7 @@ def quantize_onnx(
     try:
         with tempfile.TemporaryDirectory(prefix="riad-onnx-int8-") as tmp:
             source, prepared, quantized = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
-            source.write_bytes(model)
+            source.write_bytes(subpixel_onnx(model))  # the decoder's upsampling in operators with int8 kernels
             # ONNX shape inference and ORT graph optimisation (BatchNorm folded into Conv); the
             # symbolic shape inference cannot follow the masking and scoring ops.
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)

@@ -550,7 +550,7 @@ def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_m
     print(f"NNCF int8 of the outlier-channel model: {metadata.quantization}; export check {accuracy}")
     assert accuracy["passed"] and "NNCF with accuracy control" in metadata.quantization
     # NNCF tunes on every other check image; the export check judges its model on the others
-    tuned = int8_case[2].count // 2
+    tuned = int8_case[2].halves()[0].count
     assert f"tuned on {tuned} real ones" in metadata.quantization
     assert accuracy["images"] + accuracy["defective"] == int8_case[2].count - tuned
     quantized, _ = _onnx_convolutions(model)

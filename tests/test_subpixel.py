@@ -65,3 +65,28 @@ def test_other_transposed_convolutions_are_left_alone(kernel_size, stride, pads,
     model = _conv_transpose_model(kernel_size, stride, pads, bias=False, **attributes)
     assert subpixel_conv_transposes(model) == 0
     assert [node.op_type for node in model.graph.node] == ["ConvTranspose"]
+
+
+def test_unnamed_nodes_get_distinct_names_and_a_computed_bias_is_left_alone():
+    rng = np.random.default_rng(2)
+    kernels = [numpy_helper.from_array(rng.standard_normal((3, 3, 4, 4), np.float32), f"W{i}") for i in (1, 2)]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "W1"], ["h"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["h", "W2"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["y", "W2", "b"], ["z"], strides=[2, 2], pads=[1, 1, 1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    b = helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [3])
+    z = helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "up3", [x, b], [z], kernels)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32), "b": np.ones(3, np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+    expected = run(model)
+    assert subpixel_conv_transposes(model) == 2  # the third's bias is computed, not a constant
+    assert [node.op_type for node in model.graph.node].count("ConvTranspose") == 1
+    assert "W2" in {t.name for t in model.graph.initializer}  # still read by the node left alone
+    np.testing.assert_allclose(run(model), expected, rtol=1e-4, atol=1e-4)

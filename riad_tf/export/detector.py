@@ -105,7 +105,9 @@ class ExportOptions:
         verify: run each exported model once and compare with Keras.
         check_images: real images (`riad_tf.accuracy_check.CheckImages`) on
             which every fp16 or int8 model is compared with float32; None
-            skips that check with a warning.
+            skips that check with a warning. With NNCF's int8 and no
+            `tuning_images`, NNCF tunes on every other one and every model
+            of the export is judged on the rest.
         tolerance: how far such a model may move (`Tolerance`) before the
             export refuses it.
         keep_inaccurate: keep a model over the tolerance, with a warning.
@@ -165,7 +167,7 @@ def export_detector(detector, out_dir, **options) -> dict[str, Path]:
         detector(tf.zeros((1, *config.input_shape)))
     representative = _prepare_images(opts.representative_images, config, opts.uint8_input, MAX_CALIBRATION_IMAGES)
     onnx_int8 = _onnx_int8(formats, precision, representative, opts.trt)
-    if opts.check_images is not None:  # once, for NNCF and for the accuracy check
+    if opts.check_images is not None or opts.tuning_images is not None:  # once, for NNCF and the accuracy check
         opts = _split_check_images(opts, config, nncf=onnx_int8 and opts.int8_recipe.quantizer == "nncf")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,14 +243,21 @@ def _split_check_images(opts: ExportOptions, config, nncf: bool) -> ExportOption
     tunes on, so a check on the same images would only say that it fitted
     them (on magnetic tile it did, and lost 5 AUPRO points on the test set).
     """
-    check = _prepared_images(opts.check_images, config, opts.uint8_input)
+    check = None if opts.check_images is None else _prepared_images(opts.check_images, config, opts.uint8_input)
     if not nncf:
         return dataclasses.replace(opts, check_images=check)
     if opts.tuning_images is not None:
         return dataclasses.replace(
             opts, check_images=check, tuning_images=_prepared_images(opts.tuning_images, config, opts.uint8_input)
         )
+    if check is None:
+        return opts
     tuning, judging = check.halves()
+    if min(len(tuning.good), len(judging.good)) == 0 or (check.defective is not None and len(check.defective) < 2):
+        raise ConfigError(
+            "int8 with accuracy control splits the check images in two, and needs at least 2 good ones "
+            "(and 2 defective ones where there are any)"
+        )
     log.info(f"export: NNCF tunes on {tuning.count} of the check images; the other {judging.count} judge its model")
     return dataclasses.replace(opts, check_images=judging, tuning_images=tuning)
 

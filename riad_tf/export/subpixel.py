@@ -63,9 +63,11 @@ def subpixel_conv_transposes(model) -> int:
 
     graph = model.graph
     constants = {tensor.name: tensor for tensor in graph.initializer}
-    rewritten = []
+    names = {node.name for node in graph.node}
+    rewritten, replaced = [], set()
     for index, node in enumerate(graph.node):
-        if node.op_type != "ConvTranspose" or node.input[1] not in constants:
+        bias_name = node.input[2] if len(node.input) > 2 else ""
+        if node.op_type != "ConvTranspose" or node.input[1] not in constants or bias_name not in {"", *constants}:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         kernel = numpy_helper.to_array(constants[node.input[1]])
@@ -73,11 +75,12 @@ def subpixel_conv_transposes(model) -> int:
         if found is None:
             continue
         conv_kernel, pads, stride = found
-        name = f"{node.name}/subpixel"
+        name = _free_name(f"{node.name or node.output[0]}/subpixel", names)
         graph.initializer.append(numpy_helper.from_array(conv_kernel, f"{name}/kernel"))
         inputs = [node.input[0], f"{name}/kernel"]
-        if len(node.input) > 2 and node.input[2]:
-            bias = numpy_helper.to_array(constants[node.input[2]])
+        replaced |= {node.input[1], bias_name} - {""}
+        if bias_name:
+            bias = numpy_helper.to_array(constants[bias_name])
             graph.initializer.append(numpy_helper.from_array(np.repeat(bias, stride * stride), f"{name}/bias"))
             inputs.append(f"{name}/bias")
         conv = helper.make_node(
@@ -92,7 +95,7 @@ def subpixel_conv_transposes(model) -> int:
         del graph.node[index]
         graph.node.insert(index, interleave)
         graph.node.insert(index, conv)
-    _drop_unused_constants(graph)
+    _drop_unused_constants(graph, replaced)
     return len(rewritten)
 
 
@@ -165,9 +168,19 @@ def _phase_taps(size: int, stride: int, pad: int) -> list[list[int | None]]:
     ]
 
 
-def _drop_unused_constants(graph) -> None:
-    """Removes the initializers no node reads any more (the replaced kernels)."""
+def _free_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... : the first not in `taken` (which it joins)."""
+    free, count = name, 1
+    while free in taken:
+        count += 1
+        free = f"{name}_{count}"
+    taken.add(free)
+    return free
+
+
+def _drop_unused_constants(graph, replaced: set[str]) -> None:
+    """Removes the `replaced` kernels and biases that no node reads any more."""
     used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    kept = [tensor for tensor in graph.initializer if tensor.name not in replaced or tensor.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)

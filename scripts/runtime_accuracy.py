@@ -77,7 +77,9 @@ def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> d
             out / "onnx-nncf",
             "riad_int8.onnx",
             dict(
-                int8, int8_recipe=Int8Recipe(quantizer="nncf"), check_images=check_images(run, ACCURACY_CONTROL_IMAGES)
+                int8,
+                int8_recipe=Int8Recipe(quantizer="nncf"),
+                check_images=check_images(run, ACCURACY_CONTROL_IMAGES) if "onnx_int8_nncf" in needed else None,
             ),
         ),
     }

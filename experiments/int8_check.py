@@ -39,6 +39,11 @@ RECIPES = {
     "percentile-99.99": Int8Recipe(ranges="percentile", percentile=99.99),
     "entropy": Int8Recipe(ranges="entropy"),
     "symmetric": Int8Recipe(symmetric_activations=True),
+    "float-first": Int8Recipe(float_layers=("enc1_a",)),
+    "float-last": Int8Recipe(float_layers=("out_conv",)),
+    "float-output": Int8Recipe(float_layers=("reconstruction",)),
+    "float-enc1a-enc2b": Int8Recipe(float_layers=("enc1_a", "enc2_b")),  # NNCF's choice on the 64 px model
+    "float-last-output": Int8Recipe(float_layers=("out_conv", "reconstruction")),
     "float-ends": Int8Recipe(float_layers=("enc1", "dec1", "out_conv")),
     "float-decoder": Int8Recipe(float_layers=("dec", "out_conv")),
     "float-encoder": Int8Recipe(float_layers=("enc",)),

@@ -458,6 +458,13 @@ def _recalibration_lines(summary: dict) -> list[str]:
 )
 @click.option("--keep-inaccurate", is_flag=True, help="Keep an fp16/int8 model over those tolerances (with a warning).")
 @click.option(
+    "--check-images",
+    type=POSITIVE_INT,
+    default=None,
+    help="fp16/int8: the most held-out good and the most defective images, each, the export check scores "
+    "[default: 128; 256 with --int8-quantizer nncf, which tunes on half of them].",
+)
+@click.option(
     "--int8-quantizer",
     type=click.Choice(["onnxruntime", "nncf"]),
     default="onnxruntime",
@@ -492,6 +499,7 @@ def export(
     max_auroc_drop,
     max_map_error,
     keep_inaccurate,
+    check_images,
     int8_quantizer,
     int8_activations,
     as_json,
@@ -506,7 +514,7 @@ def export(
     """
     from riad_tf.export import export_run, export_triton
     from riad_tf.export.onnx import Int8Recipe
-    from riad_tf.run import check_images, representative_images
+    from riad_tf.run import representative_images
 
     formats = tuple(name for name, on in (("tflite", tflite), ("onnx", onnx)) if on)
     if not formats and not trt and not triton:
@@ -537,7 +545,7 @@ def export(
             bare_unet=bare_unet,
             trt=trt,
             representative_images=representative,
-            check_images=check_images(run_dir, _check_limit(int8_quantizer)) if precision != "fp32" else None,
+            check_images=_check_images(run_dir, check_images, int8_quantizer) if precision != "fp32" else None,
             tolerance=Tolerance(max_auroc_drop, max_map_error),
             keep_inaccurate=keep_inaccurate,
             int8_recipe=Int8Recipe(symmetric_activations=int8_activations == "symmetric", quantizer=int8_quantizer),
@@ -548,11 +556,13 @@ def export(
         click.echo(json.dumps({k: str(v) for k, v in written.items()}))
 
 
-def _check_limit(int8_quantizer: str) -> int:
-    """Held-out good and defective images each for the export check: more when NNCF tunes on half of them."""
-    from riad_tf.run import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES
+def _check_images(run_dir, limit: int | None, int8_quantizer: str):
+    """The export check's images: up to `limit` held-out good and defective ones each (None: the default)."""
+    from riad_tf.run import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES, check_images
 
-    return ACCURACY_CONTROL_IMAGES if int8_quantizer == "nncf" else CHECK_IMAGES
+    if limit is None:  # more for NNCF, which tunes on half of them
+        limit = ACCURACY_CONTROL_IMAGES if int8_quantizer == "nncf" else CHECK_IMAGES
+    return check_images(run_dir, limit)
 
 
 @main.command(cls=_TensorFlowCommand)

@@ -561,6 +561,40 @@ def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_m
     assert upsampling and any(node.input[1] in dequantized for node in upsampling)  # ... its upsampling included
 
 
+def test_nncf_ranges_cover_every_calibration_image_and_weights_keep_7_bits(int8_case):
+    """NNCF's default per-tensor ranges average each image's extremes, which clips every brighter image."""
+    import onnx
+    from onnx import numpy_helper
+
+    pytest.importorskip("nncf", reason="the [int8] extra")
+    from riad_tf.accuracy_check import Tolerance
+    from riad_tf.export.graph import input_spec
+    from riad_tf.export.nncf_int8 import quantize_accuracy_controlled
+    from riad_tf.export.onnx import convert_onnx
+
+    detector, train, check = int8_case
+    brightness = np.linspace(0.2, 1.0, 16, dtype=np.float32)[:, None, None, None]
+    calibration = train[:16] * brightness  # the brightest image reaches twice the mean image's top
+    model, scope = convert_onnx(detector, input_spec(detector.config, None, False, False), bare_unet=False)
+    loose = Tolerance(max_auroc_drop=100.0, max_map_error=100.0)  # nothing to put back: the first int8 model
+    quantized, _ = quantize_accuracy_controlled(model, scope, calibration, None, check, loose)
+    graph = onnx.load_from_string(quantized).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    tops, weight_levels = {}, []
+    for node in graph.node:
+        value = constants.get(node.input[0]) if node.op_type in ("QuantizeLinear", "DequantizeLinear") else None
+        if node.op_type == "DequantizeLinear" and value is not None and value.dtype == np.int8:  # a stored weight
+            weight_levels.append(np.abs(value.astype(np.int32)).max())
+        elif node.op_type == "QuantizeLinear" and value is None:  # an activation: the top of its range
+            scale, zero = (constants[name] for name in node.input[1:3])
+            top = (np.iinfo(zero.dtype).max - zero.astype(np.float64)) * scale
+            tops[producers[node.input[0]].name] = float(np.max(top))
+    (unet_input,) = [top for name, top in tops.items() if "riad_unet" not in name]  # the masked image
+    assert unet_input >= 0.99 * calibration.max(), (unet_input, calibration.max())
+    assert weight_levels and max(weight_levels) <= 64  # 7-bit weights in every layer, as the ORT recipe
+
+
 def test_nncf_tunes_on_every_other_check_image_and_the_check_judges_on_the_rest(int8_case):
     from riad_tf.accuracy_check import CheckImages
     from riad_tf.export.detector import MAX_CALIBRATION_IMAGES, ExportOptions, _split_check_images

@@ -392,6 +392,13 @@ def test_export_int8_checks_accuracy_on_the_runs_images_and_refuses_over_toleran
     assert accuracy["passed"] and accuracy["images"] > 0 and accuracy["defective"] > 0
     assert {"float32", "model"} <= set(accuracy["image_auroc"]) and "pixel_auroc" in accuracy
 
+    few = CliRunner().invoke(
+        main, [*args, "--out", str(tmp_path / "few"), "--max-map-error", "10", "--check-images", "2"]
+    )
+    assert few.exit_code == 0, few.output
+    fewer = read_metadata(tmp_path / "few" / "riad_int8.onnx").verification["accuracy"]
+    assert (fewer["images"], fewer["defective"]) == (min(2, accuracy["images"]), min(2, accuracy["defective"]))
+
     refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "refused"), "--max-map-error", "0"])
     assert refused.exit_code != 0
     line = [line for line in refused.output.splitlines() if "was not kept" in line]

@@ -9,7 +9,10 @@ assembly and scoring around it. The layout reorders ONNX Runtime inserts around
 its blocked convolutions (`ReorderInput`, `ReorderOutput`) have no scope; they
 are counted apart. That share bounds what quantizing the U-Net
 can gain: with a share s of the time in the U-Net, int8 that makes the U-Net r
-times faster makes the model at most 1 / (1 - s + s / r) times faster.
+times faster makes the model at most 1 / (1 - s + s / r) times faster. Read the
+share on the float32 model: in a quantized one, ONNX Runtime's fused int8
+kernels (`QLinearConv`) take new names without the scope, so its U-Net share
+counts only the U-Net's unfused nodes.
 
     python3 -m scripts.profile_onnx runs/mt64/riad/export/riad.onnx runs/mt64/riad/export/riad_int8.onnx
     python3 -m scripts.profile_onnx export/riad.onnx --batch 8 --threads 2 --json-file profile.json
@@ -23,6 +26,7 @@ import argparse
 import collections
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +72,7 @@ def profile(path: Path, batch: int, iters: int, threads: int) -> dict:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_profiling = True
-    options.profile_file_prefix = str(Path("/tmp") / f"profile-{os.getpid()}-{path.stem}")
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"riad-profile-{os.getpid()}-{path.stem}")
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     feed = random_input(session, batch)
     for _ in range(iters + 1):

@@ -10,7 +10,7 @@ it would refuse the model (a drop over `--max-auroc-drop` points, as
 on every test image, with a paired bootstrap 95 % interval.
 
     python3 -m experiments.check_size runs/mt64/riad \
-        --float32 runs/mt64/check/riad.onnx --model runs/mt64/check/riad_int8.onnx
+        --float32 runs/mt64/check-32/riad.onnx --model runs/mt64/check-32/riad_int8.onnx --draws 300
 """
 
 from __future__ import annotations
@@ -61,16 +61,17 @@ def main(argv=None) -> int:
         scores.append(batch_scores)
     rng = np.random.default_rng(0)
     good, bad = np.flatnonzero(~labels), np.flatnonzero(labels)
-    everything = np.arange(len(test))
-    image, pixel = drops(everything, labels, scores, maps, masks, args.pixels)
-    boot = [
-        drops(np.r_[rng.choice(good, len(good)), rng.choice(bad, len(bad))], labels, scores, maps, masks, False)[0]
-        for _ in range(args.draws)
-    ]
-    low, high = np.percentile(boot, [2.5, 97.5])
+
+    def drop_on(n_good, n_bad, replace, pixels=False):
+        pick = np.r_[rng.choice(good, n_good, replace=replace), rng.choice(bad, n_bad, replace=replace)]
+        return drops(pick, labels, scores, maps, masks, pixels)
+
+    image, pixel = drops(np.arange(len(test)), labels, scores, maps, masks, args.pixels)
+    low, high = np.percentile([drop_on(len(good), len(bad), True)[0] for _ in range(args.draws)], [2.5, 97.5])
     print(f"{args.model}: {len(good)} good and {len(bad)} defective test images")
+    pixel_line = f", pixel AUROC drop {pixel:+.2f}" if args.pixels else ""
     print(
-        f"every test image: image AUROC drop {image:+.2f} points (bootstrap 95 %: {low:+.2f} to {high:+.2f}), pixel {pixel:+.2f}"
+        f"every test image: image AUROC drop {image:+.2f} points (bootstrap 95 %: {low:+.2f} to {high:+.2f}){pixel_line}"
     )
     print(
         "| check size (good + defective) | image drop: mean | sd | refused (image) | pixel drop: mean | sd | refused (either) |"
@@ -78,28 +79,15 @@ def main(argv=None) -> int:
     print("|---|--:|--:|--:|--:|--:|--:|")
     for size in (int(s) for s in args.sizes.split(",")):
         n_good, n_bad = min(size, len(good)), min(size, len(bad))
-        found = np.array(
-            [
-                drops(
-                    np.r_[rng.choice(good, n_good, replace=False), rng.choice(bad, n_bad, replace=False)],
-                    labels,
-                    scores,
-                    maps,
-                    masks,
-                    args.pixels,
-                )
-                for _ in range(args.draws)
-            ]
-        )
-        refused_image = np.mean(found[:, 0] > args.max_auroc_drop)
-        pixel_cells = "| - | - | - |"
+        found = np.array([drop_on(n_good, n_bad, False, args.pixels) for _ in range(args.draws)])
+        cells = [f"{n_good} + {n_bad}", f"{found[:, 0].mean():+.2f}", f"{found[:, 0].std():.2f}"]
+        cells.append(f"{100 * np.mean(found[:, 0] > args.max_auroc_drop):.0f} %")
         if args.pixels:
             refused = np.mean(found.max(axis=1) > args.max_auroc_drop)
-            pixel_cells = f"| {found[:, 1].mean():+.2f} | {found[:, 1].std():.2f} | {100 * refused:.0f} % |"
-        print(
-            f"| {n_good} + {n_bad} | {found[:, 0].mean():+.2f} | {found[:, 0].std():.2f} | {100 * refused_image:.0f} % "
-            + pixel_cells
-        )
+            cells += [f"{found[:, 1].mean():+.2f}", f"{found[:, 1].std():.2f}", f"{100 * refused:.0f} %"]
+        else:
+            cells += ["-"] * 3
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 

@@ -38,7 +38,7 @@ from edge.cli_options import (
 )
 from edge.files import atomic_write_text
 from edge.metadata import PRECISIONS
-from riad_tf.accuracy_check import Tolerance
+from riad_tf.accuracy_check import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES, Tolerance
 from riad_tf.config import MIXED_PRECISION, STRATEGIES, RiadConfig
 
 _friendly_errors = friendly_errors  # one line and an exit status per kind of error (edge/errors.py)
@@ -462,7 +462,7 @@ def _recalibration_lines(summary: dict) -> list[str]:
     type=POSITIVE_INT,
     default=None,
     help="fp16/int8: the most held-out good and the most defective images, each, the export check scores "
-    "[default: 128; 256 with --int8-quantizer nncf, which tunes on half of them].",
+    f"[default: {CHECK_IMAGES}; {ACCURACY_CONTROL_IMAGES} with --int8-quantizer nncf, which tunes on half of them].",
 )
 @click.option(
     "--int8-quantizer",
@@ -558,7 +558,7 @@ def export(
 
 def _check_images(run_dir, limit: int | None, int8_quantizer: str):
     """The export check's images: up to `limit` held-out good and defective ones each (None: the default)."""
-    from riad_tf.run import ACCURACY_CONTROL_IMAGES, CHECK_IMAGES, check_images
+    from riad_tf.run import check_images
 
     if limit is None:  # more for NNCF, which tunes on half of them
         limit = ACCURACY_CONTROL_IMAGES if int8_quantizer == "nncf" else CHECK_IMAGES

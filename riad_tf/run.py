@@ -80,14 +80,6 @@ LOCK_FILE = ".lock"
 # Keys that may change when a run is resumed: a longer schedule, another place to train.
 RESUMABLE_KEYS = frozenset({"epochs", "lr_decay_epoch", "strategy", "xla"})
 REPRESENTATIVE_IMAGES = 128  # int8 calibration images, at most
-# Held-out good and defective images each, at most, for the export's accuracy check. An AUROC drop
-# measured on 32 + 32 images spread 2.0 points around the whole test set's (0.7 at 128 + 128:
-# experiments/check_size.py, docs/deployment.md), against a 1-point tolerance.
-CHECK_IMAGES = 128
-# NNCF's accuracy control tunes on half of its check images and is judged on the other half: tuned on 32 + 32
-# it fitted them and lost 5 AUPRO points on the whole magnetic-tile test set (docs/deployment.md), so it gets
-# up to 128 + 128 to tune on.
-ACCURACY_CONTROL_IMAGES = 256
 
 
 def eval_dir(run_dir) -> Path:
@@ -338,8 +330,10 @@ def representative_images(run_dir, limit: int = REPRESENTATIVE_IMAGES) -> np.nda
     return load_arrays(kept[:limit], config)
 
 
-def check_images(run_dir, limit: int = CHECK_IMAGES):
+def check_images(run_dir, limit: int | None = None):
     """Real images for the export's accuracy check: up to `limit` held-out good and `limit` defective ones.
+
+    `limit` None takes `riad_tf.accuracy_check.CHECK_IMAGES`.
 
     The good images are the run's validation and calibration images (training
     never saw them; the test's good images when it held none out), the
@@ -350,10 +344,11 @@ def check_images(run_dir, limit: int = CHECK_IMAGES):
         A `riad_tf.accuracy_check.CheckImages`, or None when the run does not
         record its data (`data.json`).
     """
-    from riad_tf.accuracy_check import CheckImages
+    from riad_tf.accuracy_check import CHECK_IMAGES, CheckImages
     from riad_tf.data import split_good
     from riad_tf.image_files import load_arrays, load_split
 
+    limit = CHECK_IMAGES if limit is None else limit
     spec = load_data_spec(run_dir)
     if spec is None:
         return None

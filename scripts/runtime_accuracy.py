@@ -60,9 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> dict[str, Path]:
     """The `needed` exports of the run (and its float32 ONNX), in `out`, reused when there: {name: model file}."""
+    from riad_tf.accuracy_check import ACCURACY_CONTROL_IMAGES
     from riad_tf.export import export_run
     from riad_tf.export.onnx import Int8Recipe
-    from riad_tf.run import ACCURACY_CONTROL_IMAGES, check_images
+    from riad_tf.run import check_images
 
     int8 = dict(formats=("onnx",), precision="int8", batch=None)
     models = {

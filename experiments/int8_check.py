@@ -30,6 +30,7 @@ import numpy as np
 
 from riad_tf.accuracy_check import map_error
 from riad_tf.export.onnx import Int8Recipe
+from riad_tf.run import REPRESENTATIVE_IMAGES
 from scripts.runtime_accuracy import run_data
 
 RECIPES = {
@@ -59,7 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/int8"))
     parser.add_argument("--recipes", default="minmax", help="comma-separated, from: " + ", ".join(RECIPES))
-    parser.add_argument("--calibration", type=int, default=64, help="images to calibrate on")
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=REPRESENTATIVE_IMAGES,
+        help="images to calibrate on (default: %(default)s, as `riad-tf export`; min-max ranges from the "
+        "first 64 of the magnetic-tile run's clipped its brighter images and cost 7.6 points of image AUROC)",
+    )
     parser.add_argument(
         "--calibrate-on", choices=("train", "holdout"), default="train", help="the data.npz images to calibrate on"
     )

@@ -480,6 +480,14 @@ def _recalibration_lines(summary: dict) -> list[str]:
     help="int8 ONNX by onnxruntime: uint8 activations, or int8 symmetric ones (the QDQ model TensorRT's explicit "
     "quantization builds from: riad-edge build-engine).",
 )
+@click.option(
+    "--int8-layout",
+    type=click.Choice(["onnxruntime", "openvino"]),
+    default="onnxruntime",
+    show_default=True,
+    help="int8 ONNX by nncf: the layout ONNX Runtime fuses into int8 kernels, or NNCF's own, which OpenVINO runs "
+    "faster (docs/deployment.md).",
+)
 @_json_option
 @_friendly_errors
 def export(
@@ -502,6 +510,7 @@ def export(
     check_images,
     int8_quantizer,
     int8_activations,
+    int8_layout,
     as_json,
 ):
     """Export the whole RIAD inference for the device (TFLite, ONNX, TensorRT) or a Triton server.
@@ -511,6 +520,7 @@ def export(
       riad-tf export runs/bottle --tflite --onnx --out deploy/bottle
       riad-tf export runs/bottle --onnx --precision int8 --out deploy/bottle-int8
       riad-tf export runs/bottle --onnx --precision int8 --int8-quantizer nncf --out deploy/bottle-int8
+      riad-tf export runs/bottle --onnx --precision int8 --int8-quantizer nncf --int8-layout openvino --out deploy/ov
     """
     from riad_tf.export import export_run, export_triton
     from riad_tf.export.onnx import Int8Recipe
@@ -523,6 +533,8 @@ def export(
         raise click.UsageError("--tflite, --onnx and --trt need --out")
     if triton and (bare_unet or (precision != "fp32" and not formats and not trt)):
         raise click.UsageError("--triton serves the whole float32 detector; --bare-unet and --precision do not apply")
+    if int8_layout != "onnxruntime" and int8_quantizer != "nncf":
+        raise click.UsageError("--int8-layout lays out NNCF's model: it needs --int8-quantizer nncf")
     written = {}
     if triton:  # first: a --trt export stops with an error where this machine has no TensorRT
         written |= export_triton(
@@ -548,7 +560,9 @@ def export(
             check_images=_check_images(run_dir, check_images, int8_quantizer) if precision != "fp32" else None,
             tolerance=Tolerance(max_auroc_drop, max_map_error),
             keep_inaccurate=keep_inaccurate,
-            int8_recipe=Int8Recipe(symmetric_activations=int8_activations == "symmetric", quantizer=int8_quantizer),
+            int8_recipe=Int8Recipe(
+                symmetric_activations=int8_activations == "symmetric", quantizer=int8_quantizer, layout=int8_layout
+            ),
         )
     for kind, path in written.items():
         log.info(f"{kind}: {path}")

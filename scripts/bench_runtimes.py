@@ -21,6 +21,7 @@ map difference to ONNX Runtime fp32 on the same images.
     python3 -m scripts.bench_runtimes                                  # about 6 min on 2 cores
     python3 -m scripts.bench_runtimes --model-dir export/ --batch-sizes 1,8 --json-file runtimes.json
     python3 -m scripts.bench_runtimes --config configs/magnetic_tile.yaml   # that product's size, channels, widths
+    python3 -m scripts.bench_runtimes --model-dir E/onnx --also nncf=E/onnx-nncf/riad_int8.onnx   # more models
 
 Needs riad-tf's [tf] extra to export (skipped with --model-dir) and OpenVINO
 (`pip install 'riad-tf[openvino]'`).
@@ -52,8 +53,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=5, help="timed calls per batch size and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns every configuration takes")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="runtime threads (default: all cores)")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="another ONNX detector of the same input to time on ONNX Runtime and OpenVINO in the same turns "
+        "(e.g. nncf=export-nncf/riad_int8.onnx; repeatable)",
+    )
     parser.add_argument("--json-file", type=Path, help="also write the figures here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if any("=" not in item for item in args.also):
+        parser.error("--also takes NAME=MODEL")
+    return args
 
 
 def sample_images(count: int, size: int, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -94,24 +106,27 @@ def export_models(out: Path, config) -> Path:
     return out
 
 
-def configurations(model_dir: Path, bf16: bool) -> list[tuple[str, Path, object]]:
+def configurations(model_dir: Path, bf16: bool, also: list[str] = ()) -> list[tuple[str, Path, object]]:
+    """(name, model, OpenVINO settings or None for ONNX Runtime) of every timed configuration, ORT fp32 first.
+
+    `also`: NAME=MODEL items, each timed on ONNX Runtime and on OpenVINO.
+    """
     from edge.openvino import OpenVinoSettings
 
     fp32, int8 = model_dir / "riad.onnx", model_dir / "riad_int8.onnx"
-    found = [("onnxruntime fp32", fp32, None), ("openvino f32", fp32, OpenVinoSettings("CPU", "f32"))]
+    models = ([("int8", int8)] if int8.is_file() else []) + [tuple(item.split("=", 1)) for item in also]
+    found = [("onnxruntime fp32", fp32, None)] + [(f"onnxruntime {name}", Path(path), None) for name, path in models]
+    found.append(("openvino f32", fp32, OpenVinoSettings("CPU", "f32")))
     if bf16:
         found.append(("openvino bf16", fp32, OpenVinoSettings("CPU", "bf16")))
-    if int8.is_file():
-        found[1:1] = [("onnxruntime int8", int8, None)]
-        found.append(("openvino int8", int8, OpenVinoSettings("CPU", "f32")))
-    return found
+    return found + [(f"openvino {name}", Path(path), OpenVinoSettings("CPU", "f32")) for name, path in models]
 
 
 def measure(args, model_dir: Path) -> dict:
     facts = cpu_facts()
     batches = [int(b) for b in args.batch_sizes.split(",")]
     runners = {}
-    for name, path, openvino in configurations(model_dir, bool(facts["bf16"])):
+    for name, path, openvino in configurations(model_dir, bool(facts["bf16"]), args.also):
         runners[name] = Runner.open(path, threads=args.threads, openvino=openvino, max_batch=max(batches))
     metadata = runners["onnxruntime fp32"].metadata
     size, channels = metadata.image_size[0], metadata.channels
@@ -179,7 +194,7 @@ def main(argv=None) -> None:
     print(
         f"{results['cpu']}, {results['cores']} cores, bfloat16: {', '.join(results['bf16']) or 'none'}; "
         f"{results['threads']} threads; {results['image_size']} px, {results['channels']} channel(s), "
-        f"widths {results['widths']}, random weights"
+        f"widths {results['widths']}, " + (f"the models in {model_dir}" if args.model_dir else "random weights")
     )
     print(table(results))
     if args.json_file:

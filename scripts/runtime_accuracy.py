@@ -3,7 +3,8 @@
 
 Not a test. Exports a trained riad-tf run at every precision `riad-tf export`
 offers (ONNX float32 and int8, the int8 by ONNX Runtime with uint8 or symmetric
-activations, and by NNCF with accuracy control; TFLite fp32, fp16 and int8, each
+activations, and by NNCF with accuracy control, laid out for ONNX Runtime and
+for OpenVINO; TFLite fp32, fp16 and int8, each
 int8 calibrated on the run's training images as the command does), then scores
 the same real test images (the run's own test set, or with `--data` the
 side-by-side comparison's `data.npz`: magnetic tile at 128 px,
@@ -74,16 +75,18 @@ def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> d
             "riad_int8.onnx",
             dict(int8, int8_recipe=Int8Recipe(symmetric_activations=True)),
         ),
-        "onnx_int8_nncf": (
-            out / "onnx-nncf",
+    }
+    for layout, suffix in (("onnxruntime", ""), ("openvino", "_openvino")):  # NNCF's model, laid out for each
+        key = f"onnx_int8_nncf{suffix}"
+        models[key] = (
+            out / f"onnx-nncf{suffix.replace('_', '-')}",
             "riad_int8.onnx",
             dict(
                 int8,
-                int8_recipe=Int8Recipe(quantizer="nncf"),
-                check_images=check_images(run, ACCURACY_CONTROL_IMAGES) if "onnx_int8_nncf" in needed else None,
+                int8_recipe=Int8Recipe(quantizer="nncf", layout=layout),
+                check_images=check_images(run, ACCURACY_CONTROL_IMAGES) if key in needed else None,
             ),
-        ),
-    }
+        )
     for precision in ("fp32", "fp16", "int8"):
         folder = out / f"tflite-{precision}"
         models[f"tflite_{precision}"] = (
@@ -120,7 +123,7 @@ def runtimes(bf16: bool, only: set[str] | None) -> list[tuple[str, str, OpenVino
         chosen.append(("openvino bf16", "onnx", OpenVinoSettings("CPU", "bf16")))
     chosen += [
         ("openvino int8", "onnx_int8", OpenVinoSettings("CPU", "f32")),
-        ("openvino int8 NNCF accuracy control", "onnx_int8_nncf", OpenVinoSettings("CPU", "f32")),
+        ("openvino int8 NNCF accuracy control", "onnx_int8_nncf_openvino", OpenVinoSettings("CPU", "f32")),
     ]
     return [row for i, row in enumerate(chosen) if i == 0 or only is None or row[0] in only]
 

@@ -559,6 +559,10 @@ def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_m
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     upsampling = [node for node in graph.node if node.name.endswith("/subpixel/conv")]
     assert upsampling and any(node.input[1] in dequantized for node in upsampling)  # ... its upsampling included
+    # in the layout ONNX Runtime fuses: each int8 convolution runs as one int8 kernel (in NNCF's own layout
+    # most run as float convolutions between DequantizeLinear nodes: tests/test_qdq_layout.py)
+    assert "layout ONNX Runtime fuses" in metadata.quantization
+    assert _onnx_runtime_kernels(model, tmp_path).count("QLinearConv") == quantized
 
 
 def test_nncf_ranges_cover_every_calibration_image_and_weights_keep_7_bits(int8_case):
@@ -632,6 +636,36 @@ def test_symmetric_activations_give_the_qdq_model_tensorrt_builds_from(int8_case
     int8_ops = {node.op_type for node in graph.node}
     float_ops = {node.op_type for node in onnx.load(str(model.with_name("riad.onnx"))).graph.node}
     assert "ConvTranspose" not in int8_ops and "DepthToSpace" in int8_ops and "ConvTranspose" in float_ops
+
+
+def test_a_layer_left_in_float32_is_its_own_nodes_not_the_next_layers_that_read_its_output():
+    from onnx import helper, numpy_helper
+
+    from riad_tf.export.onnx import layer_nodes
+
+    scope = "detector/riad_unet_1"
+    kernels = [f"{scope}/{layer}_conv_1/kernel" for layer in ("enc1_a", "enc1_b")]
+    nodes = [
+        helper.make_node("Conv", ["x", kernels[0]], ["c1"], name="Conv__1"),
+        helper.make_node("Relu", ["c1"], [f"{scope}/enc1_a_relu_1/Relu:0"], name=f"{scope}/enc1_a_relu_1/Relu"),
+        helper.make_node("Conv", [f"{scope}/enc1_a_relu_1/Relu:0", kernels[1]], ["y"], name="Conv__2"),
+    ]
+    constants = [numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), name) for name in kernels]
+    graph = helper.make_graph(nodes, "two-layers", [], [], constants)
+    assert layer_nodes(graph, ("enc1_a",)) == ["Conv__1", f"{scope}/enc1_a_relu_1/Relu"]
+    assert layer_nodes(graph, ("enc1",)) == ["Conv__1", f"{scope}/enc1_a_relu_1/Relu", "Conv__2"]
+
+
+def _onnx_runtime_kernels(path, folder) -> list[str]:
+    """The operator types ONNX Runtime runs the model at `path` with, after its graph optimisations."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / f"{Path(path).stem}-optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
 
 
 def _onnx_convolutions(path) -> tuple[int, int]:

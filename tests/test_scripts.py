@@ -111,3 +111,24 @@ def test_magnetic_tile_script_trains_and_evaluates_on_tiny_data(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "image AUROC" in done.stdout + done.stderr
     assert any(out.rglob("model.keras")) and any(out.rglob("metrics.json"))
+
+
+def test_bench_runtimes_times_more_models_on_both_runtimes_in_the_same_turns(tmp_path):
+    from scripts.bench_runtimes import configurations, parse_args
+
+    (tmp_path / "riad.onnx").touch()
+    (tmp_path / "riad_int8.onnx").touch()
+    also = parse_args(["--also", "nncf=n/riad_int8.onnx", "--also", "ov=o/riad_int8.onnx"]).also
+    found = [(name, str(path), settings is not None) for name, path, settings in configurations(tmp_path, False, also)]
+    assert [name for name, _, _ in found] == [
+        "onnxruntime fp32",
+        "onnxruntime int8",
+        "onnxruntime nncf",
+        "onnxruntime ov",
+        "openvino f32",
+        "openvino int8",
+        "openvino nncf",
+        "openvino ov",
+    ]
+    assert found[2] == ("onnxruntime nncf", "n/riad_int8.onnx", False)
+    assert found[6] == ("openvino nncf", "n/riad_int8.onnx", True)

@@ -405,3 +405,6 @@ def test_export_int8_checks_accuracy_on_the_runs_images_and_refuses_over_toleran
     assert len(line) == 1 and "riad_int8.onnx: on " in line[0] and "% off float32 (tolerance 0 %)" in line[0]
     assert "Traceback" not in refused.output
     assert not (tmp_path / "refused" / "riad_int8.onnx").exists()
+
+    openvino = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ov"), "--int8-layout", "openvino"])
+    assert openvino.exit_code == 2 and "--int8-layout lays out NNCF's model" in openvino.output

@@ -316,7 +316,9 @@ def _nncf_int8(model: bytes, scope, calibration, batch, opts: ExportOptions, wri
 
     if opts.tuning_images is None or opts.bare_unet:
         raise ExportError("int8 with accuracy control needs the whole detector and real images to tune it on", written)
-    return quantize_accuracy_controlled(model, scope, calibration, batch, opts.tuning_images, opts.tolerance)
+    return quantize_accuracy_controlled(
+        model, scope, calibration, batch, opts.tuning_images, opts.tolerance, layout=opts.int8_recipe.layout
+    )
 
 
 def _check_arguments(formats, precision, batch, trt) -> tuple[str, ...]:

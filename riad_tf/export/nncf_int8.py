@@ -32,9 +32,16 @@ from riad_tf.accuracy_check import CheckImages, Tolerance, accuracy_record
 from riad_tf.export.errors import ExportError
 from riad_tf.export.graph import INPUT_NAME
 from riad_tf.export.onnx import onnx_unet_nodes
+from riad_tf.export.qdq_layout import fusable_qdq
 from riad_tf.export.subpixel import subpixel_conv_transposes
 
 log = logging.getLogger(__name__)
+
+# The graph layouts of NNCF's int8 ONNX, named by the runtime that runs it faster, and how the metadata says it.
+LAYOUTS = {
+    "onnxruntime": "in the layout ONNX Runtime fuses into int8 kernels",
+    "openvino": "in NNCF's own layout, for OpenVINO",
+}
 
 
 def tolerance_share(record: dict, tolerance: Tolerance) -> float:
@@ -92,6 +99,7 @@ def quantize_accuracy_controlled(
     batch: int | None,
     tuning: CheckImages,
     tolerance: Tolerance,
+    layout: str = "onnxruntime",
 ) -> tuple[bytes, str]:
     """int8 ONNX detector whose accuracy on `tuning` stays within `tolerance` of float32, or float32 layers put back.
 
@@ -104,6 +112,10 @@ def quantize_accuracy_controlled(
         tuning: real images at the model's input size and dtype (held-out good, and defective when the run has
             them), the only ones NNCF's choices are measured on.
         tolerance: how far the int8 model may move (`Tolerance`).
+        layout: "onnxruntime": the result rewritten into the layout ONNX Runtime
+            fuses into int8 kernels (`riad_tf.export.qdq_layout.fusable_qdq`: the
+            same numbers up to rounding); "openvino": NNCF's own, which OpenVINO
+            runs faster.
 
     Returns:
         (model bytes, one line saying what was quantized).
@@ -116,6 +128,8 @@ def quantize_accuracy_controlled(
         import onnx
     except ImportError as err:
         raise ExportError(f"int8 with accuracy control needs nncf ({err}); pip install 'riad-tf[int8]'") from None
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown int8 layout {layout!r}; one of {', '.join(LAYOUTS)}")
     proto = onnx.load_from_string(model)
     subpixel_conv_transposes(proto)  # the decoder's upsampling in operators with int8 kernels
     unet = set(onnx_unet_nodes(proto.graph, scope))  # after the rewrite: its nodes are the U-Net's too
@@ -146,9 +160,11 @@ def quantize_accuracy_controlled(
         message = str(err).splitlines()[0] if str(err) else repr(err)
         raise ExportError(f"int8 ONNX quantization with accuracy control failed: {message}") from err
     kept_float = _float_layers(quantized, unet)
+    if layout == "onnxruntime":
+        fusable_qdq(quantized)
     return quantized.SerializeToString(), (
         f"int8 U-Net by NNCF with accuracy control (QDQ, per-channel symmetric 7-bit int8 weights, min-max "
-        f"activation ranges), calibrated on "
+        f"activation ranges; {LAYOUTS[layout]}), calibrated on "
         f"{len(calibration)} images and tuned on {tuning.count} real ones; "
         + (f"{len(kept_float)} U-Net nodes left float32; " if kept_float else "")
         + "masking, assembly (Eq. 2) and scoring (Eq. 3-10) float32"

@@ -92,6 +92,9 @@ class Int8Recipe:
         quantizer: "onnxruntime" (`quantize_onnx`, with the fields above) or
             "nncf": NNCF's quantization with accuracy control on the export's
             check images (`riad_tf.export.nncf_int8`; the fields above do not apply).
+        layout: NNCF's model only: "onnxruntime" rewrites its QDQ graph into the
+            layout ONNX Runtime fuses into int8 kernels (`riad_tf.export.qdq_layout`),
+            "openvino" keeps NNCF's own, which OpenVINO runs faster.
     """
 
     ranges: str = "minmax"
@@ -100,6 +103,7 @@ class Int8Recipe:
     symmetric_activations: bool = False
     float_layers: tuple[str, ...] = ()
     quantizer: str = "onnxruntime"
+    layout: str = "onnxruntime"
 
     def describe(self) -> str:
         """One line for the metadata's `quantization`."""
@@ -185,13 +189,19 @@ def layer_nodes(graph, layers) -> list[str]:
 
     tf2onnx renames some nodes (convolutions become `Conv__123`) but their
     weights keep the layer's name scope, so a node belongs to `enc1_a_conv`
-    when its name or one of its inputs has an `/enc1_a_conv_1/` part; `enc1`
-    names every layer of the first encoder block.
+    when its name or one of its constant inputs has an `/enc1_a_conv_1/`
+    part (not its other inputs: the next layer's convolution reads
+    `enc1_a_relu`'s output); `enc1` names every layer of the first encoder block.
     """
     if not layers:
         return []
     pattern = re.compile(r"/(?:" + "|".join(re.escape(layer) for layer in layers) + r")\w*/")
-    return [node.name for node in graph.node if any(pattern.search(name) for name in (node.name, *node.input))]
+    constants = {tensor.name for tensor in graph.initializer}
+    return [
+        node.name
+        for node in graph.node
+        if any(pattern.search(name) for name in (node.name, *(i for i in node.input if i in constants)))
+    ]
 
 
 def onnx_unet_nodes(graph, scope: str) -> list[str]:

@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.also):
         parser.error("--also takes NAME=MODEL")
+    names = [item.split("=", 1)[0] for item in args.also]
+    if len(set(names)) < len(names) or set(names) & {"fp32", "int8", "f32", "bf16"}:
+        parser.error("--also needs names of its own (not fp32, int8, f32 or bf16, and each once)")
     return args
 
 

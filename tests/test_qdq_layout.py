@@ -102,7 +102,7 @@ def test_the_rewritten_graph_computes_what_nncfs_does():
     expected = _run(model, x)
     counts = fusable_qdq(model)
     onnx.checker.check_model(model, full_check=True)
-    assert counts == {"requantized": 2, "unsigned": 1, "int32_biases": 5, "float_weights": 1}
+    assert counts == {"requantized": 2, "unsigned": 1, "int32_biases": 4, "float_weights": 1}
     got = _run(model, x)
     # Only rounding moves: int32 biases and int8 kernels that requantize once (under one sigmoid'd step of 0.02).
     np.testing.assert_allclose(got, expected, atol=0.005)
@@ -133,3 +133,39 @@ def test_a_skip_connection_above_the_shared_int8_range_keeps_its_largest_values_
     in_range = x <= 1.27
     np.testing.assert_array_equal(after[in_range], before[in_range])
     assert before.max() == pytest.approx(1.27) and after.max() == pytest.approx(2.0)
+
+
+def test_what_the_rewrite_cannot_keep_exact_it_leaves_alone():
+    """A Concat of two grids (and the ReLUs feeding it), a quantized graph output and a bias int32 cannot hold."""
+    b = _Builder(4)
+    x = b.qdq("x", 1 / 255, signed=False)
+    left = b.qdq(b.conv(x, "left", CHANNELS, 1, relu=True), 0.02, signed=True)
+    right = b.qdq(b.conv(x, "right", CHANNELS, 1, relu=True), 0.03, signed=True)  # another scale
+    merged = b.node("Concat", [left, right], "merged", axis=1)
+    (index,) = [i for i, t in enumerate(b.constants) if t.name == "right_b"]
+    b.constants[index] = numpy_helper.from_array(np.full(CHANNELS, -1e9, np.float32), "right_b")  # over int32's range
+    y = b.node("Relu", [b.conv(merged, "out", 1, 2 * CHANNELS, relu=False)], "out_relu2")
+    model = b.model(
+        "x", b.node("QuantizeLinear", [y, b.constant("ys", np.float32(0.1)), b.constant("yz", np.int8(0))], "y")
+    )
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT8
+    x_value = np.random.default_rng(5).random((2, 1, 16, 16), np.float32)
+    expected = _run(model, x_value)
+    counts = fusable_qdq(model)
+    assert counts["requantized"] == 0  # the Concat: two scales
+    assert counts["unsigned"] == 0  # left and right feed the float Concat; the graph's output keeps its type
+    assert counts["int32_biases"] == 1  # left's; right's -1e9 stays float; out's output is float
+    np.testing.assert_array_equal(_run(model, x_value), expected)
+
+
+def test_convolutions_sharing_one_bias_get_tensors_of_their_own():
+    b = _Builder(6)
+    x = b.qdq("x", 1 / 255, signed=False)
+    first = b.qdq(b.conv(x, "first", CHANNELS, 1, relu=True), 0.02, signed=False)
+    second = b.conv(x, "second", CHANNELS, 1, relu=True)
+    b.nodes[-2].input[2] = "first_b"  # the second convolution reads the first's bias
+    model = b.model("x", b.node("Add", [first, b.qdq(second, 0.02, signed=False)], "y"))
+    x_value = np.random.default_rng(7).random((2, 1, 16, 16), np.float32)
+    expected = _run(model, x_value)
+    assert fusable_qdq(model)["int32_biases"] == 2
+    np.testing.assert_allclose(_run(model, x_value), expected, atol=0.05)

@@ -64,7 +64,8 @@ def fusable_qdq(model) -> dict[str, int]:
 
     Returns:
         How many tensors were quantized again after data movement, how many
-        activations became uint8, and how many biases int32.
+        activations became uint8, how many biases int32 and how many float32
+        convolutions got float32 weights.
     """
     graph = _Graph(model.graph)
     counts = {"requantized": _requantize_data_movement(graph), "unsigned": _unsigned_activations(graph)}
@@ -85,25 +86,34 @@ class _Graph:
         self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.producer = {out: node for node in graph.node for out in node.output}
         self.node_names = {node.name for node in graph.node}
+        self.tensors = {*self.constants, *self.producer, *(value.name for value in graph.input)}
         self.consumers: dict[str, list] = {}
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
 
+    def unique(self, name: str) -> str:
+        """`name`, or `name` with underscores appended, so that no tensor of the graph has it yet."""
+        while name in self.tensors:
+            name += "_"
+        self.tensors.add(name)
+        return name
+
     def constant(self, name: str, value: np.ndarray) -> str:
         """Adds an initializer named `name` (made unique) holding `value`; returns its name."""
         from onnx import numpy_helper
 
-        while name in self.constants:
-            name += "_"
+        name = self.unique(name)
         self.constants[name] = value
         self.proto.initializer.append(numpy_helper.from_array(value, name))
         return name
 
-    def add(self, op_type: str, inputs: list[str], output: str, **attributes):
-        """Appends a node computing `output` (sort the graph afterwards)."""
+    def add(self, op_type: str, inputs: list[str], output: str, rename: bool = True, **attributes):
+        """Appends a node computing tensor `output` (made unique unless `rename` is False); sort afterwards."""
         from onnx import helper
 
+        if rename:
+            output = self.unique(output)
         name = f"{output}_{op_type}"
         while name in self.node_names:
             name += "_"
@@ -172,22 +182,22 @@ def _requantize_data_movement(graph: _Graph) -> int:
         if not users or any(user.op_type == "QuantizeLinear" for user in users):
             continue
         original = node.output[0]
-        node.output[0] = f"{original}_float"
+        node.output[0] = graph.unique(f"{original}_float")
         graph.producer[node.output[0]] = node
         scale, zero = params[0]
         quantized = graph.add("QuantizeLinear", [node.output[0], scale, zero], f"{original}_quantized")
-        graph.add("DequantizeLinear", [quantized.output[0], scale, zero], original)
+        graph.add("DequantizeLinear", [quantized.output[0], scale, zero], original, rename=False)
         count += 1
     return count
 
 
 def _unsigned_activations(graph: _Graph) -> int:
     """Step 2: ReLU outputs quantized to int8 around 0 become uint8 from 0, with the same scale."""
-    count = 0
+    count, outputs = 0, {value.name for value in graph.proto.output}
     for node in list(graph.proto.node):
         if node.op_type != "QuantizeLinear" or len(node.input) < 3:
             continue
-        if getattr(graph.producer.get(node.input[0]), "op_type", None) != "Relu":
+        if getattr(graph.producer.get(node.input[0]), "op_type", None) != "Relu" or node.output[0] in outputs:
             continue
         zero = graph.constants.get(node.input[2])
         pairs = graph.consumers.get(node.output[0], [])
@@ -197,12 +207,20 @@ def _unsigned_activations(graph: _Graph) -> int:
             d.op_type != "DequantizeLinear" or list(d.input[1:3]) != list(node.input[1:3]) for d in pairs
         ):
             continue
+        if any(_unquantized_concat(graph, user) for d in pairs for user in graph.consumers.get(d.output[0], [])):
+            continue  # under ONNX Runtime's optimisations such a Concat of uint8 inputs computed other values
         unsigned = graph.constant(f"{node.output[0]}_zero_point_u8", np.array(0, np.uint8))
         for user in (node, *pairs):
             user.input[2] = unsigned
         graph.forget_type(node.output[0])
         count += 1
     return count
+
+
+def _unquantized_concat(graph: _Graph, node) -> bool:
+    """Whether `node` is a Concat whose output no QuantizeLinear takes (step 1 could not requantize it)."""
+    users = graph.consumers.get(node.output[0], [])
+    return node.op_type == "Concat" and not any(user.op_type == "QuantizeLinear" for user in users)
 
 
 def _int32_biases(graph: _Graph) -> int:
@@ -214,12 +232,19 @@ def _int32_biases(graph: _Graph) -> int:
         activation, weights = graph.activation_qdq(node.input[0]), graph.producer.get(node.input[1])
         if activation is None or weights is None or weights.op_type != "DequantizeLinear":
             continue
-        if weights.input[0] not in graph.constants:
+        if weights.input[0] not in graph.constants or not _quantized_output(graph, node):
+            continue  # a float32 convolution keeps its exact bias (step 4)
+        weight_scale = graph.constants[weights.input[1]].astype(np.float64)
+        axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
+        if weight_scale.size > 1 and axis != 0:
             continue
         bias = graph.constants[node.input[2]].astype(np.float64)
-        weight_scale = graph.constants[weights.input[1]].astype(np.float64).reshape(-1)
-        scale = (float(graph.constants[activation[0]]) * np.broadcast_to(weight_scale, bias.shape)).astype(np.float32)
-        levels = np.clip(np.round(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+        scale = (float(graph.constants[activation[0]]) * np.broadcast_to(weight_scale.reshape(-1), bias.shape)).astype(
+            np.float32
+        )
+        if np.any(scale <= 0) or np.any(np.abs(bias / scale) >= 2**31 - 1):
+            continue  # int32 cannot hold it: the float bias stays
+        levels = np.round(bias / scale).astype(np.int32)
         name = node.input[2]
         inputs = [
             graph.constant(f"{name}_int32", levels),

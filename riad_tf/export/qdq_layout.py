@@ -20,9 +20,12 @@ changing what it computes on the calibrated ranges:
 2. a `Relu`'s output quantized to int8 around 0 is quantized to uint8 from 0
    with the same scale: the same non-negative levels, and 128 more above
    NNCF's int8 top, which clipped them; ONNX Runtime then drops the `Relu`.
-   Other int8 tensors stay int8 around 0;
-3. each float bias of a convolution with dequantized input and weights becomes
-   int32 at scale input scale x weight scale (per output channel), with a
+   Other int8 tensors stay int8 around 0, and so do ReLU outputs feeding a
+   `Concat` that step 1 could not quantize (inputs of two grids): with those,
+   ONNX Runtime's optimised graph computed other values (`tests/test_qdq_layout.py`);
+3. each float bias of a convolution with dequantized input and weights and a
+   quantized output becomes int32, where int32 holds it, at scale input
+   scale x weight scale (per output channel), with a
    `DequantizeLinear`, the form ONNX's QDQ convention gives a bias: it moves by
    at most half a step of that scale;
 4. a convolution whose output no `QuantizeLinear` takes runs in float32

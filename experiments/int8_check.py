@@ -48,6 +48,10 @@ RECIPES = {
     "float-ends": Int8Recipe(float_layers=("enc1", "dec1", "out_conv")),
     "float-decoder": Int8Recipe(float_layers=("dec", "out_conv")),
     "float-encoder": Int8Recipe(float_layers=("enc",)),
+    # the convolutions at the input's resolution, which have the fewest channels: on the 64 px model
+    # (widths 8-64) ONNX Runtime's profiler timed them slower in int8 than in float32, yet the whole
+    # model was no faster with them in float32 (docs/deployment.md)
+    "float-full-res": Int8Recipe(float_layers=("enc1", "dec1_a", "dec1_b", "out_conv")),
 }
 BATCH = 8
 

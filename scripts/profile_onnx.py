@@ -16,6 +16,7 @@ counts only the U-Net's unfused nodes.
 
     python3 -m scripts.profile_onnx runs/mt64/riad/export/riad.onnx runs/mt64/riad/export/riad_int8.onnx
     python3 -m scripts.profile_onnx export/riad.onnx --batch 8 --threads 2 --json-file profile.json
+    python3 -m scripts.profile_onnx export/riad.onnx export/riad_int8.onnx --nodes 20   # and where, node by node
 
 Times come from one process and one run; compare models only within it.
 """
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
     parser.add_argument("--iters", type=int, default=20, help="profiled calls after one warm-up (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
+    parser.add_argument("--nodes", type=int, default=0, help="also list each model's N slowest nodes")
     parser.add_argument("--json-file", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -83,10 +85,12 @@ def profile(path: Path, batch: int, iters: int, threads: int) -> dict:
     runs = iters + 1
     first_run = len(events) // runs  # the warm-up's events come first
     events = events[first_run:]
-    per_op = collections.Counter()
+    per_op, per_node, node_ops = collections.Counter(), collections.Counter(), {}
     unet = reorders = 0.0
     for name, op, micros in events:
         per_op[op] += micros
+        per_node[name] += micros
+        node_ops[name] = op
         unet += micros if UNET_NAME in name else 0.0
         reorders += micros if op.startswith("Reorder") else 0.0
     total = sum(per_op.values())
@@ -98,6 +102,7 @@ def profile(path: Path, batch: int, iters: int, threads: int) -> dict:
         "unet_ms_per_call": unet * per_call,
         "reorder_ms_per_call": reorders * per_call,
         "ops_ms_per_call": {op: micros * per_call for op, micros in per_op.most_common()},
+        "nodes_ms_per_call": [(name, node_ops[name], micros * per_call) for name, micros in per_node.most_common()],
     }
 
 
@@ -127,6 +132,10 @@ def main(argv=None) -> None:
     results = [profile(path, args.batch, args.iters, args.threads) for path in args.models]
     print(f"batch {args.batch}, {args.threads} threads, {args.iters} profiled calls each; kernel time per call")
     print(table(results))
+    for result in results if args.nodes else ():
+        print(f"\n{result['model']}: the {args.nodes} slowest nodes, ms per call")
+        for name, op, ms in result["nodes_ms_per_call"][: args.nodes]:
+            print(f"{ms:9.2f}  {op:<16} {name}")
     if args.json_file:
         args.json_file.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -59,12 +59,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> dict[str, Path]:
-    """The `needed` exports of the run (and its float32 ONNX), in `out`, reused when there: {name: model file}."""
+def data_check_images(data, limit: int):
+    """Check images from a `data.npz`: up to `limit` of its held-out good images and of its defective test images.
+
+    The defective ones are every k-th, so that each defect type is in. For runs
+    that do not record their data (`data.json`), such as the side-by-side
+    comparison's, which train from the `data.npz`.
+    """
+    from riad_tf.accuracy_check import CheckImages
+
+    defective = np.flatnonzero(data["labels"])
+    defective = defective[:: max(1, len(defective) // limit)][:limit]
+    return CheckImages(data["holdout"][:limit], data["test"][defective], data["test_masks"][defective])
+
+
+def export(run: Path, out: Path, data, needed: set[str]) -> dict[str, Path]:
+    """The `needed` exports of the run (and its float32 ONNX), in `out`, reused when there: {name: model file}.
+
+    int8 calibrates on up to `TRAINING_IMAGES` of `data`'s training images. NNCF
+    tunes on the run's check images, or on `data`'s (`data_check_images`) when
+    the run does not record its data.
+    """
     from riad_tf.accuracy_check import ACCURACY_CONTROL_IMAGES
     from riad_tf.export import export_run
     from riad_tf.export.onnx import Int8Recipe
     from riad_tf.run import check_images
+
+    calibration = data["train"][:TRAINING_IMAGES]
+    tuning = None
+    if needed & {"onnx_int8_nncf", "onnx_int8_nncf_openvino"}:
+        tuning = check_images(run, ACCURACY_CONTROL_IMAGES) or data_check_images(data, ACCURACY_CONTROL_IMAGES)
 
     int8 = dict(formats=("onnx",), precision="int8", batch=None)
     models = {
@@ -84,7 +108,7 @@ def export(run: Path, out: Path, calibration: np.ndarray, needed: set[str]) -> d
             dict(
                 int8,
                 int8_recipe=Int8Recipe(quantizer="nncf", layout=layout),
-                check_images=check_images(run, ACCURACY_CONTROL_IMAGES) if key in needed else None,
+                check_images=tuning if key in needed else None,
             ),
         )
     for precision in ("fp32", "fp16", "int8"):
@@ -170,7 +194,7 @@ def main(argv=None) -> None:
     facts = cpu_facts()
     chosen = runtimes(bool(facts["bf16"]), set(args.only.split(",")) if args.only else None)
     out = args.out or args.run / "export-runtimes"
-    models = export(args.run, out, data["train"][:TRAINING_IMAGES], {key for _, key, _ in chosen})
+    models = export(args.run, out, data, {key for _, key, _ in chosen})
     rows, reference = [], {}
     for name, key, openvino in chosen:
         runner = Runner.open(models[key], threads=args.threads, openvino=openvino, max_batch=BATCH)

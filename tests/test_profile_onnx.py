@@ -48,6 +48,10 @@ def test_profile_sums_kernels_per_operator_and_finds_the_unet_share(tmp_path):
     assert result["unet_ms_per_call"] == pytest.approx(ops["Conv"], rel=1e-6)
     reorders = sum(ms for op, ms in ops.items() if op.startswith("Reorder"))  # blocked layouts, where ORT uses them
     assert result["reorder_ms_per_call"] == pytest.approx(reorders)
+    nodes = result["nodes_ms_per_call"]
+    assert [ms for _, _, ms in nodes] == sorted((ms for _, _, ms in nodes), reverse=True)
+    assert sum(ms for _, _, ms in nodes) == pytest.approx(result["ms_per_call"])
+    assert ("riad_detector/scoring/mul", "Mul") in {(name, op) for name, op, _ in nodes}
 
 
 def test_main_prints_a_table_and_refuses_a_missing_model(tmp_path, capsys):
@@ -55,5 +59,9 @@ def test_main_prints_a_table_and_refuses_a_missing_model(tmp_path, capsys):
     main([str(path), "--iters", "2", "--threads", "1", "--json-file", str(tmp_path / "p.json")])
     out = capsys.readouterr().out
     assert "| of which in the U-Net |" in out and (tmp_path / "p.json").is_file()
+    assert "slowest nodes" not in out
+    main([str(path), "--iters", "2", "--threads", "1", "--nodes", "1"])
+    listed = capsys.readouterr().out.split("the 1 slowest nodes, ms per call\n")[1].strip().splitlines()
+    assert len(listed) == 1 and listed[0].split()[1] in {"Conv", "Mul", "Transpose"}
     with pytest.raises(SystemExit, match="missing.onnx: no such model file"):
         main([str(tmp_path / "missing.onnx")])

@@ -132,3 +132,21 @@ def test_bench_runtimes_times_more_models_on_both_runtimes_in_the_same_turns(tmp
     ]
     assert found[2] == ("onnxruntime nncf", "n/riad_int8.onnx", False)
     assert found[6] == ("openvino nncf", "n/riad_int8.onnx", True)
+
+
+def test_runtime_accuracy_takes_check_images_from_the_data_set_when_the_run_records_none():
+    from scripts.runtime_accuracy import data_check_images
+
+    labels = np.array([0, 1, 1, 0, 1, 1, 1, 1])
+    test = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1)
+    data = dict(
+        holdout=np.zeros((5, 1, 1, 1), np.float32),
+        test=test,
+        test_masks=test[..., 0] > 3,
+        labels=labels,
+        defect_types=np.array(["good", "a", "a", "good", "b", "b", "c", "c"]),
+    )
+    images = data_check_images(data, limit=3)
+    assert len(images.good) == 3
+    assert images.defective[:, 0, 0, 0].tolist() == [1, 4, 6]  # every other defective image, no good one
+    assert images.masks.tolist() == [[[False]], [[True]], [[True]]]

@@ -132,10 +132,11 @@ def main(argv=None) -> None:
     results = [profile(path, args.batch, args.iters, args.threads) for path in args.models]
     print(f"batch {args.batch}, {args.threads} threads, {args.iters} profiled calls each; kernel time per call")
     print(table(results))
-    for result in results if args.nodes else ():
-        print(f"\n{result['model']}: the {args.nodes} slowest nodes, ms per call")
-        for name, op, ms in result["nodes_ms_per_call"][: args.nodes]:
-            print(f"{ms:9.2f}  {op:<16} {name}")
+    if args.nodes:
+        for result in results:
+            print(f"\n{result['model']}: the {args.nodes} slowest nodes, ms per call")
+            for name, op, ms in result["nodes_ms_per_call"][: args.nodes]:
+                print(f"{ms:9.2f}  {op:<16} {name}")
     if args.json_file:
         args.json_file.write_text(json.dumps(results, indent=2) + "\n")
 

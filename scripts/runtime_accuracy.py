@@ -87,7 +87,7 @@ def export(run: Path, out: Path, data, needed: set[str]) -> dict[str, Path]:
 
     calibration = data["train"][:TRAINING_IMAGES]
     tuning = None
-    if needed & {"onnx_int8_nncf", "onnx_int8_nncf_openvino"}:
+    if any(key.startswith("onnx_int8_nncf") for key in needed):
         tuning = check_images(run, ACCURACY_CONTROL_IMAGES) or data_check_images(data, ACCURACY_CONTROL_IMAGES)
 
     int8 = dict(formats=("onnx",), precision="int8", batch=None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import onnx_runtime_op_types
 from edge.metadata import file_sha256, read_metadata
 from edge.runner import Runner
 from riad_tf.masks import inference_masks
@@ -562,7 +563,7 @@ def test_nncf_accuracy_control_ships_an_int8_model_where_plain_int8_breaks_the_m
     # in the layout ONNX Runtime fuses: each int8 convolution runs as one int8 kernel (in NNCF's own layout
     # most run as float convolutions between DequantizeLinear nodes: tests/test_qdq_layout.py)
     assert "layout ONNX Runtime fuses" in metadata.quantization
-    assert _onnx_runtime_kernels(model, tmp_path).count("QLinearConv") == quantized
+    assert onnx_runtime_op_types(model, tmp_path).count("QLinearConv") == quantized
 
 
 def test_nncf_ranges_cover_every_calibration_image_and_weights_keep_7_bits(int8_case):
@@ -654,18 +655,6 @@ def test_a_layer_left_in_float32_is_its_own_nodes_not_the_next_layers_that_read_
     graph = helper.make_graph(nodes, "two-layers", [], [], constants)
     assert layer_nodes(graph, ("enc1_a",)) == ["Conv__1", f"{scope}/enc1_a_relu_1/Relu"]
     assert layer_nodes(graph, ("enc1",)) == ["Conv__1", f"{scope}/enc1_a_relu_1/Relu", "Conv__2"]
-
-
-def _onnx_runtime_kernels(path, folder) -> list[str]:
-    """The operator types ONNX Runtime runs the model at `path` with, after its graph optimisations."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(folder / f"{Path(path).stem}-optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
 
 
 def _onnx_convolutions(path) -> tuple[int, int]:

@@ -8,6 +8,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from conftest import onnx_runtime_op_types  # noqa: E402
 from riad_tf.export.qdq_layout import fusable_qdq  # noqa: E402
 
 CHANNELS = 4
@@ -80,20 +81,9 @@ def _nncf_layout_unet(seed: int = 0):
     return b.model("x", out)
 
 
-def _run(model, x, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path=None):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
-
-
-def _fused_op_types(model, tmp_path) -> list[str]:
-    """The operator types ONNX Runtime runs `model` with, after its QDQ fusions."""
-    path = tmp_path / f"optimized-{len(list(tmp_path.iterdir()))}.onnx"
-    _run(model, np.zeros((2, 1, 16, 16), np.float32), ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, path)
-    return [node.op_type for node in onnx.load(str(path)).graph.node]
 
 
 def test_the_rewritten_graph_computes_what_nncfs_does():
@@ -111,9 +101,9 @@ def test_the_rewritten_graph_computes_what_nncfs_does():
 
 def test_onnx_runtime_runs_every_quantized_convolution_as_one_int8_kernel(tmp_path):
     model = _nncf_layout_unet()
-    before = _fused_op_types(model, tmp_path)
+    before = onnx_runtime_op_types(model, tmp_path)
     fusable_qdq(model)
-    after = _fused_op_types(model, tmp_path)
+    after = onnx_runtime_op_types(model, tmp_path)
     print(f"before: {sorted(before)}\nafter: {sorted(after)}")
     assert before.count("QLinearConv") <= 1  # NNCF's layout: float biases keep them apart
     assert after.count("QLinearConv") == 4  # enc1, enc2, the upsampling and dec1; out's output is float
